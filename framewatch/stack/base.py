@@ -1,0 +1,211 @@
+"""What every part of the local stack shares: where it lives, how it runs, how it reports."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+
+class StackError(RuntimeError):
+    """A part of the local stack could not be installed, started or reached."""
+
+
+@dataclass(frozen=True)
+class StackHome:
+    """One folder outside the source tree: downloads and builds under cache/, data and pids under state/."""
+
+    root: Path
+
+    @classmethod
+    def default(cls) -> StackHome:
+        root = os.environ.get("FRAMEWATCH_HOME") or Path.home() / ".cache" / "framewatch"
+        return cls(Path(root).expanduser().resolve())
+
+    @property
+    def cache(self) -> Path:
+        return self.root / "cache"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state"
+
+    def credentials(self) -> dict[str, str]:
+        """Passwords for the local stack, generated once and kept (mode 0600) in the state folder."""
+        path = self.state / "credentials.json"
+        if path.exists():
+            stored: dict[str, str] = json.loads(path.read_text())
+            return stored
+        path.parent.mkdir(parents=True, exist_ok=True)
+        creds = {"minio_user": "framewatch", "minio_password": secrets.token_urlsafe(18),
+                 "postgres_user": "framewatch", "postgres_password": secrets.token_urlsafe(18)}
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump(creds, out)
+        return creds
+
+
+def say(message: str) -> None:
+    print(f"[stack] {message}", file=sys.stderr, flush=True)
+
+
+def require_tool(name: str, install_hint: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise StackError(f"'{name}' was not found on PATH; {install_hint}")
+    return path
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def run_with_progress(cmd: list[str], what: str, env: dict[str, str] | None = None) -> None:
+    """Run an install step, streaming its output so a newcomer sees it working."""
+    say(f"{what}: {' '.join(cmd)}")
+    started = time.monotonic()
+    result = subprocess.run(cmd, env=env)
+    if result.returncode != 0:
+        raise StackError(f"{what} failed (exit {result.returncode}); see the output above")
+    say(f"{what}: done in {time.monotonic() - started:.0f}s")
+
+
+@dataclass
+class ServiceStatus:
+    name: str
+    address: str
+    pid: int | None
+    healthy: bool
+    detail: str = ""
+
+
+class LocalService(ABC):
+    """One real server of the local stack, run as a detached process with a pid file and a log."""
+
+    name: str
+    host = "127.0.0.1"
+    port: int
+
+    def __init__(self, home: StackHome) -> None:
+        self.home = home
+        self.data = home.state / self.name
+        self.log_path = home.state / "logs" / f"{self.name}.log"
+        self.pid_path = home.state / "pids" / f"{self.name}.pid"
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @abstractmethod
+    def install(self) -> None:
+        """Fetch or build what the service needs, once, into the cache."""
+
+    @abstractmethod
+    def command(self) -> list[str]:
+        """The command line that runs the server in the foreground."""
+
+    def prepare(self) -> None:
+        """Initialise the data folder before the first start."""
+
+    def healthy(self) -> bool:
+        return port_open(self.host, self.port)
+
+    def environment(self) -> dict[str, str]:
+        return {}
+
+    def run_as(self) -> str | None:
+        return None
+
+    def identity(self) -> dict[str, Any]:
+        """subprocess arguments that run a command as run_as(), with that account's group and no others."""
+        account = self.run_as()
+        if account is None:
+            return {}
+        return {"user": account, "group": pwd.getpwnam(account).pw_gid, "extra_groups": []}
+
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.pid_path.read_text())
+        except (OSError, ValueError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return None
+        return pid
+
+    def up(self, wait_s: float = 90.0) -> None:
+        if self.pid() is not None and self.healthy():
+            say(f"{self.name}: already up at {self.address} (pid {self.pid()})")
+            return
+        if self.pid() is None and port_open(self.host, self.port):
+            raise StackError(f"{self.name}: port {self.port} is taken by a process this stack did not start")
+        self.install()
+        self.data.mkdir(parents=True, exist_ok=True)
+        self.prepare()
+        if self.pid() is None:
+            self._spawn()
+        self._wait_healthy(wait_s)
+        say(f"{self.name}: up at {self.address} (pid {self.pid()})")
+
+    def _spawn(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.pid_path.parent.mkdir(parents=True, exist_ok=True)
+        log: IO[bytes] = self.log_path.open("ab")
+        env = {**os.environ, **self.environment()}
+        process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   env=env, start_new_session=True, **self.identity())
+        self.pid_path.write_text(str(process.pid))
+
+    def _wait_healthy(self, wait_s: float) -> None:
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if self.pid() is None:
+                raise StackError(f"{self.name} exited while starting; last lines of {self.log_path}:\n{self.tail()}")
+            if self.healthy():
+                return
+            time.sleep(0.5)
+        raise StackError(f"{self.name} did not answer within {wait_s:.0f}s; see {self.log_path}:\n{self.tail()}")
+
+    def tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def down(self) -> None:
+        pid = self.pid()
+        if pid is None:
+            say(f"{self.name}: not running")
+            return
+        os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while self.pid() is not None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if self.pid() is not None:
+            os.killpg(pid, signal.SIGKILL)
+        self.pid_path.unlink(missing_ok=True)
+        say(f"{self.name}: stopped")
+
+    def status(self) -> ServiceStatus:
+        pid = self.pid()
+        return ServiceStatus(self.name, self.address, pid, pid is not None and self.healthy())
+
+    @abstractmethod
+    def env(self) -> dict[str, str]:
+        """Variables that point framewatch and the tests at this service."""

@@ -1,0 +1,114 @@
+"""Apache Kafka in KRaft mode, one node, its jars resolved from Maven Central."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from pathlib import Path
+
+from aiokafka.admin import AIOKafkaAdminClient
+
+from framewatch.stack.base import LocalService, StackError, require_tool, run_with_progress
+
+KAFKA_VERSION = "4.1.1"
+CLUSTER_ID = "ZnJhbWV3YXRjaC1sb2NhbA"
+
+POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>framewatch.stack</groupId><artifactId>kafka-server</artifactId><version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId>
+      <version>{version}</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j2-impl</artifactId>
+      <version>2.24.3</version></dependency>
+    <dependency><groupId>org.slf4j</groupId><artifactId>slf4j-api</artifactId><version>2.0.17</version></dependency>
+  </dependencies>
+</project>
+"""
+
+LOG4J2 = """status = warn
+appender.out.type = Console
+appender.out.name = out
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = WARN
+rootLogger.appenderRef.out.ref = out
+logger.server.name = kafka.server.KafkaRaftServer
+logger.server.level = INFO
+"""
+
+
+class Kafka(LocalService):
+    name = "kafka"
+    port = 19092
+    controller_port = 19093
+
+    @property
+    def dist(self) -> Path:
+        return self.home.cache / f"kafka-{KAFKA_VERSION}"
+
+    def install(self) -> None:
+        require_tool("java", "install a Java 17+ runtime (Debian: apt-get install openjdk-17-jre-headless)")
+        libs = self.dist / "libs"
+        if (self.dist / ".complete").exists():
+            return
+        mvn = require_tool("mvn", "install Maven to resolve Kafka's jars (Debian: apt-get install maven)")
+        self.dist.mkdir(parents=True, exist_ok=True)
+        (self.dist / "pom.xml").write_text(POM.format(version=KAFKA_VERSION))
+        run_with_progress([mvn, "-B", "-ntp", "-f", str(self.dist / "pom.xml"), "dependency:copy-dependencies",
+                           f"-DoutputDirectory={libs}", "-DincludeScope=runtime"],
+                          f"resolving Kafka {KAFKA_VERSION} from Maven Central")
+        (self.dist / ".complete").touch()
+
+    def _java(self, main: str, *args: str) -> list[str]:
+        return ["java", "-Xms256m", "-Xmx768m", f"-Dlog4j2.configurationFile={self.data / 'log4j2.properties'}",
+                "-cp", f"{self.dist / 'libs'}/*", main, *args]
+
+    def prepare(self) -> None:
+        props = self.data / "server.properties"
+        props.write_text("\n".join([
+            "process.roles=broker,controller",
+            "node.id=1",
+            f"controller.quorum.voters=1@{self.host}:{self.controller_port}",
+            f"listeners=PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}",
+            f"advertised.listeners=PLAINTEXT://{self.host}:{self.port}",
+            "controller.listener.names=CONTROLLER",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            f"log.dirs={self.data / 'logs'}",
+            "auto.create.topics.enable=false",
+            "offsets.topic.replication.factor=1",
+            "offsets.topic.num.partitions=8",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "group.initial.rebalance.delay.ms=0",
+            "num.partitions=4",
+            "",
+        ]))
+        (self.data / "log4j2.properties").write_text(LOG4J2)
+        if (self.data / "logs" / "meta.properties").exists():
+            return
+        result = subprocess.run(self._java("kafka.tools.StorageTool", "format", "-t", CLUSTER_ID, "-c", str(props)),
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            raise StackError(f"formatting Kafka storage failed: {result.stderr or result.stdout}")
+
+    def command(self) -> list[str]:
+        return self._java("kafka.Kafka", str(self.data / "server.properties"))
+
+    def healthy(self) -> bool:
+        return super().healthy() and asyncio.run(self._answers_metadata())
+
+    async def _answers_metadata(self) -> bool:
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.address, request_timeout_ms=3000)
+        try:
+            await admin.start()
+            await admin.list_topics()
+            return True
+        except Exception:  # noqa: BLE001 - any failure means "not ready yet"
+            return False
+        finally:
+            await admin.close()
+
+    def env(self) -> dict[str, str]:
+        return {"FRAMEWATCH_KAFKA_BOOTSTRAP": self.address}
