@@ -1,0 +1,105 @@
+"""PostgreSQL: versioned migrations and the idempotent alert store (COPY into staging, merge by alert id)."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+from importlib.resources import files
+
+import asyncpg
+import orjson
+
+from framewatch.schemas.events import AlertEvent
+
+log = logging.getLogger("framewatch.database")
+
+MIGRATION_LOCK = 0x6677_6D69  # pg advisory lock id: one migrator at a time
+
+ALERT_COLUMNS = ("alert_id", "frame_id", "task_id", "camera_id", "task_type", "rule", "captured_at", "emitted_at",
+                 "bucket", "image_key", "evidence")
+
+
+class DatabaseUnavailable(RuntimeError):
+    """PostgreSQL could not be reached or refused the statement."""
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """(version, name, sql) for every file in schemas/migrations, in order."""
+    found = []
+    for entry in files("framewatch.schemas").joinpath("migrations").iterdir():
+        if entry.name.endswith(".sql"):
+            found.append((int(entry.name.split("_", 1)[0]), entry.name, entry.read_text()))
+    return sorted(found)
+
+
+async def migrate(connection: asyncpg.Connection) -> list[str]:
+    """Apply the migrations not yet applied; returns their names."""
+    applied: list[str] = []
+    await connection.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+    try:
+        await connection.execute("""CREATE TABLE IF NOT EXISTS schema_migrations (
+            version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())""")
+        done = {row["version"] for row in await connection.fetch("SELECT version FROM schema_migrations")}
+        for version, name, sql in migrations():
+            if version in done:
+                continue
+            async with connection.transaction():
+                await connection.execute(sql)
+                await connection.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                                         version, name)
+            applied.append(name)
+            log.info("applied migration %s", name)
+    finally:
+        await connection.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
+    return applied
+
+
+def _row(alert: AlertEvent) -> tuple[object, ...]:
+    frame = alert.frame
+    return (alert.alert_id, frame.frame_id, frame.task_id, frame.camera_id, frame.task_type.value, alert.rule,
+            _ts(frame.captured_at), _ts(alert.emitted_at), frame.bucket, alert.image_key,
+            orjson.dumps(alert.evidence).decode())
+
+
+def _ts(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+
+
+class AlertStore:
+    def __init__(self, dsn: str, pool_size: int = 4) -> None:
+        self._dsn = dsn
+        self._pool_size = pool_size
+        self._pool: asyncpg.Pool | None = None
+
+    async def connect(self) -> None:
+        try:
+            self._pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=self._pool_size, timeout=10,
+                                                   command_timeout=30)
+        except (OSError, asyncpg.PostgresError) as error:
+            raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {error}") from None
+        async with self.pool.acquire() as connection:
+            await migrate(connection)
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise DatabaseUnavailable("alert store used before connect()")
+        return self._pool
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+
+    async def insert(self, alerts: list[AlertEvent]) -> int:
+        """Store a batch in one transaction; alerts already stored are skipped. Returns how many were new."""
+        try:
+            async with self.pool.acquire() as connection, connection.transaction():
+                await connection.execute(
+                    "CREATE TEMP TABLE alerts_staging (LIKE alerts INCLUDING DEFAULTS) ON COMMIT DROP")
+                await connection.copy_records_to_table("alerts_staging", records=[_row(a) for a in alerts],
+                                                       columns=ALERT_COLUMNS)
+                status = await connection.execute(
+                    "INSERT INTO alerts SELECT * FROM alerts_staging ON CONFLICT (alert_id) DO NOTHING")
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            raise DatabaseUnavailable(f"storing {len(alerts)} alerts failed: {error}") from None
+        return int(status.rsplit(" ", 1)[-1])

@@ -1,0 +1,106 @@
+"""The worker's pipeline, top to bottom: one small agent per step, each an `async for` over one topic.
+
+    fw.frames ──infer──► fw.detections ──rules──► fw.alerts ──sink──► PostgreSQL ─► fw.alerts-stored ──publish──► mq_topic
+        │                                  │          └─relocate──► alerts/… (dead letter when it cannot)
+        └─(failed)──────► fw.frame-outcomes ◄──(no alert / alert)
+                                 └──retain──► delete frames/… ─► fw.retention
+"""
+
+from __future__ import annotations
+
+import faust
+from prometheus_client import Counter
+
+from framewatch.agents import publisher
+from framewatch.agents.app import Resources, Topology, create_app
+from framewatch.agents.relocation import Relocator
+from framewatch.agents.retention import Retention
+from framewatch.agents.rules import evaluate
+from framewatch.agents.sink import AlertSink
+from framewatch.agents.web import attach_web
+from framewatch.schemas.config import CameraTask, Config
+from framewatch.schemas.events import (AlertEvent, AlertStored, DeadLetter, DetectionEvent, FrameEvent, FrameOutcome,
+                                       Outcome, now_ms)
+
+import orjson
+
+ALERTS_RAISED = Counter("framewatch_rules_alerts_total", "Alerts raised", ["task_type", "rule"])
+FRAMES_EVALUATED = Counter("framewatch_rules_frames_total", "Frames evaluated by the rules", ["outcome"])
+
+
+def build_worker(config: Config) -> tuple[faust.App, Topology, Resources]:
+    app = create_app(config)
+    topology = Topology(app, config)
+    resources = Resources(config)
+    app.add_dependency(resources)
+    settings = config.ai_analysis
+    sink = AlertSink(resources.alerts)
+    relocator = Relocator(resources.store)
+    retention = Retention(resources.store, settings.save_only_with_detection)
+
+    @app.agent(topology.frames, concurrency=settings.max_concurrent_infer)
+    async def infer(stream: faust.StreamT[bytes]) -> None:
+        async for raw in stream:
+            if (frame := await topology.decode(FrameEvent, raw, topology.frames)) is None:
+                continue
+            result = await resources.inference.infer(frame)
+            target = topology.detections if isinstance(result, DetectionEvent) else topology.frame_outcomes
+            await topology.send(target, result, key=frame.camera_id)
+
+    @app.agent(topology.detections)
+    async def rules(stream: faust.StreamT[bytes]) -> None:
+        async for raw in stream:
+            if (event := await topology.decode(DetectionEvent, raw, topology.detections)) is None:
+                continue
+            frame = event.frame
+            task = resources.task(frame.task_id, CameraTask(id=frame.task_id, task_type=frame.task_type, rtsp_url=""))
+            state_key = f"{frame.camera_id}|{frame.task_type.value}"
+            alert = evaluate(task, event, topology.last_alert.get(state_key), settings.alert_base_path)
+            if alert is not None:
+                topology.last_alert[state_key] = frame.captured_at
+                ALERTS_RAISED.labels(frame.task_type.value, alert.rule).inc()
+                await topology.send(topology.alerts, alert, key=frame.camera_id)
+            outcome = FrameOutcome(frame=frame, outcome=Outcome.ALERT if alert else Outcome.NO_ALERT)
+            FRAMES_EVALUATED.labels(outcome.outcome.value).inc()
+            await topology.send(topology.frame_outcomes, outcome, key=frame.camera_id)
+
+    @app.agent(topology.alerts)
+    async def store(stream: faust.StreamT[bytes]) -> None:
+        size = settings.alert_batch_size if settings.alert_batch_enabled else 1
+        async for batch in stream.take(size, within=settings.alert_batch_interval_sec):
+            alerts = [a for raw in batch if (a := await topology.decode(AlertEvent, raw, topology.alerts))]
+            await sink.store_batch(alerts)
+            stored_at = now_ms()
+            for alert in alerts:
+                await topology.send(topology.alerts_stored, AlertStored(alert=alert, stored_at=stored_at),
+                                    key=alert.frame.camera_id)
+
+    @app.agent(topology.alerts)
+    async def relocate(stream: faust.StreamT[bytes]) -> None:
+        async for raw in stream:
+            if (alert := await topology.decode(AlertEvent, raw, topology.alerts)) is None:
+                continue
+            if (reason := await relocator.relocate(alert)) is not None:
+                letter = DeadLetter(topic=topology.alerts.get_topic_name(), reason=f"relocation: {reason}",
+                                    key=alert.frame.camera_id, payload=alert.to_bytes().decode())
+                await topology.send(topology.dead_letters, letter, key=letter.topic)
+
+    @app.agent(topology.alerts_stored)
+    async def publish(stream: faust.StreamT[bytes]) -> None:
+        async for raw in stream:
+            if (stored := await topology.decode(AlertStored, raw, topology.alerts_stored)) is None:
+                continue
+            await topology.published.send(key=stored.alert.frame.camera_id.encode(),
+                                          value=orjson.dumps(publisher.payload(stored)))
+            publisher.PUBLISHED.inc()
+
+    @app.agent(topology.frame_outcomes)
+    async def retain(stream: faust.StreamT[bytes]) -> None:
+        async for raw in stream:
+            if (outcome := await topology.decode(FrameOutcome, raw, topology.frame_outcomes)) is None:
+                continue
+            if (deleted := await retention.on_outcome(outcome)) is not None:
+                await topology.send(topology.retention, deleted, key=deleted.task_id)
+
+    attach_web(app, resources)
+    return app, topology, resources

@@ -1,0 +1,81 @@
+"""The service registry: every worker follows the whole compacted fw.services topic.
+
+Each worker needs every service (routing is local), so the registry reads all partitions without a consumer
+group instead of sharing them; the compacted topic is its changelog, and a restarted worker rebuilds the
+registry by reading it from the beginning.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer
+from mode import Service
+from prometheus_client import Gauge
+
+from framewatch.schemas.config import Config, TaskType
+from framewatch.schemas.events import DecodeError, ServiceHeartbeat
+from framewatch.schemas.topics import SERVICES
+
+log = logging.getLogger("framewatch.registry")
+
+SERVICES_ALIVE = Gauge("framewatch_services_alive", "Algorithm services whose heartbeat is fresh")
+
+
+@dataclass
+class RegisteredService:
+    heartbeat: ServiceHeartbeat
+    last_seen: float
+
+    @property
+    def service_id(self) -> str:
+        return self.heartbeat.service_id
+
+
+class ServiceRegistry(Service):
+    def __init__(self, config: Config, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.config = config
+        self._services: dict[str, RegisteredService] = {}
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def on_start(self) -> None:
+        topic = self.config.topic(SERVICES.name)
+        self._consumer = AIOKafkaConsumer(bootstrap_servers=self.config.kafka_bootstrap, group_id=None,
+                                          enable_auto_commit=False, auto_offset_reset="earliest")
+        self._consumer.subscribe([topic])  # without a group: every partition, from the beginning
+        await self._consumer.start()
+
+    async def on_stop(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+    @Service.task
+    async def _follow(self) -> None:
+        assert self._consumer is not None
+        async for message in self._consumer:
+            if message.value is None:
+                self._services.pop(message.key.decode() if message.key else "", None)
+                continue
+            try:
+                heartbeat = ServiceHeartbeat.decode(message.value)
+            except DecodeError as error:
+                log.warning("ignoring a bad heartbeat on %s: %s", message.topic, error)
+                continue
+            if heartbeat.service_id not in self._services:
+                log.info("service %s registered at %s (capacity %d)", heartbeat.service_id, heartbeat.endpoint,
+                         heartbeat.capacity)
+            self._services[heartbeat.service_id] = RegisteredService(heartbeat, self._seen_at(heartbeat))
+            SERVICES_ALIVE.set(len(self.alive()))
+
+    def _seen_at(self, heartbeat: ServiceHeartbeat) -> float:
+        """Monotonic time of the heartbeat, so a replayed old heartbeat is already stale."""
+        age_s = max(0.0, time.time() - heartbeat.emitted_at / 1000)
+        return time.monotonic() - age_s
+
+    def alive(self, task_type: TaskType | None = None) -> list[RegisteredService]:
+        horizon = time.monotonic() - self.config.ai_analysis.heartbeat_timeout_sec
+        return [s for s in self._services.values() if s.last_seen >= horizon
+                and (task_type is None or task_type in s.heartbeat.task_types)]

@@ -1,0 +1,226 @@
+"""The `framewatch` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+
+from framewatch.schemas.config import Config, ConfigError, load_config, masked
+
+log = logging.getLogger("framewatch")
+
+
+def _config(args: argparse.Namespace) -> Config:
+    config, ignored = load_config(args.config)
+    for note in ignored:
+        log.warning("config %s: %s", args.config, note)
+    return config
+
+
+def cmd_stack(args: argparse.Namespace) -> int:
+    from framewatch.stack import LocalStack
+
+    stack = LocalStack()
+    if args.action == "up":
+        stack.up()
+    elif args.action == "down":
+        stack.down()
+    elif args.action == "status":
+        print(f"{'service':10} {'address':18} {'pid':>8}  health")
+        statuses = stack.status()
+        for s in statuses:
+            print(f"{s.name:10} {s.address:18} {s.pid or '-':>8}  {'up' if s.healthy else 'DOWN'}")
+        return 0 if all(s.healthy for s in statuses) else 1
+    else:
+        for name, value in stack.env().items():
+            print(f"export {name}={value}")
+    return 0
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    config, ignored = load_config(args.file)
+    for note in ignored:
+        print(f"note: {note}", file=sys.stderr)
+    print(json.dumps(masked(config), indent=2, ensure_ascii=False))
+    return 0
+
+
+def cmd_db_migrate(args: argparse.Namespace) -> int:
+    from framewatch.agents.database import AlertStore
+
+    async def run() -> None:
+        store = AlertStore(_config(args).database.dsn.get_secret_value())
+        await store.connect()
+        await store.close()
+
+    asyncio.run(run())
+    print("database schema is current")
+    return 0
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from framewatch.streams.bus import EventProducer, ensure_topics
+    from framewatch.streams.extractor import Extractor
+    from framewatch.streams.objectstore import ObjectStore
+    from prometheus_client import start_http_server
+
+    config = _config(args)
+    start_http_server(config.framewatch.extractor_metrics_port, addr="127.0.0.1")
+
+    async def run() -> int:
+        await ensure_topics(config)
+        store = ObjectStore(config.frame_extractor.minio)
+        await store.ensure_bucket()
+        producer = EventProducer(config)
+        await producer.start()
+        try:
+            report = await Extractor(config, store, producer).run()
+        finally:
+            await producer.stop()
+        print(json.dumps({"frames_emitted": report.emitted,
+                          "cameras": [c.__dict__ for c in report.cameras]}, ensure_ascii=False))
+        return 1 if report.failed else 0
+
+    return asyncio.run(run())
+
+
+def cmd_detector(args: argparse.Namespace) -> int:
+    from framewatch.detector.service import DetectorSettings, serve
+    from framewatch.streams.bus import ensure_topics
+
+    config = _config(args)
+    asyncio.run(ensure_topics(config))
+    service_id = args.service_id or f"hog-{socket.gethostname()}-{args.port}"
+    serve(DetectorSettings(service_id=service_id, port=args.port, capacity=args.capacity or os.cpu_count() or 1),
+          config)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from faust import Worker
+
+    from framewatch.agents.pipeline import build_worker
+    from framewatch.streams.bus import ensure_topics
+
+    config = _config(args)
+    asyncio.run(ensure_topics(config))
+    app, _, _ = build_worker(config)
+    Worker(app, loglevel=args.loglevel, quiet=True).execute_from_commandline()
+    return 0
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    from framewatch.ops.topics import list_topics, tail
+
+    config = _config(args)
+    if args.action == "list":
+        infos = asyncio.run(list_topics(config))
+        print(f"{'topic':40} {'parts':>5} {'end offset':>10}  consumer lag")
+        for info in infos:
+            lag = ", ".join(f"{g}={n}" for g, n in sorted(info.lag.items())) or "-"
+            print(f"{info.name:40} {info.partitions:>5} {info.end_offset:>10}  {lag}")
+    else:
+        for record in asyncio.run(tail(config, args.topic, args.n)):
+            print(json.dumps(record, ensure_ascii=False))
+    return 0
+
+
+def cmd_schemas(args: argparse.Namespace) -> int:
+    from framewatch.schemas.events import json_schemas
+
+    out = Path(args.dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, schema in json_schemas().items():
+        (out / f"{name}.schema.json").write_text(json.dumps(schema, indent=2) + "\n")
+    print(f"wrote {len(json_schemas())} schemas to {out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from framewatch.ops.demo import run_demo
+
+    return run_demo(keep_stack=not args.stop_stack)
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="framewatch", description=__doc__)
+    root.add_argument("-v", "--verbose", action="store_true")
+    sub = root.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("-c", "--config", default=os.environ.get("FRAMEWATCH_CONFIG"),
+                       help="config.toml (default: $FRAMEWATCH_CONFIG, else built-in defaults)")
+        return p
+
+    p = sub.add_parser("stack", help="the local Kafka, MinIO and PostgreSQL")
+    p.add_argument("action", choices=["up", "down", "status", "env"])
+    p.set_defaults(func=cmd_stack)
+
+    p = sub.add_parser("config", help="validate a config file")
+    p.add_argument("action", choices=["check"])
+    p.add_argument("file")
+    p.set_defaults(func=cmd_config_check)
+
+    p = with_config(sub.add_parser("db", help="database schema"))
+    p.add_argument("action", choices=["migrate"])
+    p.set_defaults(func=cmd_db_migrate)
+
+    p = with_config(sub.add_parser("extract", help="run the extractor over the config's camera tasks"))
+    p.set_defaults(func=cmd_extract)
+
+    p = with_config(sub.add_parser("detector", help="run the reference HOG algorithm service"))
+    p.add_argument("--port", type=int, default=8500)
+    p.add_argument("--service-id")
+    p.add_argument("--capacity", type=int, help="concurrent frames (default: CPU cores)")
+    p.set_defaults(func=cmd_detector)
+
+    p = with_config(sub.add_parser("worker", help="run the Faust worker (inference, rules, sink, ...)"))
+    p.add_argument("--loglevel", default="warn", choices=["crit", "error", "warn", "info", "debug"])
+    p.set_defaults(func=cmd_worker)
+
+    p = with_config(sub.add_parser("topics", help="inspect topics"))
+    tsub = p.add_subparsers(dest="action", required=True)
+    tsub.add_parser("list")
+    t = tsub.add_parser("tail")
+    t.add_argument("topic")
+    t.add_argument("-n", type=int, default=10)
+    p.set_defaults(func=cmd_topics)
+
+    p = sub.add_parser("schemas", help="export the JSON Schema of every event record")
+    p.add_argument("action", choices=["export"])
+    p.add_argument("dir")
+    p.set_defaults(func=cmd_schemas)
+
+    p = sub.add_parser("demo", help="run the whole pipeline on the bundled sample clip")
+    p.add_argument("--stop-stack", action="store_true", help="stop the local stack afterwards")
+    p.set_defaults(func=cmd_demo)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiokafka").setLevel(logging.DEBUG if args.verbose else logging.ERROR)
+    from framewatch.stack.base import StackError
+    from framewatch.streams.bus import BrokerUnavailable
+    from framewatch.agents.database import DatabaseUnavailable
+    from framewatch.streams.objectstore import StoreError
+
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, StackError, BrokerUnavailable, DatabaseUnavailable, StoreError, LookupError) as error:
+        print(f"framewatch: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""The reference algorithm service: HOG people detection behind the contract in `schemas.contract`.
+
+CPU work runs in a thread pool sized to the cores (OpenCV releases the GIL), never on the event loop. The service
+announces itself on fw.services every few seconds so the inference agent can route to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import cv2
+import httpx
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from pydantic import ValidationError
+
+from framewatch.detector.hog import HogPeopleDetector
+from framewatch.schemas.config import Config, TaskType
+from framewatch.schemas.contract import (HEALTH_PATH, INFER_PATH, ErrorCode, FrameResult, InferFrame, InferRequest,
+                                         InferResponse, ServiceError)
+from framewatch.schemas.events import ServiceHeartbeat
+from framewatch.schemas.topics import SERVICES
+from framewatch.streams.bus import EventProducer
+
+log = logging.getLogger("framewatch.detector")
+
+HEARTBEAT_INTERVAL_S = 3.0
+REQUESTS = Counter("framewatch_detector_requests_total", "Inference requests", ["outcome"])
+DETECT_SECONDS = Histogram("framewatch_detector_detect_seconds", "HOG time per frame",
+                           buckets=(0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5))
+
+
+@dataclass(frozen=True)
+class DetectorSettings:
+    service_id: str
+    host: str = "127.0.0.1"
+    port: int = 8500
+    capacity: int = os.cpu_count() or 1
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+class DetectorService:
+    def __init__(self, settings: DetectorSettings, config: Config) -> None:
+        self.settings = settings
+        self.config = config
+        self.detector = HogPeopleDetector()
+        self.pool = ThreadPoolExecutor(max_workers=settings.capacity, thread_name_prefix="hog")
+        self.images: httpx.AsyncClient | None = None
+        self.producer: EventProducer | None = None
+        self._heartbeats: asyncio.Task[None] | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=32 * 1024 * 1024)
+        app.router.add_post(INFER_PATH, self.infer)
+        app.router.add_get(HEALTH_PATH, self.health)
+        app.router.add_get("/metrics", self.metrics)
+        app.on_startup.append(self._start)
+        app.on_cleanup.append(self._stop)
+        return app
+
+    async def _start(self, _: web.Application) -> None:
+        self.images = httpx.AsyncClient(timeout=httpx.Timeout(5.0), limits=httpx.Limits(max_connections=32))
+        self.producer = EventProducer(self.config)
+        await self.producer.start()
+        self._heartbeats = asyncio.create_task(self._announce())
+
+    async def _stop(self, _: web.Application) -> None:
+        if self._heartbeats is not None:
+            self._heartbeats.cancel()
+        if self.producer is not None:
+            await self.producer.stop()
+        if self.images is not None:
+            await self.images.aclose()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def heartbeat(self) -> ServiceHeartbeat:
+        return ServiceHeartbeat(service_id=self.settings.service_id, endpoint=self.settings.endpoint,
+                                task_types=[TaskType.PEOPLE_COUNTING, TaskType.AREA_INTRUSION,
+                                            TaskType.LINE_CROSSING, TaskType.LOITERING, TaskType.OFF_POST],
+                                capacity=self.settings.capacity, max_batch=1, version="hog-opencv-" + cv2.__version__)
+
+    async def _announce(self) -> None:
+        assert self.producer is not None
+        while True:
+            try:
+                await self.producer.send(SERVICES, self.heartbeat(), key=self.settings.service_id)
+            except Exception as error:  # noqa: BLE001 - a missed heartbeat must not end the loop
+                log.warning("heartbeat failed: %s", error)
+            await asyncio.sleep(HEARTBEAT_INTERVAL_S)
+
+    async def health(self, _: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "service_id": self.settings.service_id,
+                                  "capacity": self.settings.capacity})
+
+    async def metrics(self, _: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def infer(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        try:
+            body = InferRequest.model_validate_json(await request.read())
+        except ValidationError as error:
+            REQUESTS.labels("bad_request").inc()
+            answer = InferResponse(error=ServiceError(code=ErrorCode.BAD_REQUEST, message=str(error)))
+            return web.json_response(text=answer.model_dump_json(), status=400)
+        results = await asyncio.gather(*(self._infer_frame(frame) for frame in body.frames))
+        REQUESTS.labels("ok").inc()
+        answer = InferResponse(results=list(results), inference_ms=(time.perf_counter() - started) * 1000)
+        return web.json_response(text=answer.model_dump_json())
+
+    async def _infer_frame(self, frame: InferFrame) -> FrameResult:
+        try:
+            jpeg = await self._image(frame)
+        except (httpx.HTTPError, ValueError) as error:
+            return FrameResult(frame_id=frame.frame_id,
+                               error=ServiceError(code=ErrorCode.IMAGE_UNAVAILABLE, message=str(error)))
+        started = time.perf_counter()
+        try:
+            detections = await asyncio.get_running_loop().run_in_executor(self.pool, self.detector.detect_jpeg, jpeg)
+        except ValueError as error:
+            return FrameResult(frame_id=frame.frame_id, error=ServiceError(code=ErrorCode.BAD_REQUEST,
+                                                                           message=str(error)))
+        DETECT_SECONDS.observe(time.perf_counter() - started)
+        return FrameResult(frame_id=frame.frame_id, detections=detections)
+
+    async def _image(self, frame: InferFrame) -> bytes:
+        if frame.image_b64 is not None:
+            return base64.b64decode(frame.image_b64, validate=True)
+        assert frame.image_url is not None and self.images is not None
+        answer = await self.images.get(frame.image_url)
+        answer.raise_for_status()
+        return answer.content
+
+
+
+
+def serve(settings: DetectorSettings, config: Config) -> None:
+    service = DetectorService(settings, config)
+    log.info("detector %s listening on %s (capacity %d)", settings.service_id, settings.endpoint, settings.capacity)
+    web.run_app(service.app(), host=settings.host, port=settings.port, print=None, access_log=None)

@@ -1,0 +1,281 @@
+"""`framewatch demo`: the whole pipeline on the bundled clip, against the real local stack, then a summary.
+
+`PipelineRun` is also what the end-to-end tests drive: it starts a detector and a worker as processes, runs the
+extractor to the end of its sources, waits until every frame has an outcome and every alert is published, and
+reads back what landed in PostgreSQL, MinIO and the alert topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from framewatch.schemas.config import Config, load_config
+from framewatch.stack.base import port_open
+from framewatch.schemas.events import FrameOutcome, Outcome
+from framewatch.schemas.topics import FRAME_OUTCOMES
+from framewatch.streams.bus import EventProducer, connect_admin, ensure_topics, partitions
+from framewatch.streams.extractor import ExtractReport, Extractor
+from framewatch.streams.objectstore import ObjectStore
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO_CONFIG = ROOT / "samples" / "demo.toml"
+
+
+@dataclass
+class RunSummary:
+    frames_extracted: int = 0
+    frame_outcomes: dict[str, int] = field(default_factory=dict)
+    stored_alert_ids: list[str] = field(default_factory=list)
+    alert_images: dict[str, bool] = field(default_factory=dict)
+    published_alert_ids: list[str] = field(default_factory=list)
+    frames_left: list[str] = field(default_factory=list)
+    frame_latency_ms: list[float] = field(default_factory=list)
+    alert_latency_ms: list[float] = field(default_factory=list)
+    camera_errors: dict[str, str] = field(default_factory=dict)
+
+    @staticmethod
+    def percentile(values: list[float], q: float) -> float | None:
+        if not values:
+            return None
+        if len(values) == 1:
+            return values[0]
+        return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+
+
+class ServiceProcess:
+    """One framewatch process (detector or worker) with its log in the stack's state folder."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen([sys.executable, "-m", "framewatch.cli", *args], env=env, stdout=log,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30) -> None:
+        if not self.alive():
+            return
+        os.killpg(self.process.pid, sig)
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def tail(self, lines: int = 20) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+class PipelineRun:
+    def __init__(self, config_path: Path, env: dict[str, str], log_dir: Path) -> None:
+        self.config_path = config_path
+        self.env = env
+        self.config, _ = load_config(config_path, env)
+        self.log_dir = log_dir
+        self.processes: list[ServiceProcess] = []
+        self.detector_port = int(env.get("FRAMEWATCH_DETECTOR_PORT", "8500"))
+
+    @property
+    def stats_url(self) -> str:
+        return f"http://127.0.0.1:{self.config.framewatch.worker_web_port}/api/stats"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.config.framewatch.worker_web_port}/metrics"
+
+    def start(self, timeout_s: float = 90) -> None:
+        for port in (self.detector_port, self.config.framewatch.worker_web_port):
+            if port_open("127.0.0.1", port):
+                raise RuntimeError(f"port {port} is already in use; is another framewatch worker or detector running?")
+        args = ["-c", str(self.config_path)]
+        self.processes.append(ServiceProcess("detector", ["detector", *args, "--port", str(self.detector_port)],
+                                             self.env, self.log_dir))
+        self.processes.append(ServiceProcess("worker", ["worker", *args], self.env, self.log_dir))
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for process in self.processes:
+                if not process.alive():
+                    raise RuntimeError(f"{process.name} exited while starting:\n{process.tail()}")
+            stats = self.stats()
+            if stats and stats["services_alive"] >= 1:
+                return
+            time.sleep(0.5)
+        raise RuntimeError(f"the worker was not ready within {timeout_s:.0f}s:\n{self.processes[-1].tail()}")
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()
+
+    def stats(self) -> dict[str, Any] | None:
+        try:
+            with urllib.request.urlopen(self.stats_url, timeout=2) as answer:
+                stats: dict[str, Any] = json.loads(answer.read())
+                return stats
+        except OSError:
+            return None
+
+    async def extract(self) -> ExtractReport:
+        store = ObjectStore(self.config.frame_extractor.minio)
+        await store.ensure_bucket()
+        producer = EventProducer(self.config)
+        await producer.start()
+        try:
+            return await Extractor(self.config, store, producer).run()
+        finally:
+            await producer.stop()
+
+    async def settle(self, frames: int, timeout_s: float = 120) -> None:
+        """Wait until every frame has an outcome and the agents downstream have handled each of them."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            outcomes = await self._outcomes()
+            alerts = sum(1 for o in outcomes if o.outcome is Outcome.ALERT)
+            stats = self.stats() or {}
+            if (len(outcomes) >= frames and stats.get("alerts_published", 0) >= alerts
+                    and stats.get("alerts_relocated", 0) + stats.get("relocation_dead_letters", 0) >= alerts
+                    and stats.get("frames_deleted", 0) >= len(outcomes) - alerts):
+                return
+            await asyncio.sleep(1)
+        raise TimeoutError(f"pipeline not settled within {timeout_s:.0f}s: {len(await self._outcomes())}/{frames} "
+                           f"frames have an outcome; worker stats {self.stats()}")
+
+    async def _outcomes(self) -> list[FrameOutcome]:
+        records = await read_topic(self.config, self.config.topic(FRAME_OUTCOMES.name))
+        return [FrameOutcome.decode(r) for r in records]
+
+    async def summary(self, report: ExtractReport) -> RunSummary:
+        summary = RunSummary(frames_extracted=report.emitted,
+                             camera_errors={c.task_id: c.error for c in report.cameras if c.error})
+        outcomes = await self._outcomes()
+        for outcome in outcomes:
+            summary.frame_outcomes[outcome.outcome.value] = summary.frame_outcomes.get(outcome.outcome.value, 0) + 1
+            summary.frame_latency_ms.append(outcome.emitted_at - outcome.frame.captured_at)
+        frame_ids = [o.frame.frame_id for o in outcomes]
+        connection = await asyncpg.connect(self.config.database.dsn.get_secret_value())
+        try:
+            rows = await connection.fetch(
+                "SELECT alert_id::text, image_key, 1000 * extract(epoch FROM stored_at - captured_at) AS latency "
+                "FROM alerts WHERE frame_id = ANY($1::uuid[]) ORDER BY captured_at", frame_ids)
+        finally:
+            await connection.close()
+        summary.stored_alert_ids = [r["alert_id"] for r in rows]
+        summary.alert_latency_ms = [float(r["latency"]) for r in rows]
+        store = ObjectStore(self.config.frame_extractor.minio)
+        for row in rows:
+            summary.alert_images[row["alert_id"]] = await store.exists(row["image_key"])
+        summary.frames_left = await store.list_keys(store.key("frames") + "/")
+        wanted = set(summary.stored_alert_ids)
+        published = await read_topic(self.config, self.config.ai_analysis.mq_topic)
+        summary.published_alert_ids = [a for a in (orjson.loads(r).get("alert_id") for r in published) if a in wanted]
+        return summary
+
+
+async def read_topic(config: Config, topic: str) -> list[bytes]:
+    """Every record on a topic now, all partitions."""
+    admin = await connect_admin(config)
+    try:
+        count = (await partitions(admin, [topic])).get(topic, 0)
+    finally:
+        await admin.close()
+    consumer = AIOKafkaConsumer(bootstrap_servers=config.kafka_bootstrap, group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(count)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        records: list[bytes] = []
+        pending = {tp for tp in tps if ends[tp] > 0}
+        while pending:
+            for tp, messages in (await consumer.getmany(timeout_ms=1000)).items():
+                records.extend(m.value for m in messages if m.value is not None)
+                if await consumer.position(tp) >= ends[tp]:
+                    pending.discard(tp)
+        return records
+    finally:
+        await consumer.stop()
+
+
+def _print_summary(summary: RunSummary, run: PipelineRun, elapsed_s: float) -> None:
+    def ms(value: float | None) -> str:
+        return "-" if value is None else f"{value:.0f} ms"
+
+    moved = sum(summary.alert_images.values())
+    rows = [
+        ("frames extracted", str(summary.frames_extracted)),
+        ("frames inferred", str(summary.frames_extracted - summary.frame_outcomes.get("failed", 0))),
+        ("frame outcomes", ", ".join(f"{k}={v}" for k, v in sorted(summary.frame_outcomes.items()))),
+        ("alerts stored (PostgreSQL)", str(len(summary.stored_alert_ids))),
+        ("alert images under alerts/", f"{moved}/{len(summary.alert_images)}"),
+        ("alerts published (" + run.config.ai_analysis.mq_topic + ")", str(len(summary.published_alert_ids))),
+        ("frame objects left under frames/", str(len(summary.frames_left))),
+        ("capture -> outcome p50 / p99", f"{ms(summary.percentile(summary.frame_latency_ms, 50))} / "
+                                          f"{ms(summary.percentile(summary.frame_latency_ms, 99))}"),
+        ("capture -> alert stored p50 / p99", f"{ms(summary.percentile(summary.alert_latency_ms, 50))} / "
+                                               f"{ms(summary.percentile(summary.alert_latency_ms, 99))}"),
+        ("wall time", f"{elapsed_s:.1f} s"),
+    ]
+    print("\nframewatch demo summary")
+    for name, value in rows:
+        print(f"  {name:38} {value}")
+    print("\nsample alerts:")
+    for alert_id in summary.stored_alert_ids[:5]:
+        print(f"  {alert_id}")
+
+
+def run_demo(keep_stack: bool = True) -> int:
+    from framewatch.stack import LocalStack
+
+    stack = LocalStack()
+    stack.up()
+    namespace = f"demo-{int(time.time())}"
+    env = {**os.environ, **stack.env(), "FRAMEWATCH_NAMESPACE": namespace,
+           "FRAMEWATCH_MINIO_BUCKET": f"framewatch-{namespace}"}
+    run = PipelineRun(DEMO_CONFIG, env, stack.home.state / "logs" / namespace)
+    started = time.monotonic()
+    try:
+        asyncio.run(ensure_topics(run.config))
+        print(f"[demo] starting detector and worker (namespace {namespace}, logs in {run.log_dir})", flush=True)
+        run.start()
+        print(f"[demo] worker metrics: {run.metrics_url}   stats: {run.stats_url}", flush=True)
+        print("[demo] extracting the sample clip at its own pace ...", flush=True)
+        report = asyncio.run(run.extract())
+        asyncio.run(run.settle(report.emitted))
+        summary = asyncio.run(run.summary(report))
+        print(f"[demo] last metrics read at {time.strftime('%H:%M:%S')}:")
+        with urllib.request.urlopen(run.metrics_url, timeout=5) as answer:
+            for line in answer.read().decode().splitlines():
+                if line.startswith("framewatch_") and ("_total" in line or "_up " in line or "_alive " in line):
+                    print(f"  {line}")
+    except KeyboardInterrupt:
+        print("\n[demo] interrupted")
+        return 130
+    finally:
+        run.stop()
+        if not keep_stack:
+            stack.down()
+    _print_summary(summary, run, time.monotonic() - started)
+    print(f"\nThe detector and worker have stopped. The local stack {'is still running' if keep_stack else 'stopped'}"
+          f" (framewatch stack status / framewatch stack down).")
+    ok = (summary.stored_alert_ids and all(summary.alert_images.values())
+          and sorted(summary.published_alert_ids) == sorted(summary.stored_alert_ids))
+    return 0 if ok else 1

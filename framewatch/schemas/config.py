@@ -1,0 +1,355 @@
+"""The configuration model: the seed system's config.toml loads as it is; new keys get names of their own.
+
+Environment variables override addresses and secrets (see ENV_OVERRIDES), so a file can be shared without them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A config file could not be read or holds a value framewatch cannot use; the message names file and key."""
+
+
+class TaskType(StrEnum):
+    PEOPLE_COUNTING = "people_counting"
+    LINE_CROSSING = "line_crossing"
+    PERSON_FALL = "person_fall"
+    OFF_POST = "off_post"
+    SMOKING = "smoking"
+    AREA_INTRUSION = "area_intrusion"
+    LOITERING = "loitering"
+    OBJECT_LEFT = "object_left"
+    NO_HELMET = "no_helmet"
+
+
+TASK_TYPE_ALIASES: dict[str, TaskType] = {
+    "人数统计": TaskType.PEOPLE_COUNTING,
+    "绊线人数统计": TaskType.LINE_CROSSING,
+    "人员跌倒": TaskType.PERSON_FALL,
+    "人员离岗": TaskType.OFF_POST,
+    "吸烟检测": TaskType.SMOKING,
+    "区域入侵": TaskType.AREA_INTRUSION,
+    "徘徊检测": TaskType.LOITERING,
+    "物品遗留": TaskType.OBJECT_LEFT,
+    "安全帽检测": TaskType.NO_HELMET,
+}
+
+
+def parse_task_type(value: object) -> TaskType:
+    if isinstance(value, TaskType):
+        return value
+    text = str(value).strip()
+    if text in TASK_TYPE_ALIASES:
+        return TASK_TYPE_ALIASES[text]
+    try:
+        return TaskType(text.lower().replace("-", "_").replace(" ", "_"))
+    except ValueError:
+        known = ", ".join([*TaskType, *TASK_TYPE_ALIASES])
+        raise ValueError(f"unknown task type {text!r}; known: {known}") from None
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are kept aside to be reported once, never silently used."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    obsolete: ClassVar[dict[str, str]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_obsolete(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if k not in cls.obsolete}
+        return data
+
+
+_SAFE_ID = re.compile(r"^[\w\-.]{1,64}$", re.UNICODE)
+
+
+class MinioSettings(Section):
+    endpoint: str = "127.0.0.1:9000"
+    bucket: str = "images"
+    access_key: str = ""
+    secret_key: SecretStr = SecretStr("")
+    use_ssl: bool = False
+    base_path: str = ""
+    region: str = "us-east-1"
+
+    @field_validator("base_path")
+    @classmethod
+    def _relative(cls, value: str) -> str:
+        return value.strip("/")
+
+
+class CameraTask(Section):
+    id: str
+    task_type: TaskType
+    rtsp_url: str = Field(description="any source PyAV opens: rtsp://, rtmp://, http(s)://, or a file path")
+    interval_ms: int | None = Field(default=None, gt=0)
+    output_path: str | None = None
+    enabled: bool = True
+    max_frame_count: int | None = Field(default=None, ge=0)
+    region: list[tuple[float, float]] | None = Field(
+        default=None, description="polygon in normalised coordinates; the whole frame when absent")
+    labels: list[str] = ["person"]
+    min_score: float = Field(default=0.0, ge=0.0, le=1.0)
+    alert_threshold: int = Field(default=1, ge=1, description="objects in the region that make an alert")
+    cooldown_sec: float = Field(default=10.0, ge=0.0)
+
+    @field_validator("task_type", mode="before")
+    @classmethod
+    def _task_type(cls, value: object) -> TaskType:
+        return parse_task_type(value)
+
+    @field_validator("id")
+    @classmethod
+    def _safe_id(cls, value: str) -> str:
+        if not _SAFE_ID.match(value) or value in {".", ".."}:
+            raise ValueError("must be 1-64 letters, digits, '_', '-' or '.' (it becomes part of object keys)")
+        return value
+
+    @field_validator("region")
+    @classmethod
+    def _normalised(cls, value: list[tuple[float, float]] | None) -> list[tuple[float, float]] | None:
+        if value is None:
+            return None
+        if len(value) < 3:
+            raise ValueError("a region needs at least 3 points")
+        if any(not (0.0 <= c <= 1.0) for point in value for c in point):
+            raise ValueError("region coordinates are normalised and must lie in 0..1")
+        return value
+
+    @model_validator(mode="after")
+    def _default_output_path(self) -> CameraTask:
+        if self.output_path is None:
+            object.__setattr__(self, "output_path", self.id)
+        elif not _SAFE_ID.match(self.output_path):
+            raise ValueError(f"output_path {self.output_path!r} must be a single safe path segment")
+        return self
+
+
+class FrameExtractorSettings(Section):
+    obsolete = {"output_dir": "frames go to the object store only"}
+
+    enable: bool = True
+    interval_ms: int = Field(default=1000, gt=0)
+    store: str = "minio"
+    task_types: list[TaskType] = list(TaskType)
+    max_frame_count: int = Field(default=0, ge=0)
+    jpeg_quality: int = Field(default=85, ge=10, le=100)
+    realtime: bool = Field(default=True, description="pace file sources at their own frame rate, like a camera")
+    minio: MinioSettings = MinioSettings()
+    tasks: list[CameraTask] = []
+
+    @field_validator("task_types", mode="before")
+    @classmethod
+    def _task_types(cls, value: object) -> list[TaskType]:
+        if not isinstance(value, list):
+            raise ValueError("must be a list of task type names")
+        return [parse_task_type(v) for v in value]
+
+    @field_validator("store")
+    @classmethod
+    def _store(cls, value: str) -> str:
+        if value != "minio":
+            raise ValueError(f"store {value!r} is not supported; framewatch stores frames in an S3 store ('minio')")
+        return value
+
+    @model_validator(mode="after")
+    def _unique_tasks(self) -> FrameExtractorSettings:
+        ids = [t.id for t in self.tasks]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ValueError(f"task ids must be unique; repeated: {', '.join(duplicates)}")
+        return self
+
+    def interval_for(self, task: CameraTask) -> int:
+        return task.interval_ms or self.interval_ms
+
+
+class AiAnalysisSettings(Section):
+    obsolete = {"scan_interval_sec": "frames arrive as events on fw.frames; nothing scans the store"}
+
+    enable: bool = True
+    mq_type: str = "kafka"
+    mq_address: str = "127.0.0.1:9092"
+    mq_topic: str = "easyai.alerts"
+    heartbeat_timeout_sec: float = Field(default=60.0, gt=0)
+    max_concurrent_infer: int = Field(default=8, ge=1)
+    max_queue_size: int = Field(default=50000, ge=1)
+    save_only_with_detection: bool = True
+    alert_base_path: str = "alerts"
+    alert_batch_enabled: bool = True
+    alert_batch_size: int = Field(default=100, ge=1)
+    alert_batch_interval_sec: float = Field(default=2.0, gt=0)
+    infer_timeout_sec: float = Field(default=10.0, gt=0)
+    presign_expiry_sec: int = Field(default=24 * 3600, gt=0, le=7 * 24 * 3600)
+
+    @field_validator("mq_type")
+    @classmethod
+    def _kafka(cls, value: str) -> str:
+        if value != "kafka":
+            raise ValueError(f"mq_type {value!r} is not supported; framewatch publishes alerts to Kafka")
+        return value
+
+    @field_validator("alert_base_path")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        return value.strip("/") or "alerts"
+
+
+class DatabaseSettings(Section):
+    dsn: SecretStr = SecretStr("postgresql://framewatch@127.0.0.1:5432/framewatch")
+
+
+class FramewatchSettings(Section):
+    """Keys the seed system did not have."""
+
+    namespace: str = Field(default="", description="prefix for topics, consumer groups and the app id")
+    kafka_bootstrap: str | None = Field(default=None, description="defaults to ai_analysis.mq_address")
+    topic_partitions: int = Field(default=4, ge=1)
+    worker_web_port: int = 6066
+    extractor_metrics_port: int = 9464
+    data_dir: str = Field(default="", description="Faust table state; a temporary folder per worker when empty")
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, value: str) -> str:
+        if value and not re.fullmatch(r"[a-z0-9][a-z0-9\-]{0,30}", value):
+            raise ValueError("must be lower-case letters, digits and '-', at most 31 characters")
+        return value
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    frame_extractor: FrameExtractorSettings = FrameExtractorSettings()
+    ai_analysis: AiAnalysisSettings = AiAnalysisSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    framewatch: FramewatchSettings = FramewatchSettings()
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        return self.framewatch.kafka_bootstrap or self.ai_analysis.mq_address
+
+    def topic(self, name: str) -> str:
+        """A framewatch topic's name in this config's namespace (the alert topic for users is not prefixed)."""
+        return f"{self.framewatch.namespace}.{name}" if self.framewatch.namespace else name
+
+    def task(self, task_id: str) -> CameraTask:
+        for task in self.frame_extractor.tasks:
+            if task.id == task_id:
+                return task
+        raise KeyError(task_id)
+
+
+# variable -> (section, key): addresses and secrets that deployments inject rather than write down
+ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
+    "FRAMEWATCH_KAFKA_BOOTSTRAP": ("framewatch", "kafka_bootstrap"),
+    "FRAMEWATCH_MQ_TOPIC": ("ai_analysis", "mq_topic"),
+    "FRAMEWATCH_MINIO_ENDPOINT": ("frame_extractor", "minio", "endpoint"),
+    "FRAMEWATCH_MINIO_ACCESS_KEY": ("frame_extractor", "minio", "access_key"),
+    "FRAMEWATCH_MINIO_SECRET_KEY": ("frame_extractor", "minio", "secret_key"),
+    "FRAMEWATCH_MINIO_BUCKET": ("frame_extractor", "minio", "bucket"),
+    "FRAMEWATCH_POSTGRES_DSN": ("database", "dsn"),
+    "FRAMEWATCH_NAMESPACE": ("framewatch", "namespace"),
+    "FRAMEWATCH_WORKER_PORT": ("framewatch", "worker_web_port"),
+    "FRAMEWATCH_EXTRACTOR_METRICS_PORT": ("framewatch", "extractor_metrics_port"),
+}
+
+
+def _apply_env(raw: dict[str, Any], environ: dict[str, str]) -> None:
+    for variable, path in ENV_OVERRIDES.items():
+        if variable not in environ:
+            continue
+        node = raw
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = environ[variable]
+
+
+def _ignored_keys(raw: dict[str, Any]) -> list[str]:
+    """Keys present in the file that framewatch does not use: obsolete ones with the reason, unknown ones."""
+    notes: list[str] = []
+
+    def walk(model: type[BaseModel], data: Any, where: str) -> None:
+        if not isinstance(data, dict):
+            return
+        obsolete = getattr(model, "obsolete", {})
+        for key, value in data.items():
+            name = f"{where}.{key}" if where else key
+            if key in obsolete:
+                notes.append(f"{name}: ignored, {obsolete[key]}")
+            elif key not in model.model_fields:
+                notes.append(f"{name}: unknown key, ignored")
+            else:
+                annotation = model.model_fields[key].annotation
+                if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                    walk(annotation, value, name)
+                elif key == "tasks" and isinstance(value, list):
+                    for index, item in enumerate(value):
+                        walk(CameraTask, item, f"{name}[{index}]")
+
+    walk(Config, raw, "")
+    return notes
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for problem in error.errors():
+        parts: list[str] = []
+        for loc in problem["loc"]:
+            if isinstance(loc, int):
+                parts[-1] = f"{parts[-1]}[{loc}]"
+            else:
+                parts.append(str(loc))
+        key = ".".join(parts) or "(top level)"
+        lines.append(f"{key}: {problem['msg']}")
+    return "; ".join(lines)
+
+
+def load_config(path: str | Path | None, environ: dict[str, str] | None = None) -> tuple[Config, list[str]]:
+    """Read, override from the environment, validate. Returns the config and the keys it ignored."""
+    environ = dict(os.environ) if environ is None else environ
+    raw: dict[str, Any] = {}
+    source = "(defaults)"
+    if path is not None:
+        source = str(path)
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{source}: file not found") from None
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"{source}: not valid TOML: {error}") from None
+    ignored = _ignored_keys(raw)
+    _apply_env(raw, environ)
+    try:
+        return Config.model_validate(raw), ignored
+    except ValidationError as error:
+        raise ConfigError(f"{source}: {_describe(error)}") from None
+
+
+_URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
+
+
+def mask_url(url: str) -> str:
+    """rtsp://user:pass@host/... -> rtsp://***@host/..., for logs, metrics labels and answers."""
+    return _URL_CREDENTIALS.sub("***@", url)
+
+
+def masked(config: Config) -> dict[str, Any]:
+    """The resolved config for display: secrets shown as '***', credentials cut out of URLs."""
+    data = config.model_dump(mode="json")
+    data["database"]["dsn"] = mask_url(config.database.dsn.get_secret_value())
+    data["frame_extractor"]["minio"]["secret_key"] = "***" if config.frame_extractor.minio.secret_key else ""
+    for task in data["frame_extractor"]["tasks"]:
+        task["rtsp_url"] = mask_url(task["rtsp_url"])
+    return data

@@ -1,0 +1,75 @@
+"""The algorithm-service HTTP contract (JSON over HTTP/1.1, keep-alive).
+
+    POST {endpoint}/v1/infer        InferRequest  -> 200 InferResponse
+    GET  {endpoint}/healthz         -> 200 {"status": "ok", ...}
+
+A request carries one or several frames (up to the service's declared max_batch), each by presigned URL or by
+inline base64 bytes. The answer carries one result per frame, in any order, matched by frame_id. A service that
+cannot serve answers with an `error` (top level: the whole request; per result: that frame) whose `code`
+classifies it; 107002 is the seed system's GPU out-of-memory and means "resource exhausted, try elsewhere".
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from framewatch.schemas.config import TaskType
+from framewatch.schemas.events import Detection
+
+INFER_PATH = "/v1/infer"
+HEALTH_PATH = "/healthz"
+MAX_RESPONSE_BYTES = 4 * 1024 * 1024
+
+
+class ErrorCode(IntEnum):
+    BAD_REQUEST = 100400
+    IMAGE_UNAVAILABLE = 100404
+    INTERNAL = 100500
+    RESOURCE_EXHAUSTED = 107002
+
+
+class ServiceError(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    code: int
+    message: str = ""
+
+
+class InferFrame(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    frame_id: str
+    task_type: TaskType
+    image_url: str | None = None
+    image_b64: str | None = None
+    region: list[tuple[float, float]] | None = None
+
+    @model_validator(mode="after")
+    def _one_image(self) -> InferFrame:
+        if (self.image_url is None) == (self.image_b64 is None):
+            raise ValueError("exactly one of image_url and image_b64 is required")
+        return self
+
+
+class InferRequest(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    frames: list[InferFrame] = Field(min_length=1)
+
+
+class FrameResult(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    frame_id: str
+    detections: list[Detection] = []
+    error: ServiceError | None = None
+
+
+class InferResponse(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    results: list[FrameResult] = []
+    error: ServiceError | None = None
+    inference_ms: float | None = None

@@ -1,0 +1,229 @@
+"""Event records: the only things that travel between framewatch's processes.
+
+Every record carries a schema version, an id that makes reprocessing idempotent, the time its frame was
+captured and the time it was emitted (so staleness and lag are measurable). On the wire: JSON via orjson.
+Agents consume raw bytes and call `decode`, so a bad record becomes a dead letter, never a dead agent.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from enum import StrEnum
+from typing import Any, ClassVar, Literal, TypeVar
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from framewatch.schemas.config import CameraTask, TaskType
+
+SCHEMA_VERSION = 1
+ID_NAMESPACE = uuid.UUID("6f1c0e62-4c55-4d0e-9a57-1f1f3e0f7a11")
+
+E = TypeVar("E", bound="Event")
+
+
+class DecodeError(ValueError):
+    """Bytes on a topic that are not a valid record of the expected kind."""
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def stable_id(*parts: str) -> str:
+    """The same parts give the same id, in every process, on every run."""
+    return str(uuid.uuid5(ID_NAMESPACE, "\x1f".join(parts)))
+
+
+class Event(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    kind: ClassVar[str]
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    emitted_at: int = Field(default_factory=now_ms, description="ms since the epoch when this record was made")
+
+    @property
+    def event_id(self) -> str:
+        raise NotImplementedError
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(self.model_dump(mode="json"))
+
+    @classmethod
+    def decode(cls: type[E], raw: bytes | None) -> E:
+        if raw is None:
+            raise DecodeError(f"{cls.__name__}: empty record")
+        try:
+            return cls.model_validate(orjson.loads(raw))
+        except orjson.JSONDecodeError as error:
+            raise DecodeError(f"{cls.__name__}: not JSON ({error})") from None
+        except ValidationError as error:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+            raise DecodeError(f"{cls.__name__}: {problems}") from None
+
+    def restamped(self: E) -> E:
+        return self.model_copy(update={"emitted_at": now_ms()})
+
+
+class FrameEvent(Event):
+    """A sampled frame whose JPEG is already in the object store."""
+
+    kind = "frame"
+    frame_id: str
+    task_id: str
+    camera_id: str
+    task_type: TaskType
+    seq: int = Field(ge=0)
+    captured_at: int = Field(description="ms since the epoch at capture")
+    bucket: str
+    object_key: str
+    width: int = Field(gt=0)
+    height: int = Field(gt=0)
+
+    @property
+    def event_id(self) -> str:
+        return self.frame_id
+
+    @staticmethod
+    def make_id(camera_id: str, captured_at: int, seq: int) -> str:
+        return stable_id("frame", camera_id, str(captured_at), str(seq))
+
+
+class Detection(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    label: str = Field(min_length=1)
+    score: float = Field(ge=0.0, le=1.0)
+    box: tuple[float, float, float, float] = Field(description="x1, y1, x2, y2, normalised to 0..1")
+    track_id: str | None = None
+    attributes: dict[str, Any] = {}
+
+    def center(self) -> tuple[float, float]:
+        x1, y1, x2, y2 = self.box
+        return (x1 + x2) / 2, (y1 + y2) / 2
+
+    def foot(self) -> tuple[float, float]:
+        """Where a standing person touches the ground: the bottom centre of the box."""
+        x1, _, x2, y2 = self.box
+        return (x1 + x2) / 2, y2
+
+
+class DetectionEvent(Event):
+    kind = "detections"
+    frame: FrameEvent
+    service_id: str
+    inference_ms: float = Field(ge=0)
+    detections: list[Detection]
+
+    @property
+    def event_id(self) -> str:
+        return self.frame.frame_id
+
+
+class AlertEvent(Event):
+    kind = "alert"
+    alert_id: str
+    frame: FrameEvent
+    rule: str
+    evidence: dict[str, Any]
+    image_key: str = Field(description="where the alert image lives once relocated")
+
+    @property
+    def event_id(self) -> str:
+        return self.alert_id
+
+    @staticmethod
+    def make_id(frame_id: str, rule: str) -> str:
+        return stable_id("alert", frame_id, rule)
+
+
+class Outcome(StrEnum):
+    ALERT = "alert"
+    NO_ALERT = "no_alert"
+    DROPPED = "dropped"
+    FAILED = "failed"
+
+
+class FrameOutcome(Event):
+    """How a frame's journey ended; retention deletes the object of every outcome but `alert`."""
+
+    kind = "frame_outcome"
+    frame: FrameEvent
+    outcome: Outcome
+    reason: str = ""
+
+    @property
+    def event_id(self) -> str:
+        return self.frame.frame_id
+
+
+class ServiceHeartbeat(Event):
+    kind = "service_heartbeat"
+    service_id: str
+    endpoint: str
+    task_types: list[TaskType]
+    capacity: int = Field(ge=1, description="concurrent requests the service can take")
+    max_batch: int = Field(default=1, ge=1)
+    version: str = ""
+
+    @property
+    def event_id(self) -> str:
+        return f"{self.service_id}@{self.emitted_at}"
+
+
+class TaskEvent(Event):
+    """A camera task as it stands now (compacted topic fw.tasks, keyed by task id); `task` None deletes it."""
+
+    kind = "task"
+    task_id: str
+    task: CameraTask | None
+
+    @property
+    def event_id(self) -> str:
+        return f"{self.task_id}@{self.emitted_at}"
+
+
+class RetentionEvent(Event):
+    kind = "retention"
+    bucket: str
+    object_key: str
+    task_id: str
+    reason: str
+
+    @property
+    def event_id(self) -> str:
+        return stable_id("retention", self.bucket, self.object_key)
+
+
+class AlertStored(Event):
+    """An alert committed to the database: the publisher's only input, so nothing unstored is published."""
+
+    kind = "alert_stored"
+    alert: AlertEvent
+    stored_at: int
+
+    @property
+    def event_id(self) -> str:
+        return self.alert.alert_id
+
+
+class DeadLetter(Event):
+    kind = "dead_letter"
+    topic: str
+    reason: str
+    key: str | None
+    payload: str = Field(description="the record as received, decoded as UTF-8 with replacement")
+
+    @property
+    def event_id(self) -> str:
+        return stable_id("dead", self.topic, self.payload)
+
+
+ALL_EVENTS: tuple[type[Event], ...] = (FrameEvent, DetectionEvent, AlertEvent, FrameOutcome, ServiceHeartbeat,
+                                       TaskEvent, RetentionEvent, AlertStored, DeadLetter)
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    """JSON Schema of every record, for topic inspection tools and consumers in other languages."""
+    return {event.__name__: event.model_json_schema() for event in ALL_EVENTS}

@@ -1,0 +1,39 @@
+"""Every topic framewatch uses, with its record type and key: the one list both the edge and the agents read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from framewatch.schemas import events
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    record: type[events.Event]
+    key: str
+    compacted: bool = False
+    retention_ms: int | None = None
+
+
+HOUR_MS = 3600 * 1000
+
+FRAMES = TopicSpec("fw.frames", events.FrameEvent, "camera_id", retention_ms=6 * HOUR_MS)
+DETECTIONS = TopicSpec("fw.detections", events.DetectionEvent, "camera_id", retention_ms=6 * HOUR_MS)
+ALERTS = TopicSpec("fw.alerts", events.AlertEvent, "camera_id", retention_ms=7 * 24 * HOUR_MS)
+ALERTS_STORED = TopicSpec("fw.alerts-stored", events.AlertStored, "camera_id", retention_ms=7 * 24 * HOUR_MS)
+FRAME_OUTCOMES = TopicSpec("fw.frame-outcomes", events.FrameOutcome, "camera_id", retention_ms=6 * HOUR_MS)
+RETENTION = TopicSpec("fw.retention", events.RetentionEvent, "task_id", retention_ms=7 * 24 * HOUR_MS)
+SERVICES = TopicSpec("fw.services", events.ServiceHeartbeat, "service_id", compacted=True)
+TASKS = TopicSpec("fw.tasks", events.TaskEvent, "task_id", compacted=True)
+DEAD_LETTERS = TopicSpec("fw.dead-letters", events.DeadLetter, "topic", retention_ms=30 * 24 * HOUR_MS)
+
+ALL_TOPICS = (FRAMES, DETECTIONS, ALERTS, ALERTS_STORED, FRAME_OUTCOMES, RETENTION, SERVICES, TASKS, DEAD_LETTERS)
+
+
+def by_name(name: str) -> TopicSpec | None:
+    """The spec of a topic given its full name, with or without a namespace prefix."""
+    for spec in ALL_TOPICS:
+        if name == spec.name or name.endswith("." + spec.name):
+            return spec
+    return None

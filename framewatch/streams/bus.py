@@ -1,0 +1,82 @@
+"""Kafka for the processes outside the Faust worker: topic creation and a typed event producer."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from framewatch.schemas.config import Config
+from framewatch.schemas.events import Event
+from framewatch.schemas.topics import ALL_TOPICS, TopicSpec
+
+CONNECT_TIMEOUT_S = 10.0
+
+
+class BrokerUnavailable(RuntimeError):
+    """Kafka could not be reached at the configured address."""
+
+
+def _topic_config(spec: TopicSpec) -> dict[str, str]:
+    if spec.compacted:
+        return {"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1", "segment.ms": "600000"}
+    return {"retention.ms": str(spec.retention_ms)} if spec.retention_ms else {}
+
+
+async def connect_admin(config: Config) -> AIOKafkaAdminClient:
+    admin = AIOKafkaAdminClient(bootstrap_servers=config.kafka_bootstrap, request_timeout_ms=5000)
+    try:
+        await asyncio.wait_for(admin.start(), CONNECT_TIMEOUT_S)
+    except (KafkaError, OSError, asyncio.TimeoutError) as error:
+        await admin.close()
+        raise BrokerUnavailable(f"cannot reach Kafka at {config.kafka_bootstrap}: {error or type(error).__name__}")
+    return admin
+
+
+async def partitions(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, int]:
+    """How many partitions each existing topic has."""
+    described = await admin.describe_topics(names)
+    return {d["topic"]: len(d["partitions"]) for d in described if d.get("error_code", 0) == 0}
+
+
+async def ensure_topics(config: Config) -> None:
+    """Create framewatch's topics (and the alert topic for users) with their settings, if missing."""
+    admin = await connect_admin(config)
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [NewTopic(config.topic(s.name), config.framewatch.topic_partitions, 1, topic_configs=_topic_config(s))
+                  for s in ALL_TOPICS if config.topic(s.name) not in existing]
+        if config.ai_analysis.mq_topic not in existing:
+            wanted.append(NewTopic(config.ai_analysis.mq_topic, config.framewatch.topic_partitions, 1))
+        for topic in wanted:
+            try:
+                await admin.create_topics([topic])
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        await admin.close()
+
+
+class EventProducer:
+    """Sends records to framewatch topics, keyed and namespaced; `start` fails fast with a clear error."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._producer = AIOKafkaProducer(bootstrap_servers=config.kafka_bootstrap, acks="all",
+                                          enable_idempotence=True, linger_ms=5, request_timeout_ms=15000)
+
+    async def start(self) -> None:
+        try:
+            await asyncio.wait_for(self._producer.start(), CONNECT_TIMEOUT_S)
+        except (KafkaError, OSError, asyncio.TimeoutError) as error:
+            await self._producer.stop()
+            raise BrokerUnavailable(
+                f"cannot reach Kafka at {self.config.kafka_bootstrap}: {error or type(error).__name__}") from None
+
+    async def stop(self) -> None:
+        await self._producer.stop()
+
+    async def send(self, spec: TopicSpec, event: Event, key: str) -> None:
+        await self._producer.send_and_wait(self.config.topic(spec.name), event.to_bytes(), key=key.encode())

@@ -1,0 +1,97 @@
+"""The object store (MinIO or any S3 server) behind a small async surface, one pooled client per process."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from datetime import timedelta
+
+import urllib3
+from minio import Minio
+from minio.commonconfig import CopySource
+from minio.error import S3Error
+
+from framewatch.schemas.config import MinioSettings
+
+
+class StoreError(RuntimeError):
+    """The object store refused or could not be reached; the message names the endpoint, bucket and key."""
+
+
+class ObjectStore:
+    def __init__(self, settings: MinioSettings, bucket: str | None = None, pool_size: int = 16) -> None:
+        self.settings = settings
+        self.bucket = bucket or settings.bucket
+        http = urllib3.PoolManager(maxsize=pool_size, timeout=urllib3.Timeout(connect=3.0, read=20.0),
+                                   retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=[502, 503, 504]))
+        self._client = Minio(settings.endpoint, access_key=settings.access_key,
+                             secret_key=settings.secret_key.get_secret_value(), secure=settings.use_ssl,
+                             region=settings.region, http_client=http)
+
+    def key(self, *parts: str) -> str:
+        return "/".join(p.strip("/") for p in (self.settings.base_path, *parts) if p)
+
+    def _where(self, key: str = "") -> str:
+        return f"{self.settings.endpoint}/{self.bucket}/{key}"
+
+    async def _call(self, what: str, key: str, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+        try:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        except S3Error as error:
+            raise StoreError(f"{what} {self._where(key)}: {error.code}: {error.message}") from error
+        except (urllib3.exceptions.HTTPError, OSError) as error:
+            raise StoreError(f"{what} {self._where(key)}: object store unreachable ({error})") from error
+
+    async def ensure_bucket(self) -> None:
+        if not await self._call("checking bucket", "", self._client.bucket_exists, self.bucket):
+            try:
+                await self._call("creating bucket", "", self._client.make_bucket, self.bucket)
+            except StoreError as error:
+                if "BucketAlreadyOwnedByYou" not in str(error):
+                    raise
+
+    async def put(self, key: str, data: bytes, content_type: str = "image/jpeg") -> None:
+        await self._call("uploading", key, self._client.put_object, self.bucket, key, io.BytesIO(data), len(data),
+                         content_type=content_type)
+
+    async def exists(self, key: str) -> bool:
+        try:
+            await self._call("checking", key, self._client.stat_object, self.bucket, key)
+            return True
+        except StoreError as error:
+            if isinstance(error.__cause__, S3Error) and error.__cause__.code in {"NoSuchKey", "NoSuchObject"}:
+                return False
+            raise
+
+    async def get(self, key: str) -> bytes:
+        def read() -> bytes:
+            answer = self._client.get_object(self.bucket, key)
+            try:
+                return answer.read()
+            finally:
+                answer.close()
+                answer.release_conn()
+        data: bytes = await self._call("reading", key, read)
+        return data
+
+    async def delete(self, key: str) -> None:
+        """Deleting a missing object succeeds: S3 deletes are idempotent."""
+        await self._call("deleting", key, self._client.remove_object, self.bucket, key)
+
+    async def move(self, source: str, target: str) -> None:
+        """Copy then delete; a retry that finds the target already in place only finishes the delete."""
+        if not await self.exists(target):
+            await self._call("copying to", target, self._client.copy_object, self.bucket, target,
+                             CopySource(self.bucket, source))
+        await self.delete(source)
+
+    async def list_keys(self, prefix: str) -> list[str]:
+        def names() -> list[str]:
+            return [o.object_name for o in self._client.list_objects(self.bucket, prefix=prefix, recursive=True)
+                    if o.object_name is not None]
+        keys: list[str] = await self._call("listing", prefix, names)
+        return keys
+
+    def presign(self, key: str, expiry_sec: int) -> str:
+        """A GET URL computed locally (the region is configured, so no request is made)."""
+        return self._client.presigned_get_object(self.bucket, key, expires=timedelta(seconds=expiry_sec))
