@@ -64,11 +64,14 @@ class ServiceRegistry(Service):
             except DecodeError as error:
                 log.warning("ignoring a bad heartbeat on %s: %s", message.topic, error)
                 continue
-            if heartbeat.service_id not in self._services:
-                log.info("service %s registered at %s (capacity %d)", heartbeat.service_id, heartbeat.endpoint,
-                         heartbeat.capacity)
-            self._services[heartbeat.service_id] = RegisteredService(heartbeat, self._seen_at(heartbeat))
-            SERVICES_ALIVE.set(len(self.alive()))
+            self.observe(heartbeat)
+
+    def observe(self, heartbeat: ServiceHeartbeat) -> None:
+        if heartbeat.service_id not in self._services:
+            log.info("service %s registered at %s (capacity %d)", heartbeat.service_id, heartbeat.endpoint,
+                     heartbeat.capacity)
+        self._services[heartbeat.service_id] = RegisteredService(heartbeat, self._seen_at(heartbeat))
+        SERVICES_ALIVE.set(len(self.alive()))
 
     def _seen_at(self, heartbeat: ServiceHeartbeat) -> float:
         """Monotonic time of the heartbeat, so a replayed old heartbeat is already stale."""

@@ -22,13 +22,13 @@ from typing import Any
 
 import asyncpg
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from framewatch.schemas.config import Config, load_config
 from framewatch.stack.base import port_open
 from framewatch.schemas.events import FrameOutcome, Outcome
 from framewatch.schemas.topics import FRAME_OUTCOMES
-from framewatch.streams.bus import EventProducer, connect_admin, ensure_topics, partitions
+from framewatch.ops.topics import read_records
+from framewatch.streams.bus import EventProducer, ensure_topics
 from framewatch.streams.extractor import ExtractReport, Extractor
 from framewatch.streams.objectstore import ObjectStore
 
@@ -159,8 +159,8 @@ class PipelineRun:
                            f"frames have an outcome; worker stats {self.stats()}")
 
     async def _outcomes(self) -> list[FrameOutcome]:
-        records = await read_topic(self.config, self.config.topic(FRAME_OUTCOMES.name))
-        return [FrameOutcome.decode(r) for r in records]
+        records = await read_records(self.config, self.config.topic(FRAME_OUTCOMES.name))
+        return [FrameOutcome.decode(r.value) for r in records]
 
     async def summary(self, report: ExtractReport) -> RunSummary:
         summary = RunSummary(frames_extracted=report.emitted,
@@ -184,35 +184,10 @@ class PipelineRun:
             summary.alert_images[row["alert_id"]] = await store.exists(row["image_key"])
         summary.frames_left = await store.list_keys(store.key("frames") + "/")
         wanted = set(summary.stored_alert_ids)
-        published = await read_topic(self.config, self.config.ai_analysis.mq_topic)
-        summary.published_alert_ids = [a for a in (orjson.loads(r).get("alert_id") for r in published) if a in wanted]
+        published = await read_records(self.config, self.config.ai_analysis.mq_topic)
+        summary.published_alert_ids = [a for a in (orjson.loads(r.value or b"{}").get("alert_id") for r in published)
+                                       if a in wanted]
         return summary
-
-
-async def read_topic(config: Config, topic: str) -> list[bytes]:
-    """Every record on a topic now, all partitions."""
-    admin = await connect_admin(config)
-    try:
-        count = (await partitions(admin, [topic])).get(topic, 0)
-    finally:
-        await admin.close()
-    consumer = AIOKafkaConsumer(bootstrap_servers=config.kafka_bootstrap, group_id=None, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in range(count)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        records: list[bytes] = []
-        pending = {tp for tp in tps if ends[tp] > 0}
-        while pending:
-            for tp, messages in (await consumer.getmany(timeout_ms=1000)).items():
-                records.extend(m.value for m in messages if m.value is not None)
-                if await consumer.position(tp) >= ends[tp]:
-                    pending.discard(tp)
-        return records
-    finally:
-        await consumer.stop()
 
 
 def _print_summary(summary: RunSummary, run: PipelineRun, elapsed_s: float) -> None:

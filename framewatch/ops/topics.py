@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from framewatch.schemas.config import Config
 from framewatch.schemas.events import DecodeError
@@ -63,37 +63,39 @@ def decode_record(topic: str, raw: bytes | None) -> Any:
         return {"raw": raw.decode("utf-8", "replace")}
 
 
-async def tail(config: Config, topic: str, count: int, timeout_s: float = 5.0) -> list[dict[str, Any]]:
-    """The last `count` records of each partition, oldest first."""
+async def read_records(config: Config, topic: str, last: int | None = None,
+                       timeout_s: float = 30.0) -> list[ConsumerRecord]:
+    """The records on a topic now (the `last` of each partition, or all), oldest first."""
     admin = await connect_admin(config)
     try:
         count = (await partitions(admin, [topic])).get(topic, 0)
     finally:
         await admin.close()
+    if count == 0:
+        raise LookupError(f"topic {topic!r} does not exist at {config.kafka_bootstrap}")
     consumer = AIOKafkaConsumer(bootstrap_servers=config.kafka_bootstrap, group_id=None, enable_auto_commit=False)
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for p in range(count)]
-        if not tps:
-            raise LookupError(f"topic {topic!r} does not exist at {config.kafka_bootstrap}")
         consumer.assign(tps)
         ends = await consumer.end_offsets(tps)
         begins = await consumer.beginning_offsets(tps)
         for tp in tps:
-            consumer.seek(tp, max(begins[tp], ends[tp] - count))
-        records: list[dict[str, Any]] = []
-        pending = {tp for tp in tps if ends[tp] > begins[tp]}
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while pending and asyncio.get_running_loop().time() < deadline:
-            batches = await consumer.getmany(timeout_ms=500)
-            for tp, messages in batches.items():
-                for message in messages:
-                    records.append({"partition": tp.partition, "offset": message.offset,
-                                    "key": message.key.decode("utf-8", "replace") if message.key else None,
-                                    "timestamp": message.timestamp, "value": decode_record(topic, message.value)})
-                if await consumer.position(tp) >= ends[tp]:
-                    pending.discard(tp)
-        records.sort(key=lambda r: (r["timestamp"], r["partition"], r["offset"]))
-        return records[-count:]
+            consumer.seek(tp, begins[tp] if last is None else max(begins[tp], ends[tp] - last))
+        records: list[ConsumerRecord] = []
+        async with asyncio.timeout(timeout_s):
+            for tp in tps:
+                while await consumer.position(tp) < ends[tp]:
+                    batch = await consumer.getmany(tp, timeout_ms=1000)
+                    records.extend(m for m in batch.get(tp, []) if m.offset < ends[tp])
+        return sorted(records, key=lambda r: (r.timestamp, r.partition, r.offset))
     finally:
         await consumer.stop()
+
+
+async def tail(config: Config, topic: str, count: int) -> list[dict[str, Any]]:
+    """The last `count` records of a topic, decoded, oldest first."""
+    records = (await read_records(config, topic, last=count))[-count:]
+    return [{"partition": r.partition, "offset": r.offset, "timestamp": r.timestamp,
+             "key": r.key.decode("utf-8", "replace") if r.key else None, "value": decode_record(topic, r.value)}
+            for r in records]

@@ -25,7 +25,7 @@ class SourceError(RuntimeError):
 class Sample:
     image: np.ndarray  # BGR, height x width x 3
     stream_ms: int  # position on the stream's own clock
-    captured_at: int  # wall clock, ms since the epoch
+    captured_at: int  # the stream's clock anchored at the wall-clock time the source opened, ms since the epoch
 
 
 def _is_file(url: str) -> bool:
@@ -53,6 +53,7 @@ def _sample_frames(url: str, interval_ms: int, realtime: bool) -> Iterator[Sampl
         stream.thread_type = "AUTO"
         next_due_ms = 0
         started = time.monotonic()
+        opened_at_ms = time.time_ns() // 1_000_000
         try:
             for frame in container.decode(stream):
                 if frame.time is None:
@@ -63,7 +64,7 @@ def _sample_frames(url: str, interval_ms: int, realtime: bool) -> Iterator[Sampl
                 next_due_ms = stream_ms + interval_ms
                 if realtime:
                     time.sleep(max(0.0, stream_ms / 1000 - (time.monotonic() - started)))
-                yield Sample(frame.to_ndarray(format="bgr24"), stream_ms, time.time_ns() // 1_000_000)
+                yield Sample(frame.to_ndarray(format="bgr24"), stream_ms, opened_at_ms + stream_ms)
         except av.FFmpegError as error:
             raise SourceError(f"{mask_url(url)}: decoding failed: {error}") from None
     finally:

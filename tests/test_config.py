@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from framewatch.schemas.config import ConfigError, TaskType, load_config, mask_url, masked
+from tests.conftest import ROOT, write_config
+
+SEED = ROOT / "tests" / "data" / "seed-config.toml"
+
+
+def test_seed_config_loads_as_it_is() -> None:
+    config, ignored = load_config(SEED, environ={})
+    extractor, analysis = config.frame_extractor, config.ai_analysis
+    assert extractor.interval_ms == 100 and extractor.max_frame_count == 1000
+    assert extractor.task_types == list(TaskType)  # all nine Chinese names resolved, in order
+    assert extractor.minio.endpoint == "172.16.5.207:9000" and extractor.minio.bucket == "images"
+    assert extractor.minio.secret_key.get_secret_value() == "admin123"
+    assert (analysis.mq_topic, analysis.max_concurrent_infer, analysis.alert_batch_size) == ("easyai.alerts", 300, 100)
+    assert analysis.alert_batch_interval_sec == 2 and analysis.heartbeat_timeout_sec == 60
+    task = extractor.tasks[0]
+    assert (task.id, task.task_type, task.interval_ms, task.max_frame_count) == ("测试1", TaskType.PEOPLE_COUNTING,
+                                                                                200, 500)
+    assert config.kafka_bootstrap == "172.16.5.207:9092"
+    assert sorted(ignored) == ["ai_analysis.scan_interval_sec: ignored, frames arrive as events on fw.frames; "
+                               "nothing scans the store",
+                               "frame_extractor.output_dir: ignored, frames go to the object store only"]
+
+
+@pytest.mark.parametrize("name,expected", [("区域入侵", TaskType.AREA_INTRUSION), ("area_intrusion",
+                                           TaskType.AREA_INTRUSION), ("Line-Crossing", TaskType.LINE_CROSSING),
+                                           ("安全帽检测", TaskType.NO_HELMET)])
+def test_task_type_aliases(tmp_path: Path, name: str, expected: TaskType) -> None:
+    path = write_config(tmp_path / "c.toml", f"[[frame_extractor.tasks]]\nid='a'\ntask_type='{name}'\nrtsp_url='x'\n")
+    assert load_config(path, environ={})[0].frame_extractor.tasks[0].task_type is expected
+
+
+def test_unknown_keys_are_reported(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "c.toml", "[ai_analysis]\nmq_topik = 'x'\n[extra]\na = 1\n")
+    _, ignored = load_config(path, environ={})
+    assert ignored == ["ai_analysis.mq_topik: unknown key, ignored", "extra: unknown key, ignored"]
+
+
+def test_environment_overrides_addresses_and_secrets() -> None:
+    config, _ = load_config(SEED, environ={"FRAMEWATCH_KAFKA_BOOTSTRAP": "10.0.0.1:9092",
+                                           "FRAMEWATCH_MINIO_SECRET_KEY": "from-env",
+                                           "FRAMEWATCH_POSTGRES_DSN": "postgresql://u:pw@db/fw"})
+    assert config.kafka_bootstrap == "10.0.0.1:9092"
+    assert config.frame_extractor.minio.secret_key.get_secret_value() == "from-env"
+    assert config.database.dsn.get_secret_value() == "postgresql://u:pw@db/fw"
+
+
+@pytest.mark.parametrize("body,names", [
+    ("[frame_extractor]\ninterval_ms = -5\n", "frame_extractor.interval_ms"),
+    ("[[frame_extractor.tasks]]\nid='a'\ntask_type='跳舞'\nrtsp_url='x'\n", "frame_extractor.tasks[0].task_type"),
+    ("[[frame_extractor.tasks]]\nid='../etc'\ntask_type='区域入侵'\nrtsp_url='x'\n", "frame_extractor.tasks[0].id"),
+    ("[[frame_extractor.tasks]]\nid='a'\ntask_type='区域入侵'\nrtsp_url='x'\nregion=[[0,0],[2,0],[1,1]]\n",
+     "frame_extractor.tasks[0].region"),
+    ("[ai_analysis]\nmq_type = 'rabbitmq'\n", "ai_analysis.mq_type"),
+    ("[frame_extractor\n", "not valid TOML"),
+])
+def test_bad_config_names_file_and_key(tmp_path: Path, body: str, names: str) -> None:
+    path = write_config(tmp_path / "bad.toml", body)
+    with pytest.raises(ConfigError) as error:
+        load_config(path, environ={})
+    assert str(path) in str(error.value) and names in str(error.value)
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="nope.toml: file not found"):
+        load_config(tmp_path / "nope.toml", environ={})
+
+
+def test_masking_hides_every_secret() -> None:
+    config, _ = load_config(SEED, environ={"FRAMEWATCH_POSTGRES_DSN": "postgresql://fw:s3cret@db:5432/fw"})
+    shown = json.dumps(masked(config), ensure_ascii=False)
+    for secret in ("admin123", "hunter2", "s3cret"):
+        assert secret not in shown
+    assert "rtsp://***@172.16.5.10:554/stream1" in shown
+    assert mask_url("rtsp://cam.local/a") == "rtsp://cam.local/a"
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "framewatch.cli", *args], capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin"}, cwd=ROOT)
+
+
+def test_config_check_command_prints_masked_config() -> None:
+    result = _cli("config", "check", str(SEED))
+    assert result.returncode == 0, result.stderr
+    resolved = json.loads(result.stdout)
+    assert resolved["frame_extractor"]["minio"]["secret_key"] == "***"
+    assert resolved["frame_extractor"]["tasks"][0]["task_type"] == "people_counting"
+    assert result.stderr.count("output_dir") == 1  # reported once
+    assert "admin123" not in result.stdout + result.stderr
+
+
+def test_config_check_command_rejects_bad_file(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "bad.toml", "[ai_analysis]\nalert_batch_size = 'many'\n")
+    result = _cli("config", "check", str(path))
+    assert result.returncode == 2
+    assert f"{path}: ai_analysis.alert_batch_size:" in result.stderr
