@@ -71,7 +71,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from prometheus_client import start_http_server
 
     config = _config(args)
-    start_http_server(config.framewatch.extractor_metrics_port, addr="127.0.0.1")
+    start_http_server(config.framewatch.extractor_metrics_port, addr=config.framewatch.bind_host)
 
     async def run() -> int:
         await ensure_topics(config)
@@ -97,8 +97,8 @@ def cmd_detector(args: argparse.Namespace) -> int:
     config = _config(args)
     asyncio.run(ensure_topics(config))
     service_id = args.service_id or f"hog-{socket.gethostname()}-{args.port}"
-    serve(DetectorSettings(service_id=service_id, port=args.port, capacity=args.capacity or os.cpu_count() or 1),
-          config)
+    serve(DetectorSettings(service_id=service_id, host=config.framewatch.bind_host, port=args.port,
+                           capacity=args.capacity or os.cpu_count() or 1, advertise_url=args.advertise_url), config)
     return 0
 
 
@@ -178,6 +178,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8500)
     p.add_argument("--service-id")
     p.add_argument("--capacity", type=int, help="concurrent frames (default: CPU cores)")
+    p.add_argument("--advertise-url", help="the URL workers reach this service at (default: http://HOST:PORT)")
     p.set_defaults(func=cmd_detector)
 
     p = with_config(sub.add_parser("worker", help="run the Faust worker (inference, rules, sink, ...)"))

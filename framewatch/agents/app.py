@@ -100,7 +100,7 @@ def create_app(config: Config) -> faust.App:
         store="memory://",
         datadir=config.framewatch.data_dir or tempfile.mkdtemp(prefix="framewatch-worker-"),
         web_port=config.framewatch.worker_web_port,
-        web_host="127.0.0.1",
+        web_host=config.framewatch.bind_host,
         topic_partitions=config.framewatch.topic_partitions,
         topic_replication_factor=1,
         topic_allow_declare=True,

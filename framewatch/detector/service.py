@@ -42,10 +42,11 @@ class DetectorSettings:
     host: str = "127.0.0.1"
     port: int = 8500
     capacity: int = os.cpu_count() or 1
+    advertise_url: str | None = None
 
     @property
     def endpoint(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return self.advertise_url or f"http://{self.host}:{self.port}"
 
 
 class DetectorService:

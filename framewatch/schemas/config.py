@@ -216,6 +216,7 @@ class FramewatchSettings(Section):
     namespace: str = Field(default="", description="prefix for topics, consumer groups and the app id")
     kafka_bootstrap: str | None = Field(default=None, description="defaults to ai_analysis.mq_address")
     topic_partitions: int = Field(default=4, ge=1)
+    bind_host: str = Field(default="127.0.0.1", description="where HTTP endpoints listen; 0.0.0.0 in containers")
     worker_web_port: int = 6066
     extractor_metrics_port: int = 9464
     data_dir: str = Field(default="", description="Faust table state; a temporary folder per worker when empty")
@@ -261,6 +262,7 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "FRAMEWATCH_MINIO_BUCKET": ("frame_extractor", "minio", "bucket"),
     "FRAMEWATCH_POSTGRES_DSN": ("database", "dsn"),
     "FRAMEWATCH_NAMESPACE": ("framewatch", "namespace"),
+    "FRAMEWATCH_BIND_HOST": ("framewatch", "bind_host"),
     "FRAMEWATCH_WORKER_PORT": ("framewatch", "worker_web_port"),
     "FRAMEWATCH_EXTRACTOR_METRICS_PORT": ("framewatch", "extractor_metrics_port"),
 }

@@ -1,0 +1,32 @@
+# framewatch: `make demo` and `make test` do all their own set-up on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install stack demo test typecheck down clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --progress-bar on -e ".[test]"
+	@touch $@
+
+stack: install
+	$(BIN)/framewatch stack up
+
+demo: stack
+	$(BIN)/framewatch demo
+
+test: stack
+	$(BIN)/python -m pytest -q
+
+typecheck: install
+	$(BIN)/mypy framewatch
+
+down:
+	$(BIN)/framewatch stack down
+
+clean: down
+	rm -rf $(VENV) .pytest_cache .mypy_cache

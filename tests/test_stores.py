@@ -1,0 +1,55 @@
+"""The alert store and the object store, against the real PostgreSQL and MinIO."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import asyncpg
+
+from framewatch.agents.database import AlertStore, migrations
+from framewatch.agents.rules import evaluate
+from framewatch.schemas.config import Config
+from framewatch.streams.objectstore import ObjectStore
+from tests.conftest import ROOT
+from tests.test_rules import detections, person, task
+
+
+async def test_inserts_are_idempotent(stack_config: Config, namespace: str) -> None:
+    store = AlertStore(stack_config.database.dsn.get_secret_value())
+    await store.connect()
+    alerts = [a for t0 in (0, 10_000, 20_000) if (a := evaluate(task(id=namespace), detections(
+        person(0.5, 0.8), captured_at=1_700_000_000_000 + t0), None, "alerts"))]
+    try:
+        assert await store.insert(alerts[:2]) == 2
+        assert await store.insert(alerts) == 1  # a replay of the first two stores nothing twice
+        connection = await asyncpg.connect(stack_config.database.dsn.get_secret_value())
+        ids = {r["alert_id"] for r in await connection.fetch(
+            "SELECT alert_id::text FROM alerts WHERE alert_id = ANY($1::uuid[])", [a.alert_id for a in alerts])}
+        versions = [r["version"] for r in await connection.fetch("SELECT version FROM schema_migrations")]
+        await connection.close()
+        assert ids == {a.alert_id for a in alerts}
+        assert versions == [v for v, _, _ in migrations()]
+    finally:
+        await store.close()
+
+
+async def test_move_is_idempotent(stack_config: Config) -> None:
+    store = ObjectStore(stack_config.frame_extractor.minio)
+    await store.ensure_bucket()
+    await store.put("frames/cam/1.jpg", b"jpeg")
+    await store.move("frames/cam/1.jpg", "alerts/cam/1.jpg")
+    await store.move("frames/cam/1.jpg", "alerts/cam/1.jpg")  # a retry after the copy finds the target in place
+    assert await store.get("alerts/cam/1.jpg") == b"jpeg"
+    assert not await store.exists("frames/cam/1.jpg")
+
+
+def test_stack_status_and_env(stack_env: dict[str, str]) -> None:
+    status = subprocess.run([sys.executable, "-m", "framewatch.cli", "stack", "status"], capture_output=True,
+                            text=True, cwd=ROOT, timeout=60)
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert {line.split()[0] for line in status.stdout.splitlines()[1:]} == {"kafka", "minio", "postgres"}
+    assert all(line.endswith("up") for line in status.stdout.splitlines()[1:])
+    env = subprocess.run([sys.executable, "-m", "framewatch.cli", "stack", "env"], capture_output=True, text=True,
+                         cwd=ROOT, timeout=60)
+    assert f"export FRAMEWATCH_KAFKA_BOOTSTRAP={stack_env['FRAMEWATCH_KAFKA_BOOTSTRAP']}" in env.stdout
