@@ -65,29 +65,17 @@ def cmd_db_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    from framewatch.streams.bus import EventProducer, ensure_topics
-    from framewatch.streams.extractor import Extractor
-    from framewatch.streams.objectstore import ObjectStore
     from prometheus_client import start_http_server
+
+    from framewatch.streams.extractor import run_extractor
 
     config = _config(args)
     start_http_server(config.framewatch.extractor_metrics_port, addr=config.framewatch.bind_host)
 
-    async def run() -> int:
-        await ensure_topics(config)
-        store = ObjectStore(config.frame_extractor.minio)
-        await store.ensure_bucket()
-        producer = EventProducer(config)
-        await producer.start()
-        try:
-            report = await Extractor(config, store, producer).run()
-        finally:
-            await producer.stop()
-        print(json.dumps({"frames_emitted": report.emitted,
-                          "cameras": [c.__dict__ for c in report.cameras]}, ensure_ascii=False))
-        return 1 if report.failed else 0
-
-    return asyncio.run(run())
+    report = asyncio.run(run_extractor(config))
+    print(json.dumps({"frames_emitted": report.emitted, "cameras": [c.__dict__ for c in report.cameras]},
+                     ensure_ascii=False))
+    return 1 if report.failed else 0
 
 
 def cmd_detector(args: argparse.Namespace) -> int:
@@ -209,9 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiokafka").setLevel(logging.DEBUG if args.verbose else logging.ERROR)
+    from framewatch.agents.database import DatabaseUnavailable
     from framewatch.stack.base import StackError
     from framewatch.streams.bus import BrokerUnavailable
-    from framewatch.agents.database import DatabaseUnavailable
     from framewatch.streams.objectstore import StoreError
 
     try:

@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from framewatch.schemas.config import ConfigError, TaskType, load_config, mask_url, masked
+from framewatch.schemas.config import (
+    ConfigError,
+    TaskType,
+    load_config,
+    mask_url,
+    masked,
+)
 from tests.conftest import ROOT, write_config
 
 SEED = ROOT / "tests" / "data" / "seed-config.toml"

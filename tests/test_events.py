@@ -4,8 +4,17 @@ import orjson
 import pytest
 
 from framewatch.schemas.config import TaskType
-from framewatch.schemas.events import (ALL_EVENTS, AlertEvent, DecodeError, Detection, DetectionEvent, FrameEvent,
-                                       FrameOutcome, Outcome, json_schemas)
+from framewatch.schemas.events import (
+    ALL_EVENTS,
+    AlertEvent,
+    DecodeError,
+    Detection,
+    DetectionEvent,
+    FrameEvent,
+    FrameOutcome,
+    Outcome,
+    json_schemas,
+)
 
 
 def frame(seq: int = 0, captured_at: int = 1_700_000_000_000) -> FrameEvent:

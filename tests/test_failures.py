@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import subprocess
 import sys
@@ -16,9 +15,13 @@ from framewatch.agents.inference import Inference
 from framewatch.agents.registry import ServiceRegistry
 from framewatch.schemas.config import Config, TaskType, load_config
 from framewatch.schemas.contract import INFER_PATH
-from framewatch.schemas.events import DetectionEvent, FrameOutcome, Outcome, ServiceHeartbeat
-from framewatch.streams.bus import EventProducer, ensure_topics
-from framewatch.streams.extractor import Extractor
+from framewatch.schemas.events import (
+    DetectionEvent,
+    FrameOutcome,
+    Outcome,
+    ServiceHeartbeat,
+)
+from framewatch.streams.extractor import run_extractor
 from framewatch.streams.objectstore import ObjectStore
 from tests.conftest import ROOT, SAMPLE_CLIP, write_config
 from tests.test_events import frame
@@ -57,15 +60,8 @@ rtsp_url = "{SAMPLE_CLIP}"
 interval_ms = 2000
 """)
     config, _ = load_config(path, isolated_env)
-    await ensure_topics(config)
+    report = await run_extractor(config)
     store = ObjectStore(config.frame_extractor.minio)
-    await store.ensure_bucket()
-    producer = EventProducer(config)
-    await producer.start()
-    try:
-        report = await Extractor(config, store, producer).run()
-    finally:
-        await producer.stop()
     cameras = {c.task_id: c for c in report.cameras}
     assert cameras["gone"].error == f"{tmp_path / 'no-such-clip.mp4'}: no such video file"
     assert cameras["plaza"].error is None and cameras["plaza"].emitted == 10

@@ -84,7 +84,7 @@ class Resources(Service):
         await self.inference.close()
         await self.alerts.close()
 
-    def task(self, task_id: str, fallback: CameraTask) -> CameraTask:
+    def task_settings(self, task_id: str, fallback: CameraTask) -> CameraTask:
         """A task's rule settings; a task not in this worker's config keeps the settings its frame implies."""
         try:
             return self.config.task(task_id)

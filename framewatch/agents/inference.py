@@ -18,9 +18,22 @@ from pydantic import ValidationError
 
 from framewatch.agents.registry import RegisteredService, ServiceRegistry
 from framewatch.schemas.config import Config
-from framewatch.schemas.contract import (INFER_PATH, MAX_RESPONSE_BYTES, ErrorCode, InferFrame, InferRequest,
-                                         InferResponse)
-from framewatch.schemas.events import DetectionEvent, FrameEvent, FrameOutcome, Outcome, now_ms
+from framewatch.schemas.contract import (
+    INFER_PATH,
+    MAX_RESPONSE_BYTES,
+    ErrorCode,
+    InferFrame,
+    InferRequest,
+    InferResponse,
+)
+from framewatch.schemas.events import (
+    Detection,
+    DetectionEvent,
+    FrameEvent,
+    FrameOutcome,
+    Outcome,
+    now_ms,
+)
 from framewatch.streams.objectstore import ObjectStore
 
 log = logging.getLogger("framewatch.inference")
@@ -136,7 +149,7 @@ class Inference:
     def _known(self, task_id: str) -> bool:
         return any(t.id == task_id for t in self.config.frame_extractor.tasks)
 
-    async def _post(self, service: RegisteredService, request: InferRequest):  # type: ignore[no-untyped-def]
+    async def _post(self, service: RegisteredService, request: InferRequest) -> list[Detection]:
         url = service.heartbeat.endpoint.rstrip("/") + INFER_PATH
         try:
             response = await self.http.post(url, content=request.model_dump_json(),
@@ -155,10 +168,10 @@ class Inference:
             if response.status_code >= 500:
                 raise InferenceFailure("http_5xx", f"{url}: HTTP {response.status_code}") from None
             raise InferenceFailure("malformed", f"{url}: answer breaks the contract: {error}") from None
-        error = body.error or next((r.error for r in body.results if r.error), None)
-        if error is not None:
-            reason = "resource_exhausted" if error.code == ErrorCode.RESOURCE_EXHAUSTED else f"service_{error.code}"
-            raise InferenceFailure(reason, f"{url}: {error.code} {error.message}")
+        refusal = body.error or next((r.error for r in body.results if r.error), None)
+        if refusal is not None:
+            reason = "resource_exhausted" if refusal.code == ErrorCode.RESOURCE_EXHAUSTED else f"service_{refusal.code}"
+            raise InferenceFailure(reason, f"{url}: {refusal.code} {refusal.message}")
         if response.status_code >= 400:
             raise InferenceFailure(f"http_{response.status_code // 100}xx", f"{url}: HTTP {response.status_code}")
         frame_id = request.frames[0].frame_id

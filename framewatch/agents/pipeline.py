@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import faust
+import orjson
 from prometheus_client import Counter
 
 from framewatch.agents import publisher
@@ -19,10 +20,16 @@ from framewatch.agents.rules import evaluate
 from framewatch.agents.sink import AlertSink
 from framewatch.agents.web import attach_web
 from framewatch.schemas.config import CameraTask, Config
-from framewatch.schemas.events import (AlertEvent, AlertStored, DeadLetter, DetectionEvent, FrameEvent, FrameOutcome,
-                                       Outcome, now_ms)
-
-import orjson
+from framewatch.schemas.events import (
+    AlertEvent,
+    AlertStored,
+    DeadLetter,
+    DetectionEvent,
+    FrameEvent,
+    FrameOutcome,
+    Outcome,
+    now_ms,
+)
 
 ALERTS_RAISED = Counter("framewatch_rules_alerts_total", "Alerts raised", ["task_type", "rule"])
 FRAMES_EVALUATED = Counter("framewatch_rules_frames_total", "Frames evaluated by the rules", ["outcome"])
@@ -53,7 +60,7 @@ def build_worker(config: Config) -> tuple[faust.App, Topology, Resources]:
             if (event := await topology.decode(DetectionEvent, raw, topology.detections)) is None:
                 continue
             frame = event.frame
-            task = resources.task(frame.task_id, CameraTask(id=frame.task_id, task_type=frame.task_type, rtsp_url=""))
+            task = resources.task_settings(frame.task_id, CameraTask(id=frame.task_id, task_type=frame.task_type, rtsp_url=""))
             state_key = f"{frame.camera_id}|{frame.task_type.value}"
             alert = evaluate(task, event, topology.last_alert.get(state_key), settings.alert_base_path)
             if alert is not None:

@@ -24,7 +24,7 @@ class HogPeopleDetector:
         hog = getattr(self._local, "hog", None)
         if hog is None:
             hog = cv2.HOGDescriptor()
-            hog.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())
+            hog.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())  # type: ignore[attr-defined]
             self._local.hog = hog
         return hog
 

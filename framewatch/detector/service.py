@@ -22,8 +22,16 @@ from pydantic import ValidationError
 
 from framewatch.detector.hog import HogPeopleDetector
 from framewatch.schemas.config import Config, TaskType
-from framewatch.schemas.contract import (HEALTH_PATH, INFER_PATH, ErrorCode, FrameResult, InferFrame, InferRequest,
-                                         InferResponse, ServiceError)
+from framewatch.schemas.contract import (
+    HEALTH_PATH,
+    INFER_PATH,
+    ErrorCode,
+    FrameResult,
+    InferFrame,
+    InferRequest,
+    InferResponse,
+    ServiceError,
+)
 from framewatch.schemas.events import ServiceHeartbeat
 from framewatch.schemas.topics import SERVICES
 from framewatch.streams.bus import EventProducer

@@ -23,13 +23,13 @@ from typing import Any
 import asyncpg
 import orjson
 
-from framewatch.schemas.config import Config, load_config
-from framewatch.stack.base import port_open
+from framewatch.ops.topics import read_records
+from framewatch.schemas.config import load_config
 from framewatch.schemas.events import FrameOutcome, Outcome
 from framewatch.schemas.topics import FRAME_OUTCOMES
-from framewatch.ops.topics import read_records
-from framewatch.streams.bus import EventProducer, ensure_topics
-from framewatch.streams.extractor import ExtractReport, Extractor
+from framewatch.stack.base import port_open
+from framewatch.streams.bus import ensure_topics
+from framewatch.streams.extractor import ExtractReport, run_extractor
 from framewatch.streams.objectstore import ObjectStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -134,14 +134,7 @@ class PipelineRun:
             return None
 
     async def extract(self) -> ExtractReport:
-        store = ObjectStore(self.config.frame_extractor.minio)
-        await store.ensure_bucket()
-        producer = EventProducer(self.config)
-        await producer.start()
-        try:
-            return await Extractor(self.config, store, producer).run()
-        finally:
-            await producer.stop()
+        return await run_extractor(self.config)
 
     async def settle(self, frames: int, timeout_s: float = 120) -> None:
         """Wait until every frame has an outcome and the agents downstream have handled each of them."""

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from framewatch.schemas.config import CameraTask, TaskType
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 ID_NAMESPACE = uuid.UUID("6f1c0e62-4c55-4d0e-9a57-1f1f3e0f7a11")
 
 E = TypeVar("E", bound="Event")

@@ -8,7 +8,12 @@ from pathlib import Path
 
 from aiokafka.admin import AIOKafkaAdminClient
 
-from framewatch.stack.base import LocalService, StackError, require_tool, run_with_progress
+from framewatch.stack.base import (
+    LocalService,
+    StackError,
+    require_tool,
+    run_with_progress,
+)
 
 KAFKA_VERSION = "4.1.1"
 CLUSTER_ID = "ZnJhbWV3YXRjaC1sb2NhbA"

@@ -18,7 +18,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from framewatch.schemas.config import CameraTask, Config, mask_url
 from framewatch.schemas.events import FrameEvent, now_ms
 from framewatch.schemas.topics import FRAMES
-from framewatch.streams.bus import EventProducer
+from framewatch.streams.bus import EventProducer, ensure_topics
 from framewatch.streams.objectstore import ObjectStore, StoreError
 from framewatch.streams.source import Sample, SourceError, samples
 
@@ -130,3 +130,16 @@ class Extractor:
             return True
         FRAMES_DROPPED.labels(task.id, "upload").inc()
         return False
+
+
+async def run_extractor(config: Config) -> ExtractReport:
+    """Create the topics and the bucket if missing, then run every enabled camera task to its end."""
+    await ensure_topics(config)
+    store = ObjectStore(config.frame_extractor.minio)
+    await store.ensure_bucket()
+    producer = EventProducer(config)
+    await producer.start()
+    try:
+        return await Extractor(config, store, producer).run()
+    finally:
+        await producer.stop()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+from collections.abc import Callable
 from datetime import timedelta
+from typing import Any, TypeVar
 
 import urllib3
 from minio import Minio
@@ -12,6 +14,8 @@ from minio.commonconfig import CopySource
 from minio.error import S3Error
 
 from framewatch.schemas.config import MinioSettings
+
+T = TypeVar("T")
 
 
 class StoreError(RuntimeError):
@@ -34,7 +38,7 @@ class ObjectStore:
     def _where(self, key: str = "") -> str:
         return f"{self.settings.endpoint}/{self.bucket}/{key}"
 
-    async def _call(self, what: str, key: str, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+    async def _call(self, what: str, key: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
             return await asyncio.to_thread(fn, *args, **kwargs)
         except S3Error as error:

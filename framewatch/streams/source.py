@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +44,7 @@ def _open(url: str) -> av.container.InputContainer:
         raise SourceError(f"{mask_url(url)}: cannot open: {error}") from None
 
 
-def _sample_frames(url: str, interval_ms: int, realtime: bool) -> Iterator[Sample]:
+def _sample_frames(url: str, interval_ms: int, realtime: bool) -> Generator[Sample, None, None]:
     container = _open(url)
     try:
         if not container.streams.video:
