@@ -144,10 +144,11 @@ class LocalService(ABC):
         except (OSError, ValueError):
             return None
         try:
-            os.kill(pid, 0)
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             return None
-        return pid
+        # a pid file that outlived its process (a reboot, a killed session) may name someone else's pid
+        return pid if str(self.data).encode() in cmdline else None
 
     def up(self, wait_s: float = 90.0) -> None:
         if self.pid() is not None and self.healthy():
