@@ -64,6 +64,7 @@ class Inference:
         self.registry = registry
         self.store = store
         self.outstanding: dict[str, int] = defaultdict(int)
+        self._regions = {task.id: task.region for task in config.frame_extractor.tasks}
         self._slots = asyncio.Semaphore(config.ai_analysis.max_concurrent_infer)
         self._released = asyncio.Condition()
         timeout = config.ai_analysis.infer_timeout_sec
@@ -129,7 +130,7 @@ class Inference:
         request = InferRequest(frames=[InferFrame(
             frame_id=frame.frame_id, task_type=frame.task_type,
             image_url=self.store.presign(frame.object_key, expiry_sec=600),
-            region=self.config.task(frame.task_id).region if self._known(frame.task_id) else None)])
+            region=self._regions.get(frame.task_id))])
         REQUESTS.labels(sid).inc()
         IN_FLIGHT.labels(sid).inc()
         started = time.perf_counter()
@@ -145,9 +146,6 @@ class Inference:
         INFER_SECONDS.labels(sid).observe(elapsed)
         RESPONSES.labels(sid).inc()
         return DetectionEvent(frame=frame, service_id=sid, inference_ms=elapsed * 1000, detections=answer)
-
-    def _known(self, task_id: str) -> bool:
-        return any(t.id == task_id for t in self.config.frame_extractor.tasks)
 
     async def _post(self, service: RegisteredService, request: InferRequest) -> list[Detection]:
         url = service.heartbeat.endpoint.rstrip("/") + INFER_PATH

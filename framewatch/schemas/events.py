@@ -99,10 +99,6 @@ class Detection(BaseModel):
     track_id: str | None = None
     attributes: dict[str, Any] = {}
 
-    def center(self) -> tuple[float, float]:
-        x1, y1, x2, y2 = self.box
-        return (x1 + x2) / 2, (y1 + y2) / 2
-
     def foot(self) -> tuple[float, float]:
         """Where a standing person touches the ground: the bottom centre of the box."""
         x1, _, x2, y2 = self.box

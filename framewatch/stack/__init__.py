@@ -31,6 +31,3 @@ class LocalStack:
         for service in self.services:
             variables.update(service.env())
         return variables
-
-    def service(self, name: str) -> LocalService:
-        return next(s for s in self.services if s.name == name)

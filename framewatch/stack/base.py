@@ -91,7 +91,6 @@ class ServiceStatus:
     address: str
     pid: int | None
     healthy: bool
-    detail: str = ""
 
 
 class LocalService(ABC):
