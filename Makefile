@@ -23,7 +23,7 @@ test: stack
 	$(BIN)/python -m pytest -q
 
 typecheck: install
-	$(BIN)/mypy framewatch
+	$(BIN)/mypy framewatch tests
 
 down:
 	$(BIN)/framewatch stack down

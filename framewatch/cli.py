@@ -90,6 +90,46 @@ def cmd_detector(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fake_detector(args: argparse.Namespace) -> int:
+    from framewatch.detector.misbehaving import (
+        Behaviour,
+        Fault,
+        MisbehavingService,
+        run_fleet,
+    )
+    from framewatch.streams.bus import ensure_topics
+
+    config = None if args.no_announce else _config(args)
+    if config is not None:
+        asyncio.run(ensure_topics(config))
+    behaviour = Behaviour(latency_ms=args.latency_ms, jitter_ms=args.jitter_ms, batch_extra_ms=args.batch_extra_ms,
+                          fault=Fault(args.fault), fault_rate=args.fault_rate, people=args.people)
+    fleet = [MisbehavingService(f"{args.id_prefix}-{i}", args.port + i, args.capacity, args.max_batch, behaviour)
+             for i in range(args.instances)]
+    log.info("%d misbehaving services on ports %d-%d", len(fleet), args.port, args.port + len(fleet) - 1)
+    asyncio.run(run_fleet(fleet, config))
+    return 0
+
+
+def cmd_services(args: argparse.Namespace) -> int:
+    import urllib.request
+
+    url = args.worker.rstrip("/") + "/api/services"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            services = json.loads(answer.read())["services"]
+    except OSError as error:
+        raise LookupError(f"cannot reach the worker at {url}: {error}") from None
+    print(f"{'service':24} {'health':8} {'breaker':9} {'in flight':>9} {'cap':>4} {'batch':>5} {'latency ms':>10} "
+          f"{'requests':>8} {'faults':>7}  endpoint")
+    for s in services:
+        health = "healthy" if s["healthy"] else ("alive" if s["alive"] else "gone")
+        latency = "-" if s["latency_ms"] is None else f"{s['latency_ms']:.1f}"
+        print(f"{s['service_id']:24} {health:8} {s['breaker']:9} {s['in_flight']:>9} {s['capacity']:>4} "
+              f"{s['max_batch']:>5} {latency:>10} {s['requests']:>8} {s['faults']:>7}  {s['endpoint']}")
+    return 0
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from faust import Worker
 
@@ -168,6 +208,26 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--capacity", type=int, help="concurrent frames (default: CPU cores)")
     p.add_argument("--advertise-url", help="the URL workers reach this service at (default: http://HOST:PORT)")
     p.set_defaults(func=cmd_detector)
+
+    p = with_config(sub.add_parser("fake-detector", help="run misbehaving algorithm services (tests, benchmarks)"))
+    p.add_argument("--instances", type=int, default=1)
+    p.add_argument("--port", type=int, default=18600, help="the first instance's port; the others follow")
+    p.add_argument("--id-prefix", default="fake")
+    p.add_argument("--capacity", type=int, default=1)
+    p.add_argument("--max-batch", type=int, default=1)
+    p.add_argument("--latency-ms", type=float, default=140.0)
+    p.add_argument("--jitter-ms", type=float, default=0.0)
+    p.add_argument("--batch-extra-ms", type=float, default=0.0, help="added per extra frame in a batch")
+    p.add_argument("--fault", default="none", help="none, resource_exhausted, timeout, garbage, slow_body, reset, "
+                                                   "http_500")
+    p.add_argument("--fault-rate", type=float, default=1.0)
+    p.add_argument("--people", type=int, default=0, help="person detections in every answer")
+    p.add_argument("--no-announce", action="store_true", help="do not announce on fw.services")
+    p.set_defaults(func=cmd_fake_detector)
+
+    p = sub.add_parser("services", help="the algorithm services a worker routes to, with health and load")
+    p.add_argument("--worker", default="http://127.0.0.1:6066", help="the worker's web address")
+    p.set_defaults(func=cmd_services)
 
     p = with_config(sub.add_parser("worker", help="run the Faust worker (inference, rules, sink, ...)"))
     p.add_argument("--loglevel", default="warn", choices=["crit", "error", "warn", "info", "debug"])

@@ -14,8 +14,9 @@ import faust
 from mode import Service
 
 from framewatch.agents.database import AlertStore
-from framewatch.agents.inference import Inference
+from framewatch.agents.inference import ServiceClient
 from framewatch.agents.registry import ServiceRegistry
+from framewatch.agents.scheduler import InferenceScheduler
 from framewatch.schemas import topics
 from framewatch.schemas.config import CameraTask, Config
 from framewatch.schemas.events import DeadLetter, DecodeError, Event
@@ -64,7 +65,7 @@ class Topology:
 
 
 class Resources(Service):
-    """What the agents share: the object store, the alert store, the service registry, the inference client."""
+    """What the agents share: the object store, the alert store, the service registry, the inference scheduler."""
 
     def __init__(self, config: Config, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
@@ -72,16 +73,19 @@ class Resources(Service):
         self.store = ObjectStore(config.frame_extractor.minio)
         self.alerts = AlertStore(config.database.dsn.get_secret_value())
         self.registry = ServiceRegistry(config)
-        self.inference = Inference(config, self.registry, self.store)
+        self.client = ServiceClient(config, self.store)
+        self.scheduler = InferenceScheduler(config, self.registry, self.client)
 
     async def on_start(self) -> None:
         await self.store.ensure_bucket()
         await self.alerts.connect()
         await self.registry.start()
+        await self.scheduler.start()
 
     async def on_stop(self) -> None:
+        await self.scheduler.stop()
         await self.registry.stop()
-        await self.inference.close()
+        await self.client.close()
         await self.alerts.close()
 
     def task_settings(self, task_id: str, fallback: CameraTask) -> CameraTask:

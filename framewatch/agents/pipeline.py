@@ -8,6 +8,9 @@
 
 from __future__ import annotations
 
+from functools import partial
+from typing import cast
+
 import faust
 import orjson
 from prometheus_client import Counter
@@ -45,14 +48,21 @@ def build_worker(config: Config) -> tuple[faust.App, Topology, Resources]:
     relocator = Relocator(resources.store)
     retention = Retention(resources.store, settings.save_only_with_detection)
 
-    @app.agent(topology.frames, concurrency=settings.max_concurrent_infer)
+    async def hand_on(frames: faust.StreamT[bytes], event: faust.EventT[bytes],
+                      result: DetectionEvent | FrameOutcome) -> None:
+        target = topology.detections if isinstance(result, DetectionEvent) else topology.frame_outcomes
+        await topology.send(target, result, key=result.frame.camera_id)
+        await frames.ack(event)
+
+    @app.agent(topology.frames)
     async def infer(stream: faust.StreamT[bytes]) -> None:
-        async for raw in stream:
-            if (frame := await topology.decode(FrameEvent, raw, topology.frames)) is None:
+        """Hands frames to the scheduler; a frame's offset is acked only once its result is on its way."""
+        frames = cast(faust.Stream[bytes], stream).noack()
+        async for event in frames.events():
+            if (frame := await topology.decode(FrameEvent, event.value, topology.frames)) is None:
+                await frames.ack(event)
                 continue
-            result = await resources.inference.infer(frame)
-            target = topology.detections if isinstance(result, DetectionEvent) else topology.frame_outcomes
-            await topology.send(target, result, key=frame.camera_id)
+            await resources.scheduler.submit(frame, partial(hand_on, frames, event))
 
     @app.agent(topology.detections)
     async def rules(stream: faust.StreamT[bytes]) -> None:

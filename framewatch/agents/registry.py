@@ -28,6 +28,7 @@ SERVICES_ALIVE = Gauge("framewatch_services_alive", "Algorithm services whose he
 class RegisteredService:
     heartbeat: ServiceHeartbeat
     last_seen: float
+    static: bool = False
 
     @property
     def service_id(self) -> str:
@@ -40,6 +41,11 @@ class ServiceRegistry(Service):
         self.config = config
         self._services: dict[str, RegisteredService] = {}
         self._consumer: AIOKafkaConsumer | None = None
+        for declared in config.ai_analysis.services:
+            heartbeat = ServiceHeartbeat(service_id=declared.id, endpoint=declared.endpoint,
+                                         task_types=declared.task_types, capacity=declared.capacity,
+                                         max_batch=declared.max_batch, version="static")
+            self._services[declared.id] = RegisteredService(heartbeat, time.monotonic(), static=True)
 
     async def on_start(self) -> None:
         topic = self.config.topic(SERVICES.name)
@@ -67,7 +73,10 @@ class ServiceRegistry(Service):
             self.observe(heartbeat)
 
     def observe(self, heartbeat: ServiceHeartbeat) -> None:
-        if heartbeat.service_id not in self._services:
+        known = self._services.get(heartbeat.service_id)
+        if known is not None and known.static:
+            return
+        if known is None:
             log.info("service %s registered at %s (capacity %d)", heartbeat.service_id, heartbeat.endpoint,
                      heartbeat.capacity)
         self._services[heartbeat.service_id] = RegisteredService(heartbeat, self._seen_at(heartbeat))
@@ -78,7 +87,10 @@ class ServiceRegistry(Service):
         age_s = max(0.0, time.time() - heartbeat.emitted_at / 1000)
         return time.monotonic() - age_s
 
+    def known(self) -> list[RegisteredService]:
+        return list(self._services.values())
+
     def alive(self, task_type: TaskType | None = None) -> list[RegisteredService]:
         horizon = time.monotonic() - self.config.ai_analysis.heartbeat_timeout_sec
-        return [s for s in self._services.values() if s.last_seen >= horizon
+        return [s for s in self._services.values() if (s.static or s.last_seen >= horizon)
                 and (task_type is None or task_type in s.heartbeat.task_types)]

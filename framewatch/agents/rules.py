@@ -7,7 +7,7 @@ Faust table and measured on capture time, so a replay reaches the same decisions
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from framewatch.schemas.config import CameraTask, TaskType
 from framewatch.schemas.events import AlertEvent, Detection, DetectionEvent
@@ -33,7 +33,7 @@ def in_region(task: CameraTask, detections: list[Detection]) -> list[Detection]:
 def alert_image_key(frame_key: str, alert_base: str, task: CameraTask, captured_at: int) -> str:
     """frames/<task>/<day>/<file> -> <alert_base>/<task>/<day>/<file>, keeping any base path in front."""
     prefix, _, _ = frame_key.partition("frames/")
-    day = datetime.fromtimestamp(captured_at / 1000, tz=timezone.utc).strftime("%Y%m%d")
+    day = datetime.fromtimestamp(captured_at / 1000, tz=UTC).strftime("%Y%m%d")
     return f"{prefix}{alert_base}/{task.output_path or task.id}/{day}/{frame_key.rsplit('/', 1)[-1]}"
 
 

@@ -20,6 +20,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from pydantic import ValidationError
 
+from framewatch.detector.announce import Announcer
 from framewatch.detector.hog import HogPeopleDetector
 from framewatch.schemas.config import Config, TaskType
 from framewatch.schemas.contract import (
@@ -33,12 +34,9 @@ from framewatch.schemas.contract import (
     ServiceError,
 )
 from framewatch.schemas.events import ServiceHeartbeat
-from framewatch.schemas.topics import SERVICES
-from framewatch.streams.bus import EventProducer
 
 log = logging.getLogger("framewatch.detector")
 
-HEARTBEAT_INTERVAL_S = 3.0
 REQUESTS = Counter("framewatch_detector_requests_total", "Inference requests", ["outcome"])
 DETECT_SECONDS = Histogram("framewatch_detector_detect_seconds", "HOG time per frame",
                            buckets=(0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5))
@@ -64,8 +62,7 @@ class DetectorService:
         self.detector = HogPeopleDetector()
         self.pool = ThreadPoolExecutor(max_workers=settings.capacity, thread_name_prefix="hog")
         self.images: httpx.AsyncClient | None = None
-        self.producer: EventProducer | None = None
-        self._heartbeats: asyncio.Task[None] | None = None
+        self.announcer: Announcer | None = None
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=32 * 1024 * 1024)
@@ -78,15 +75,12 @@ class DetectorService:
 
     async def _start(self, _: web.Application) -> None:
         self.images = httpx.AsyncClient(timeout=httpx.Timeout(5.0), limits=httpx.Limits(max_connections=32))
-        self.producer = EventProducer(self.config)
-        await self.producer.start()
-        self._heartbeats = asyncio.create_task(self._announce())
+        self.announcer = Announcer(self.config, lambda: [self.heartbeat()])
+        await self.announcer.start()
 
     async def _stop(self, _: web.Application) -> None:
-        if self._heartbeats is not None:
-            self._heartbeats.cancel()
-        if self.producer is not None:
-            await self.producer.stop()
+        if self.announcer is not None:
+            await self.announcer.stop()
         if self.images is not None:
             await self.images.aclose()
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -96,15 +90,6 @@ class DetectorService:
                                 task_types=[TaskType.PEOPLE_COUNTING, TaskType.AREA_INTRUSION,
                                             TaskType.LINE_CROSSING, TaskType.LOITERING, TaskType.OFF_POST],
                                 capacity=self.settings.capacity, max_batch=1, version="hog-opencv-" + cv2.__version__)
-
-    async def _announce(self) -> None:
-        assert self.producer is not None
-        while True:
-            try:
-                await self.producer.send(SERVICES, self.heartbeat(), key=self.settings.service_id)
-            except Exception as error:  # noqa: BLE001 - a missed heartbeat must not end the loop
-                log.warning("heartbeat failed: %s", error)
-            await asyncio.sleep(HEARTBEAT_INTERVAL_S)
 
     async def health(self, _: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "service_id": self.settings.service_id,
@@ -148,9 +133,6 @@ class DetectorService:
         answer = await self.images.get(frame.image_url)
         answer.raise_for_status()
         return answer.content
-
-
-
 
 def serve(settings: DetectorSettings, config: Config) -> None:
     service = DetectorService(settings, config)

@@ -110,13 +110,20 @@ class PipelineRun:
         self.processes.append(ServiceProcess("detector", ["detector", *args, "--port", str(self.detector_port)],
                                              self.env, self.log_dir))
         self.processes.append(ServiceProcess("worker", ["worker", *args], self.env, self.log_dir))
+        try:
+            self.wait_ready(timeout_s)
+        except RuntimeError:
+            self.stop()
+            raise
+
+    def wait_ready(self, timeout_s: float, services: int = 1) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             for process in self.processes:
                 if not process.alive():
                     raise RuntimeError(f"{process.name} exited while starting:\n{process.tail()}")
             stats = self.stats()
-            if stats and stats["services_alive"] >= 1:
+            if stats and stats["services_alive"] >= services:
                 return
             time.sleep(0.5)
         raise RuntimeError(f"the worker was not ready within {timeout_s:.0f}s:\n{self.processes[-1].tail()}")

@@ -31,7 +31,9 @@ async def list_topics(config: Config) -> list[TopicInfo]:
         names = sorted(n for n in await admin.list_topics() if not n.startswith("__"))
         counts = await partitions(admin, names)
         by_topic = {n: [TopicPartition(n, p) for p in range(counts.get(n, 0))] for n in names}
-        ends = await consumer.end_offsets([tp for tps in by_topic.values() for tp in tps])
+        every = [tp for tps in by_topic.values() for tp in tps]
+        consumer.assign(every)  # the consumer fetches metadata only for the topics it is assigned
+        ends = await consumer.end_offsets(every)
         committed: dict[str, dict[TopicPartition, int]] = {}
         for group, _ in await admin.list_consumer_groups():
             offsets = await admin.list_consumer_group_offsets(group)

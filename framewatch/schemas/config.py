@@ -10,10 +10,11 @@ import re
 import tomllib
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -63,6 +64,15 @@ def parse_task_type(value: object) -> TaskType:
     except ValueError:
         known = ", ".join([*TaskType, *TASK_TYPE_ALIASES])
         raise ValueError(f"unknown task type {text!r}; known: {known}") from None
+
+
+def parse_task_types(value: object) -> list[TaskType]:
+    if not isinstance(value, list):
+        raise ValueError("must be a list of task type names")
+    return [parse_task_type(v) for v in value]
+
+
+TaskTypes = Annotated[list[TaskType], BeforeValidator(parse_task_types)]
 
 
 class Section(BaseModel):
@@ -150,19 +160,12 @@ class FrameExtractorSettings(Section):
     enable: bool = True
     interval_ms: int = Field(default=1000, gt=0)
     store: str = "minio"
-    task_types: list[TaskType] = list(TaskType)
+    task_types: TaskTypes = list(TaskType)
     max_frame_count: int = Field(default=0, ge=0)
     jpeg_quality: int = Field(default=85, ge=10, le=100)
     realtime: bool = Field(default=True, description="pace file sources at their own frame rate, like a camera")
     minio: MinioSettings = MinioSettings()
     tasks: list[CameraTask] = []
-
-    @field_validator("task_types", mode="before")
-    @classmethod
-    def _task_types(cls, value: object) -> list[TaskType]:
-        if not isinstance(value, list):
-            raise ValueError("must be a list of task type names")
-        return [parse_task_type(v) for v in value]
 
     @field_validator("store")
     @classmethod
@@ -183,6 +186,16 @@ class FrameExtractorSettings(Section):
         return task.interval_ms or self.interval_ms
 
 
+class StaticService(Section):
+    """An algorithm service declared in config instead of announcing itself on fw.services; it never expires."""
+
+    id: str
+    endpoint: str
+    task_types: TaskTypes = list(TaskType)
+    capacity: int = Field(default=1, ge=1)
+    max_batch: int = Field(default=1, ge=1)
+
+
 class AiAnalysisSettings(Section):
     obsolete = {"scan_interval_sec": "frames arrive as events on fw.frames; nothing scans the store"}
 
@@ -200,6 +213,12 @@ class AiAnalysisSettings(Section):
     alert_batch_interval_sec: float = Field(default=2.0, gt=0)
     infer_timeout_sec: float = Field(default=10.0, gt=0)
     presign_expiry_sec: int = Field(default=24 * 3600, gt=0, le=7 * 24 * 3600)
+    max_frame_age_ms: int = Field(default=2000, gt=0, description="older frames are dropped, never inferred")
+    batch_wait_ms: int = Field(default=20, ge=0, description="how long a batch may wait to fill up")
+    breaker_failures: int = Field(default=5, ge=1, description="consecutive failures that open a breaker")
+    breaker_error_rate: float = Field(default=0.5, gt=0, le=1, description="error rate over 20 requests that opens it")
+    breaker_open_sec: float = Field(default=2.0, gt=0, description="first open period; doubled per failed probe")
+    services: list[StaticService] = []
 
     @field_validator("mq_type")
     @classmethod

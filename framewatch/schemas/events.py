@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from enum import StrEnum
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, Literal, Self, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -51,7 +51,7 @@ class Event(BaseModel):
         return orjson.dumps(self.model_dump(mode="json"))
 
     @classmethod
-    def decode(cls: type[E], raw: bytes | None) -> E:
+    def decode(cls, raw: bytes | None) -> Self:
         if raw is None:
             raise DecodeError(f"{cls.__name__}: empty record")
         try:
@@ -62,7 +62,7 @@ class Event(BaseModel):
             problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
             raise DecodeError(f"{cls.__name__}: {problems}") from None
 
-    def restamped(self: E) -> E:
+    def restamped(self) -> Self:
         return self.model_copy(update={"emitted_at": now_ms()})
 
 
@@ -109,7 +109,10 @@ class DetectionEvent(Event):
     kind = "detections"
     frame: FrameEvent
     service_id: str
-    inference_ms: float = Field(ge=0)
+    inference_ms: float = Field(ge=0, description="the request's round trip, seen from the worker")
+    service_ms: float | None = Field(default=None, ge=0, description="time inside the service, as it reports it")
+    dispatched_at: int | None = Field(default=None, description="ms since the epoch when the request left")
+    batch_size: int = Field(default=1, ge=1)
     detections: list[Detection]
 
     @property

@@ -7,7 +7,7 @@ from framewatch.stack.kafka import Kafka
 from framewatch.stack.minio import Minio
 from framewatch.stack.postgres import Postgres
 
-__all__ = ["LocalStack", "StackError", "StackHome", "ServiceStatus"]
+__all__ = ["LocalStack", "ServiceStatus", "StackError", "StackHome"]
 
 
 class LocalStack:

@@ -158,12 +158,10 @@ class LocalService(ABC):
         self.install()
         self.data.mkdir(parents=True, exist_ok=True)
         self.prepare()
-        if self.pid() is None:
-            self._spawn()
-        self._wait_healthy(wait_s)
+        self._wait_healthy(wait_s, None if self.pid() is not None else self._spawn())
         say(f"{self.name}: up at {self.address} (pid {self.pid()})")
 
-    def _spawn(self) -> None:
+    def _spawn(self) -> subprocess.Popen[bytes]:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.pid_path.parent.mkdir(parents=True, exist_ok=True)
         log: IO[bytes] = self.log_path.open("ab")
@@ -171,12 +169,17 @@ class LocalService(ABC):
         process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    env=env, start_new_session=True, **self.identity())
         self.pid_path.write_text(str(process.pid))
+        return process
 
-    def _wait_healthy(self, wait_s: float) -> None:
+    def _wait_healthy(self, wait_s: float, process: subprocess.Popen[bytes] | None) -> None:
+        """Wait for the server we started, or for the one already running (started again if it goes away)."""
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
-            if self.pid() is None:
-                raise StackError(f"{self.name} exited while starting; last lines of {self.log_path}:\n{self.tail()}")
+            if process is not None and process.poll() is not None:
+                raise StackError(f"{self.name} exited with status {process.returncode} while starting; "
+                                 f"last lines of {self.log_path}:\n{self.tail()}")
+            if process is None and self.pid() is None:
+                process = self._spawn()
             if self.healthy():
                 return
             time.sleep(0.5)

@@ -29,7 +29,7 @@ async def connect_admin(config: Config) -> AIOKafkaAdminClient:
     admin = AIOKafkaAdminClient(bootstrap_servers=config.kafka_bootstrap, request_timeout_ms=5000)
     try:
         await asyncio.wait_for(admin.start(), CONNECT_TIMEOUT_S)
-    except (KafkaError, OSError, asyncio.TimeoutError) as error:
+    except (TimeoutError, KafkaError, OSError) as error:
         await admin.close()
         raise BrokerUnavailable(f"cannot reach Kafka at {config.kafka_bootstrap}: {error or type(error).__name__}")
     return admin
@@ -70,7 +70,7 @@ class EventProducer:
     async def start(self) -> None:
         try:
             await asyncio.wait_for(self._producer.start(), CONNECT_TIMEOUT_S)
-        except (KafkaError, OSError, asyncio.TimeoutError) as error:
+        except (TimeoutError, KafkaError, OSError) as error:
             await self._producer.stop()
             raise BrokerUnavailable(
                 f"cannot reach Kafka at {self.config.kafka_bootstrap}: {error or type(error).__name__}") from None

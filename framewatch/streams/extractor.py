@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import cv2
 from prometheus_client import Counter, Gauge, Histogram
@@ -60,7 +60,7 @@ class ExtractReport:
 
 
 def frame_key(store: ObjectStore, task: CameraTask, captured_at: int, seq: int) -> str:
-    day = datetime.fromtimestamp(captured_at / 1000, tz=timezone.utc).strftime("%Y%m%d")
+    day = datetime.fromtimestamp(captured_at / 1000, tz=UTC).strftime("%Y%m%d")
     return store.key("frames", task.output_path or task.id, day, f"{captured_at}-{seq:06d}.jpg")
 
 

@@ -1,0 +1,362 @@
+"""The inference scheduler: detector time goes to the freshest frame of each camera, and never idles.
+
+Frames wait in one bounded room, at most one per task (camera stream): a newer frame replaces the waiting one
+in place (latest wins, the camera keeps its turn), a frame older than `max_frame_age_ms` is dropped, and cameras
+are served in turn, so they share capacity fairly. Whenever a service has room (its declared capacity, its
+breaker, and `max_concurrent_infer` for the whole worker), the dispatcher sends it the next frame, plus, when the
+service takes batches, more frames of the same task type from other cameras, waiting at most `batch_wait_ms` for
+a batch to fill. A failed frame is retried once, on another service. Every frame submitted ends exactly once
+through its `done` callback: inferred (a DetectionEvent) or a FrameOutcome (dropped or failed, with its reason).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from mode import Service
+from prometheus_client import Counter, Gauge, Histogram
+
+from framewatch.agents.breaker import BreakerSettings, BreakerState, CircuitBreaker
+from framewatch.agents.inference import BatchAnswer, InferenceFailure, ServiceClient
+from framewatch.agents.registry import RegisteredService, ServiceRegistry
+from framewatch.schemas.config import Config
+from framewatch.schemas.events import (
+    DetectionEvent,
+    FrameEvent,
+    FrameOutcome,
+    Outcome,
+    now_ms,
+)
+
+log = logging.getLogger("framewatch.scheduler")
+
+REQUESTS = Counter("framewatch_inference_requests_total", "Requests sent to algorithm services", ["service"])
+RESPONSES = Counter("framewatch_inference_responses_total", "Requests answered without a service fault",
+                    ["service"])
+FAILURES = Counter("framewatch_inference_failures_total", "Failed requests or frames, by reason",
+                   ["service", "reason"])
+FRAMES_DONE = Counter("framewatch_inference_frames_total", "Frames leaving inference, by outcome and reason",
+                      ["outcome", "reason"])
+INFER_SECONDS = Histogram("framewatch_inference_seconds", "Request round trip per service", ["service"],
+                          buckets=(0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.5, 1, 2.5, 5, 10))
+FRAME_AGE = Histogram("framewatch_inference_frame_age_seconds", "Frame age (since capture) when dispatched",
+                      buckets=(0.05, 0.1, 0.25, 0.5, 0.75, 1, 2, 5, 10, 30))
+BATCH_SIZE = Histogram("framewatch_inference_batch_size", "Frames per request", buckets=(1, 2, 4, 8, 16, 32))
+IN_FLIGHT = Gauge("framewatch_inference_in_flight", "Requests in flight", ["service"])
+BREAKER = Gauge("framewatch_inference_breaker_state", "Circuit breaker: 0 closed, 1 half-open, 2 open",
+                ["service"])
+WAITING = Gauge("framewatch_inference_waiting", "Frames waiting for a service")
+WAITING_MAX = Gauge("framewatch_inference_waiting_max", "Most frames ever waiting at once")
+SUCCESS_RATIO = Gauge("framewatch_inference_success_ratio", "Share of the last 200 requests without a fault")
+
+MAX_ATTEMPTS = 2
+WAIT_FOR_SERVICE_S = 5.0
+IDLE_TICK_S = 0.05
+
+Done = Callable[[DetectionEvent | FrameOutcome], Awaitable[None]]
+
+
+@dataclass(eq=False)
+class Waiting:
+    frame: FrameEvent
+    done: Done
+    queued_at: float
+    tried: set[str] = field(default_factory=set)
+
+    @property
+    def key(self) -> str:
+        return self.frame.task_id
+
+
+@dataclass(eq=False)
+class ServiceLoad:
+    breaker: CircuitBreaker
+    in_flight: int = 0
+    requests: int = 0
+    faults: int = 0
+    latency_ms: float | None = None
+
+    def observe_latency(self, ms: float) -> None:
+        self.latency_ms = ms if self.latency_ms is None else 0.8 * self.latency_ms + 0.2 * ms
+
+
+class InferenceScheduler(Service):
+    def __init__(self, config: Config, registry: ServiceRegistry, client: ServiceClient, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        settings = config.ai_analysis
+        self.registry = registry
+        self.client = client
+        self.max_in_flight = settings.max_concurrent_infer
+        self.max_waiting = settings.max_queue_size
+        self.max_age_ms = settings.max_frame_age_ms
+        self.batch_wait_s = settings.batch_wait_ms / 1000
+        self.breaker_settings = BreakerSettings(failures_to_open=settings.breaker_failures,
+                                                error_rate=settings.breaker_error_rate,
+                                                open_sec=settings.breaker_open_sec)
+        self.waiting: OrderedDict[str, Waiting] = OrderedDict()
+        self.loads: dict[str, ServiceLoad] = {}
+        self.in_flight = 0
+        self.waiting_max = 0
+        self._wake = asyncio.Event()
+        self._space = asyncio.Event()
+        self._finished: asyncio.Queue[tuple[Done, DetectionEvent | FrameOutcome]] = asyncio.Queue()
+        self._requests: set[asyncio.Task[None]] = set()
+        self._recent: deque[bool] = deque(maxlen=200)
+        self._expired_at = 0.0
+
+    # -- the way in ---------------------------------------------------------------------------------------------
+
+    async def submit(self, frame: FrameEvent, done: Done) -> None:
+        """Queue a frame; waits only while the room is full of other cameras' frames."""
+        item = Waiting(frame, done, time.monotonic())
+        if self._too_old(frame):
+            self._drop(item, "stale")
+            return
+        while item.key not in self.waiting and len(self.waiting) >= self.max_waiting:
+            self._space.clear()
+            await self._space.wait()
+        waiting = self.waiting.get(item.key)
+        if waiting is not None and waiting.frame.captured_at > frame.captured_at:
+            self._drop(item, "superseded")
+            return
+        if waiting is not None:
+            self._drop(waiting, "superseded")
+        self.waiting[item.key] = item
+        self._gauge_waiting()
+        self._wake.set()
+
+    # -- the dispatcher -----------------------------------------------------------------------------------------
+
+    @Service.task
+    async def _dispatcher(self) -> None:
+        while not self.should_stop:
+            delay = self._dispatch_ready()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+
+    @Service.task
+    async def _finisher(self) -> None:
+        """Every frame's end goes out through here, in order, so the dispatcher never waits on Kafka."""
+        while not self.should_stop:
+            done, result = await self._finished.get()
+            try:
+                await done(result)
+            except Exception:
+                log.exception("could not hand on the result of frame %s", result.frame.frame_id)
+
+    def _dispatch_ready(self) -> float:
+        """Send every request that can go now; returns how long to sleep before looking again."""
+        now = time.monotonic()
+        if now - self._expired_at >= IDLE_TICK_S:
+            self._expire(now)
+        delay = IDLE_TICK_S
+        for key in list(self.waiting):
+            if self.in_flight >= self.max_in_flight:
+                break
+            item = self.waiting.get(key)
+            if item is None:  # it left with an earlier batch of this pass
+                continue
+            service = self._choose(item)
+            if service is None:
+                self._fail_if_unserved(item, now)
+                continue
+            batch = self._batch(service, item)
+            filled_in = self.batch_wait_s - (now - item.queued_at)
+            if len(batch) < service.heartbeat.max_batch and filled_in > 0:
+                delay = min(delay, filled_in)
+                continue
+            self._send(service, batch)
+        return delay
+
+    def _choose(self, item: Waiting) -> RegisteredService | None:
+        """The least loaded service, relative to its capacity, that serves the frame and has room."""
+        best: RegisteredService | None = None
+        best_load = 0.0
+        for service in self.registry.alive(item.frame.task_type):
+            if service.service_id in item.tried:
+                continue
+            load = self._load(service.service_id)
+            if load.in_flight >= service.heartbeat.capacity or not load.breaker.allows():
+                continue
+            share = load.in_flight / service.heartbeat.capacity
+            if best is None or share < best_load:
+                best, best_load = service, share
+        return best
+
+    def _batch(self, service: RegisteredService, first: Waiting) -> list[Waiting]:
+        batch = [first]
+        if service.heartbeat.max_batch == 1:
+            return batch
+        for item in self.waiting.values():
+            if len(batch) == service.heartbeat.max_batch:
+                break
+            if (item is not first and item.frame.task_type == first.frame.task_type
+                    and service.service_id not in item.tried):
+                batch.append(item)
+        return batch
+
+    def _send(self, service: RegisteredService, batch: list[Waiting]) -> None:
+        load = self._load(service.service_id)
+        load.breaker.on_dispatch()
+        load.in_flight += 1
+        self.in_flight += 1
+        IN_FLIGHT.labels(service.service_id).set(load.in_flight)
+        BREAKER.labels(service.service_id).set(load.breaker.state)
+        for item in batch:
+            del self.waiting[item.key]
+            item.tried.add(service.service_id)
+        self._gauge_waiting()
+        task = asyncio.create_task(self._request(service, batch))
+        self._requests.add(task)
+        task.add_done_callback(self._requests.discard)
+
+    # -- one request --------------------------------------------------------------------------------------------
+
+    async def _request(self, service: RegisteredService, batch: list[Waiting]) -> None:
+        sid = service.service_id
+        dispatched_at = now_ms()
+        for item in batch:
+            FRAME_AGE.observe(max(0, dispatched_at - item.frame.captured_at) / 1000)
+        REQUESTS.labels(sid).inc()
+        BATCH_SIZE.observe(len(batch))
+        answer: BatchAnswer | InferenceFailure
+        try:
+            answer = await self.client.infer(service, [item.frame for item in batch])
+        except InferenceFailure as failure:
+            answer = failure
+        except Exception as error:
+            log.exception("request to %s failed unexpectedly", sid)
+            answer = InferenceFailure("internal", repr(error))
+        finally:
+            self._returned(service)
+        if isinstance(answer, InferenceFailure):
+            log.warning("request to %s with %d frame(s) failed: %s", sid, len(batch), answer)
+            self._record(service, answer.service_fault)
+            for item in batch:
+                self._failed(item, sid, answer)
+        else:
+            self._answered(service, batch, answer, dispatched_at)
+        self._wake.set()
+
+    def _returned(self, service: RegisteredService) -> None:
+        load = self._load(service.service_id)
+        load.in_flight -= 1
+        self.in_flight -= 1
+        IN_FLIGHT.labels(service.service_id).set(load.in_flight)
+
+    def _answered(self, service: RegisteredService, batch: list[Waiting], answer: BatchAnswer,
+                  dispatched_at: int) -> None:
+        sid = service.service_id
+        faults = [r for r in answer.results.values() if isinstance(r, InferenceFailure) and r.service_fault]
+        self._record(service, fault=bool(faults))
+        if not faults:
+            RESPONSES.labels(sid).inc()
+            INFER_SECONDS.labels(sid).observe(answer.round_trip_ms / 1000)
+            self._load(sid).observe_latency(answer.round_trip_ms)
+        for item in batch:
+            result = answer.results[item.frame.frame_id]
+            if isinstance(result, InferenceFailure):
+                self._failed(item, sid, result)
+                continue
+            FRAMES_DONE.labels("inferred", "").inc()
+            self._finish(item, DetectionEvent(frame=item.frame, service_id=sid, inference_ms=answer.round_trip_ms,
+                                              service_ms=answer.service_ms, dispatched_at=dispatched_at,
+                                              batch_size=len(batch), detections=result))
+
+    def _record(self, service: RegisteredService, fault: bool) -> None:
+        load = self._load(service.service_id)
+        load.requests += 1
+        load.faults += fault
+        load.breaker.record(success=not fault)
+        BREAKER.labels(service.service_id).set(load.breaker.state)
+        self._recent.append(not fault)
+        SUCCESS_RATIO.set(sum(self._recent) / len(self._recent))
+
+    def _failed(self, item: Waiting, service_id: str, failure: InferenceFailure) -> None:
+        FAILURES.labels(service_id, failure.reason).inc()
+        if len(item.tried) >= MAX_ATTEMPTS or not self._retryable(item):
+            self._end(item, Outcome.FAILED, failure.reason)
+        elif item.key in self.waiting:
+            self._drop(item, "superseded")
+        else:
+            self.waiting[item.key] = item
+            self.waiting.move_to_end(item.key, last=False)  # it has waited longest: first in line
+            self._gauge_waiting()
+
+    def _retryable(self, item: Waiting) -> bool:
+        return not self._too_old(item.frame) and any(
+            s.service_id not in item.tried for s in self.registry.alive(item.frame.task_type))
+
+    # -- ends ---------------------------------------------------------------------------------------------------
+
+    def _expire(self, now: float) -> None:
+        self._expired_at = now
+        for item in [item for item in self.waiting.values() if self._too_old(item.frame)]:
+            del self.waiting[item.key]
+            self._drop(item, "stale")
+        self._gauge_waiting()
+
+    def _fail_if_unserved(self, item: Waiting, now: float) -> None:
+        if now - item.queued_at < WAIT_FOR_SERVICE_S or self.registry.alive(item.frame.task_type):
+            return
+        del self.waiting[item.key]
+        self._gauge_waiting()
+        self._end(item, Outcome.FAILED, "no_service")
+
+    def _too_old(self, frame: FrameEvent) -> bool:
+        return now_ms() - frame.captured_at > self.max_age_ms
+
+    def _drop(self, item: Waiting, reason: str) -> None:
+        self._end(item, Outcome.DROPPED, reason)
+
+    def _end(self, item: Waiting, outcome: Outcome, reason: str) -> None:
+        FRAMES_DONE.labels(outcome.value, reason).inc()
+        self._finish(item, FrameOutcome(frame=item.frame, outcome=outcome, reason=reason))
+
+    def _finish(self, item: Waiting, result: DetectionEvent | FrameOutcome) -> None:
+        self._finished.put_nowait((item.done, result))
+
+    def _gauge_waiting(self) -> None:
+        size = len(self.waiting)
+        WAITING.set(size)
+        if size > self.waiting_max:
+            self.waiting_max = size
+            WAITING_MAX.set(size)
+        if size < self.max_waiting:
+            self._space.set()
+
+    def _load(self, service_id: str) -> ServiceLoad:
+        load = self.loads.get(service_id)
+        if load is None:
+            load = self.loads[service_id] = ServiceLoad(CircuitBreaker(self.breaker_settings))
+        return load
+
+    # -- what `framewatch services` shows -----------------------------------------------------------------------
+
+    def services_view(self) -> list[dict[str, Any]]:
+        alive = {s.service_id for s in self.registry.alive()}
+        view = []
+        for service in self.registry.known():
+            load = self._load(service.service_id)
+            state = load.breaker.state
+            view.append({
+                "service_id": service.service_id, "endpoint": service.heartbeat.endpoint,
+                "task_types": [t.value for t in service.heartbeat.task_types],
+                "capacity": service.heartbeat.capacity, "max_batch": service.heartbeat.max_batch,
+                "version": service.heartbeat.version, "static": service.static,
+                "healthy": service.service_id in alive and state is BreakerState.CLOSED,
+                "alive": service.service_id in alive, "breaker": state.name.lower(),
+                "in_flight": load.in_flight, "requests": load.requests, "faults": load.faults,
+                "latency_ms": None if load.latency_ms is None else round(load.latency_ms, 1),
+                "heartbeat_age_s": round(time.monotonic() - service.last_seen, 1),
+            })
+        return view

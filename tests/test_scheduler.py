@@ -1,0 +1,252 @@
+"""The inference scheduler against misbehaving services on real sockets: freshness, fairness, batching, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from framewatch.agents.breaker import BreakerSettings, BreakerState, CircuitBreaker
+from framewatch.agents.inference import ServiceClient
+from framewatch.agents.registry import ServiceRegistry
+from framewatch.agents.scheduler import InferenceScheduler
+from framewatch.detector.misbehaving import Behaviour, Fault, MisbehavingService, serve
+from framewatch.schemas.config import Config, StaticService
+from framewatch.schemas.events import DetectionEvent, FrameEvent, FrameOutcome, now_ms
+from framewatch.streams.objectstore import ObjectStore
+from tests.test_events import frame
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def fake(name: str, **behaviour: Any) -> MisbehavingService:
+    capacity = behaviour.pop("capacity", 1)
+    max_batch = behaviour.pop("max_batch", 1)
+    return MisbehavingService(name, free_port(), capacity, max_batch, Behaviour(**behaviour))
+
+
+SEQ = itertools.count(1)
+
+
+def camera_frame(camera: str, age_ms: int = 0) -> FrameEvent:
+    seq, captured = next(SEQ), now_ms() - age_ms
+    return frame().model_copy(update={"task_id": camera, "camera_id": camera, "captured_at": captured, "seq": seq,
+                                      "frame_id": FrameEvent.make_id(camera, captured, seq)})
+
+
+class Harness:
+    """A scheduler over static services, with every frame's end collected in order."""
+
+    def __init__(self, config: Config, services: list[MisbehavingService], **settings: Any) -> None:
+        declared = [StaticService(id=s.service_id, endpoint=s.endpoint, capacity=s.capacity, max_batch=s.max_batch)
+                    for s in services]
+        ai = config.ai_analysis.model_copy(update={"services": declared, **settings})
+        self.config = config.model_copy(update={"ai_analysis": ai})
+        self.client = ServiceClient(self.config, ObjectStore(self.config.frame_extractor.minio))
+        self.scheduler = InferenceScheduler(self.config, ServiceRegistry(self.config), self.client)
+        self.results: list[DetectionEvent | FrameOutcome] = []
+        self._ended: dict[str, asyncio.Event] = {}
+
+    async def done(self, result: DetectionEvent | FrameOutcome) -> None:
+        self.results.append(result)
+        self._ended.setdefault(result.frame.frame_id, asyncio.Event()).set()
+
+    async def submit(self, *frames: FrameEvent) -> None:
+        for f in frames:
+            await self.scheduler.submit(f, self.done)
+
+    async def ended(self, *frames: FrameEvent, timeout_s: float = 10) -> list[DetectionEvent | FrameOutcome]:
+        for f in frames:
+            await asyncio.wait_for(self._ended.setdefault(f.frame_id, asyncio.Event()).wait(), timeout_s)
+        by_id = {r.frame.frame_id: r for r in self.results}
+        return [by_id[f.frame_id] for f in frames]
+
+
+Fleet = Callable[..., Awaitable[list[MisbehavingService]]]
+MakeHarness = Callable[..., Awaitable[Harness]]
+
+
+@pytest.fixture
+async def fleet() -> AsyncIterator[Fleet]:
+    runners: list[web.AppRunner] = []
+
+    async def start(*services: MisbehavingService) -> list[MisbehavingService]:
+        runners.extend([await serve(service) for service in services])
+        return list(services)
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def harness(stack_config: Config) -> AsyncIterator[MakeHarness]:
+    made: list[Harness] = []
+
+    async def make(services: list[MisbehavingService], **settings: Any) -> Harness:
+        h = Harness(stack_config, services, **settings)
+        await h.scheduler.start()
+        made.append(h)
+        return h
+
+    yield make
+    for h in made:
+        await h.scheduler.stop()
+        await h.client.close()
+
+
+def outcome(result: DetectionEvent | FrameOutcome) -> tuple[str, str]:
+    if isinstance(result, DetectionEvent):
+        return ("inferred", result.service_id)
+    return (result.outcome.value, result.reason)
+
+
+async def test_latest_frame_of_a_camera_wins(fleet: Fleet, harness: MakeHarness) -> None:
+    [slow] = await fleet(fake("slow", latency_ms=300))
+    h = await harness([slow])
+    first, older, newer = camera_frame("a"), camera_frame("a"), camera_frame("a")
+    await h.submit(first)
+    await asyncio.sleep(0.05)  # `first` is in flight; the next two wait, and only the newest stays
+    await h.submit(older, newer)
+    assert [outcome(r) for r in await h.ended(first, older, newer)] == [
+        ("inferred", "slow"), ("dropped", "superseded"), ("inferred", "slow")]
+    assert slow.requests == 2
+
+
+async def test_frames_too_old_are_dropped_not_inferred(fleet: Fleet, harness: MakeHarness) -> None:
+    [service] = await fleet(fake("s", latency_ms=400))
+    h = await harness([service], max_frame_age_ms=300)
+    busy, waits, stale = camera_frame("a"), camera_frame("b"), camera_frame("c", age_ms=1000)
+    await h.submit(busy, waits, stale)
+    assert [outcome(r) for r in await h.ended(busy, waits, stale)] == [
+        ("inferred", "s"), ("dropped", "stale"), ("dropped", "stale")]
+    assert service.requests == 1
+
+
+async def test_cameras_take_turns(fleet: Fleet, harness: MakeHarness) -> None:
+    [service] = await fleet(fake("s", latency_ms=100))
+    h = await harness([service])
+    busy = camera_frame("z")
+    a1, b1, c1, a2 = camera_frame("a"), camera_frame("b"), camera_frame("c"), camera_frame("a")
+    await h.submit(busy)
+    await asyncio.sleep(0.02)
+    await h.submit(a1, b1, c1, a2)  # a2 replaces a1 in a's place in the line
+    await h.ended(busy, a2, b1, c1)
+    inferred = [r.frame.camera_id for r in h.results if isinstance(r, DetectionEvent)]
+    assert inferred == ["z", "a", "b", "c"]
+
+
+async def test_frames_of_different_cameras_share_a_batch(fleet: Fleet, harness: MakeHarness) -> None:
+    [batcher] = await fleet(fake("gpu", latency_ms=50, max_batch=8, capacity=1))
+    h = await harness([batcher], batch_wait_ms=200)
+    frames = [camera_frame(f"cam-{i}") for i in range(8)]
+    await h.submit(*frames)
+    results = await h.ended(*frames)
+    assert batcher.batch_sizes == [8]
+    assert all(isinstance(r, DetectionEvent) and r.batch_size == 8 for r in results)
+
+
+async def test_a_lone_frame_waits_at_most_batch_wait(fleet: Fleet, harness: MakeHarness) -> None:
+    [batcher] = await fleet(fake("gpu", latency_ms=10, max_batch=8))
+    h = await harness([batcher], batch_wait_ms=100)
+    lone = camera_frame("a")
+    await h.submit(lone)
+    [result] = await h.ended(lone, timeout_s=2)
+    assert isinstance(result, DetectionEvent) and result.batch_size == 1
+    assert result.dispatched_at is not None and 90 <= result.dispatched_at - lone.captured_at < 1000
+
+
+@pytest.mark.parametrize("fault,reason", [
+    (Fault.RESOURCE_EXHAUSTED, "resource_exhausted"),
+    (Fault.HTTP_500, "http_5xx"),
+    (Fault.GARBAGE, "malformed"),
+    (Fault.RESET, "transport"),
+    (Fault.TIMEOUT, "timeout"),
+    (Fault.SLOW_BODY, "timeout"),
+])
+async def test_failures_are_classified_and_retried_once_elsewhere(fleet: Fleet, harness: MakeHarness, fault: Fault,
+                                                                  reason: str) -> None:
+    bad, good = await fleet(fake("bad", fault=fault), fake("good", latency_ms=5))
+    alone = await harness([bad], infer_timeout_sec=1.0)
+    lost = camera_frame("a")
+    await alone.submit(lost)
+    assert [outcome(r) for r in await alone.ended(lost)] == [("failed", reason)]
+    assert bad.requests == 1  # one try: no retry storm on a sick fleet
+
+    pair = await harness([bad, good], infer_timeout_sec=1.0)
+    frames = [camera_frame(f"cam-{i}") for i in range(6)]
+    await pair.submit(*frames)
+    assert {outcome(r) for r in await pair.ended(*frames)} == {("inferred", "good")}
+
+
+async def test_a_service_that_is_down_fails_the_frame_with_connect(harness: MakeHarness) -> None:
+    h = await harness([MisbehavingService("down", free_port())])
+    lost = camera_frame("a")
+    await h.submit(lost)
+    assert [outcome(r) for r in await h.ended(lost)] == [("failed", "connect")]
+
+
+async def test_the_breaker_stops_traffic_to_a_sick_service(fleet: Fleet, harness: MakeHarness) -> None:
+    sick, healthy = await fleet(fake("sick", fault=Fault.RESOURCE_EXHAUSTED), fake("healthy", latency_ms=20,
+                                                                                   capacity=4))
+    h = await harness([sick, healthy], breaker_failures=3, breaker_open_sec=30)
+    for round_ in range(10):
+        frames = [camera_frame(f"cam-{i}") for i in range(4)]
+        await h.submit(*frames)
+        assert {outcome(r) for r in await h.ended(*frames)} == {("inferred", "healthy")}, round_
+    assert sick.requests == 3
+    assert h.scheduler.loads["sick"].breaker.state is BreakerState.OPEN
+    view = {s["service_id"]: s for s in h.scheduler.services_view()}
+    assert view["sick"]["breaker"] == "open" and not view["sick"]["healthy"] and view["healthy"]["healthy"]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_breaker_opens_probes_and_closes() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(BreakerSettings(failures_to_open=3, open_sec=2, max_open_sec=5), clock)
+    for _ in range(2):
+        breaker.record(success=False)
+    assert breaker.state is BreakerState.CLOSED and breaker.allows()
+    breaker.record(success=False)
+    assert breaker.state is BreakerState.OPEN and not breaker.allows()
+    clock.now += 2
+    assert breaker.state is BreakerState.HALF_OPEN and breaker.allows()
+    breaker.on_dispatch()
+    assert not breaker.allows()  # one probe at a time
+    breaker.record(success=False)  # the probe failed: open again, for twice as long
+    clock.now += 2
+    assert breaker.state is BreakerState.OPEN
+    clock.now += 2
+    breaker.on_dispatch()
+    breaker.record(success=False)
+    clock.now += 4.9
+    assert breaker.state is BreakerState.OPEN  # capped at max_open_sec = 5
+    clock.now += 0.1
+    breaker.on_dispatch()
+    breaker.record(success=True)
+    assert breaker.state is BreakerState.CLOSED and breaker.allows()
+
+
+def test_breaker_opens_on_error_rate_without_a_run_of_failures() -> None:
+    breaker = CircuitBreaker(BreakerSettings(failures_to_open=100, error_rate=0.5, window=10), Clock())
+    for i in range(9):
+        breaker.record(success=i % 2 == 0)
+    assert breaker.state is BreakerState.CLOSED  # the window is not full yet
+    breaker.record(success=False)
+    assert breaker.state is BreakerState.OPEN
