@@ -91,6 +91,8 @@ def cmd_detector(args: argparse.Namespace) -> int:
 
 
 def cmd_fake_detector(args: argparse.Namespace) -> int:
+    import uvloop
+
     from framewatch.detector.misbehaving import (
         Behaviour,
         Fault,
@@ -107,7 +109,7 @@ def cmd_fake_detector(args: argparse.Namespace) -> int:
     fleet = [MisbehavingService(f"{args.id_prefix}-{i}", args.port + i, args.capacity, args.max_batch, behaviour)
              for i in range(args.instances)]
     log.info("%d misbehaving services on ports %d-%d", len(fleet), args.port, args.port + len(fleet) - 1)
-    asyncio.run(run_fleet(fleet, config))
+    uvloop.run(run_fleet(fleet, config))
     return 0
 
 
@@ -131,6 +133,7 @@ def cmd_services(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    import mode.loop
     from faust import Worker
 
     from framewatch.agents.pipeline import build_worker
@@ -138,6 +141,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     config = _config(args)
     asyncio.run(ensure_topics(config))
+    mode.loop.use("uvloop")
     app, _, _ = build_worker(config)
     Worker(app, loglevel=args.loglevel, quiet=True).execute_from_commandline()
     return 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -10,13 +9,7 @@ from pathlib import Path
 from framewatch.schemas.config import load_config
 from framewatch.streams.extractor import run_extractor
 from framewatch.streams.objectstore import ObjectStore
-from tests.conftest import ROOT, SAMPLE_CLIP, write_config
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.conftest import ROOT, SAMPLE_CLIP, free_port, write_config
 
 
 def test_unreachable_broker_is_named(tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -19,13 +18,8 @@ from framewatch.detector.misbehaving import Behaviour, Fault, MisbehavingService
 from framewatch.schemas.config import Config, StaticService
 from framewatch.schemas.events import DetectionEvent, FrameEvent, FrameOutcome, now_ms
 from framewatch.streams.objectstore import ObjectStore
+from tests.conftest import free_port
 from tests.test_events import frame
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def fake(name: str, **behaviour: Any) -> MisbehavingService:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import httpx
+import aiohttp
 from pydantic import ValidationError
 
 from framewatch.agents.registry import RegisteredService
@@ -66,12 +66,21 @@ class ServiceClient:
         settings = config.ai_analysis
         self.store = store
         self._regions = {task.id: task.region for task in config.frame_extractor.tasks}
-        pool = max(settings.max_concurrent_infer, 1)
-        self.http = httpx.AsyncClient(timeout=httpx.Timeout(settings.infer_timeout_sec, connect=2.0),
-                                      limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool))
+        self.timeout = aiohttp.ClientTimeout(total=settings.infer_timeout_sec, connect=2.0)
+        self.pool = max(settings.max_concurrent_infer, 1)
+        self._http: aiohttp.ClientSession | None = None
+
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        """Made on first use, inside the running loop; one pool of keep-alive connections for every service."""
+        if self._http is None:
+            self._http = aiohttp.ClientSession(timeout=self.timeout, connector=aiohttp.TCPConnector(
+                limit=self.pool, keepalive_timeout=60, enable_cleanup_closed=True))
+        return self._http
 
     async def close(self) -> None:
-        await self.http.aclose()
+        if self._http is not None:
+            await self._http.close()
 
     def request(self, frames: list[FrameEvent]) -> InferRequest:
         return InferRequest(frames=[InferFrame(
@@ -101,23 +110,24 @@ class ServiceClient:
 
     async def _post(self, url: str, request: InferRequest) -> InferResponse:
         try:
-            response = await self.http.post(url, content=request.model_dump_json(),
-                                            headers={"content-type": "application/json"})
-        except httpx.ConnectError as error:
+            async with self.http.post(url, data=request.model_dump_json(),
+                                      headers={"content-type": "application/json"}) as response:
+                status = response.status
+                content = await response.content.read(MAX_RESPONSE_BYTES + 1)
+        except aiohttp.ClientConnectorError as error:
             raise InferenceFailure("connect", f"{url}: {error}") from None
-        except httpx.TimeoutException:
+        except (TimeoutError, aiohttp.ServerTimeoutError):
             raise InferenceFailure("timeout", f"{url}: no answer within the timeout") from None
-        except httpx.HTTPError as error:
+        except aiohttp.ClientError as error:
             raise InferenceFailure("transport", f"{url}: {type(error).__name__} {error}") from None
-        if len(response.content) > MAX_RESPONSE_BYTES:
-            raise InferenceFailure("too_large", f"{url}: answer of {len(response.content)} bytes")
+        if len(content) > MAX_RESPONSE_BYTES:
+            raise InferenceFailure("too_large", f"{url}: answer over {MAX_RESPONSE_BYTES} bytes")
         try:
-            body = InferResponse.model_validate_json(response.content)
+            body = InferResponse.model_validate_json(content)
         except ValidationError as error:
-            if response.status_code >= 400:
-                raise InferenceFailure(f"http_{response.status_code // 100}xx",
-                                       f"{url}: HTTP {response.status_code}") from None
+            if status >= 400:
+                raise InferenceFailure(f"http_{status // 100}xx", f"{url}: HTTP {status}") from None
             raise InferenceFailure("malformed", f"{url}: answer breaks the contract: {error}") from None
-        if body.error is None and response.status_code >= 400:
-            raise InferenceFailure(f"http_{response.status_code // 100}xx", f"{url}: HTTP {response.status_code}")
+        if body.error is None and status >= 400:
+            raise InferenceFailure(f"http_{status // 100}xx", f"{url}: HTTP {status}")
         return body

@@ -35,6 +35,8 @@ from framewatch.schemas.events import (
 )
 
 ALERTS_RAISED = Counter("framewatch_rules_alerts_total", "Alerts raised", ["task_type", "rule"])
+RETENTION_BATCH = 500
+RETENTION_WITHIN_S = 0.25
 FRAMES_EVALUATED = Counter("framewatch_rules_frames_total", "Frames evaluated by the rules", ["outcome"])
 
 
@@ -113,10 +115,9 @@ def build_worker(config: Config) -> tuple[faust.App, Topology, Resources]:
 
     @app.agent(topology.frame_outcomes)
     async def retain(stream: faust.StreamT[bytes]) -> None:
-        async for raw in stream:
-            if (outcome := await topology.decode(FrameOutcome, raw, topology.frame_outcomes)) is None:
-                continue
-            if (deleted := await retention.on_outcome(outcome)) is not None:
+        async for batch in stream.take(RETENTION_BATCH, within=RETENTION_WITHIN_S):
+            outcomes = [o for raw in batch if (o := await topology.decode(FrameOutcome, raw, topology.frame_outcomes))]
+            for deleted in await retention.on_outcomes(outcomes):
                 await topology.send(topology.retention, deleted, key=deleted.task_id)
 
     attach_web(app, resources)

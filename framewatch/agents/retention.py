@@ -20,16 +20,26 @@ class Retention:
         self.store = store
         self.save_only_with_detection = save_only_with_detection
 
-    async def on_outcome(self, outcome: FrameOutcome) -> RetentionEvent | None:
-        if outcome.outcome is Outcome.ALERT or not self.save_only_with_detection:
-            return None
-        frame = outcome.frame
+    async def on_outcomes(self, outcomes: list[FrameOutcome]) -> list[RetentionEvent]:
+        """Deletes, in one request, the objects of the frames that end without an alert; never raises."""
+        if not self.save_only_with_detection:
+            return []
+        ended = {o.frame.object_key: o for o in outcomes if o.outcome is not Outcome.ALERT}
         try:
-            await self.store.delete(frame.object_key)
+            refused = await self.store.delete_many(list(ended))
         except StoreError as error:
+            DELETE_FAILURES.inc(len(ended))
+            log.warning("%d frames not deleted (the reconciliation sweep will find them): %s", len(ended), error)
+            return []
+        for key, reason in refused.items():
             DELETE_FAILURES.inc()
-            log.warning("frame %s not deleted (the reconciliation sweep will find it): %s", frame.frame_id, error)
-            return None
-        reason = f"{outcome.outcome.value}:{outcome.reason}" if outcome.reason else outcome.outcome.value
-        DELETED.labels(outcome.outcome.value).inc()
-        return RetentionEvent(bucket=frame.bucket, object_key=frame.object_key, task_id=frame.task_id, reason=reason)
+            log.warning("frame object %s not deleted: %s", key, reason)
+        events = []
+        for key, outcome in ended.items():
+            if key in refused:
+                continue
+            DELETED.labels(outcome.outcome.value).inc()
+            reason = f"{outcome.outcome.value}:{outcome.reason}" if outcome.reason else outcome.outcome.value
+            events.append(RetentionEvent(bucket=outcome.frame.bucket, object_key=key, task_id=outcome.frame.task_id,
+                                         reason=reason))
+        return events

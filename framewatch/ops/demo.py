@@ -86,13 +86,17 @@ class ServiceProcess:
 
 
 class PipelineRun:
-    def __init__(self, config_path: Path, env: dict[str, str], log_dir: Path) -> None:
+    def __init__(self, config_path: Path, env: dict[str, str], log_dir: Path,
+                 detectors: list[str] | None = None, services: int = 1) -> None:
+        """`detectors` is the framewatch command that runs the algorithm services (`services` of them):
+        by default the reference HOG detector on $FRAMEWATCH_DETECTOR_PORT (8500)."""
         self.config_path = config_path
         self.env = env
         self.config, _ = load_config(config_path, env)
         self.log_dir = log_dir
         self.processes: list[ServiceProcess] = []
-        self.detector_port = int(env.get("FRAMEWATCH_DETECTOR_PORT", "8500"))
+        self.services = services
+        self.detectors = detectors or ["detector", "--port", env.get("FRAMEWATCH_DETECTOR_PORT", "8500")]
 
     @property
     def stats_url(self) -> str:
@@ -103,15 +107,15 @@ class PipelineRun:
         return f"http://127.0.0.1:{self.config.framewatch.worker_web_port}/metrics"
 
     def start(self, timeout_s: float = 90) -> None:
-        for port in (self.detector_port, self.config.framewatch.worker_web_port):
-            if port_open("127.0.0.1", port):
-                raise RuntimeError(f"port {port} is already in use; is another framewatch worker or detector running?")
+        port = self.config.framewatch.worker_web_port
+        if port_open("127.0.0.1", port):
+            raise RuntimeError(f"port {port} is already in use; is another framewatch worker running?")
         args = ["-c", str(self.config_path)]
-        self.processes.append(ServiceProcess("detector", ["detector", *args, "--port", str(self.detector_port)],
-                                             self.env, self.log_dir))
+        self.processes.append(ServiceProcess("detector", [self.detectors[0], *args, *self.detectors[1:]], self.env,
+                                             self.log_dir))
         self.processes.append(ServiceProcess("worker", ["worker", *args], self.env, self.log_dir))
         try:
-            self.wait_ready(timeout_s)
+            self.wait_ready(timeout_s, self.services)
         except RuntimeError:
             self.stop()
             raise

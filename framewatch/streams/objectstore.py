@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import urllib3
 from minio import Minio
 from minio.commonconfig import CopySource
+from minio.deleteobjects import DeleteObject
 from minio.error import S3Error
 
 from framewatch.schemas.config import MinioSettings
@@ -81,6 +82,20 @@ class ObjectStore:
     async def delete(self, key: str) -> None:
         """Deleting a missing object succeeds: S3 deletes are idempotent."""
         await self._call("deleting", key, self._client.remove_object, self.bucket, key)
+
+    async def delete_many(self, keys: list[str]) -> dict[str, str]:
+        """One multi-object delete per 1000 keys; returns the keys the store refused, with its reason."""
+        def remove() -> dict[str, str]:
+            refused: dict[str, str] = {}
+            for start in range(0, len(keys), 1000):
+                batch = [DeleteObject(key) for key in keys[start:start + 1000]]
+                for error in self._client.remove_objects(self.bucket, batch):  # lazy: iterating sends it
+                    refused[error.name or ""] = f"{error.code}: {error.message}"
+            return refused
+        if not keys:
+            return {}
+        refused: dict[str, str] = await self._call("deleting", f"({len(keys)} keys)", remove)
+        return refused
 
     async def move(self, source: str, target: str) -> None:
         """Copy then delete; a retry that finds the target already in place only finishes the delete."""
