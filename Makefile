@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install stack demo test typecheck down clean
+.PHONY: install stack demo test bench typecheck down clean
 
 install: $(STAMP)
 
@@ -22,8 +22,11 @@ demo: stack
 test: stack
 	$(BIN)/python -m pytest -q
 
+bench: stack
+	$(BIN)/python bench/inference.py
+
 typecheck: install
-	$(BIN)/mypy framewatch tests
+	$(BIN)/mypy framewatch tests bench
 
 down:
 	$(BIN)/framewatch stack down

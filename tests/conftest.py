@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import os
-import random
-import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from framewatch.ops.load import free_port, free_ports
 from framewatch.schemas.config import Config, load_config
 from framewatch.stack import LocalStack
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_CLIP = ROOT / "samples" / "plaza-20s.mp4"
+
+__all__ = ["ROOT", "SAMPLE_CLIP", "free_port", "free_ports", "write_config"]
 
 
 @pytest.fixture(scope="session")
@@ -47,25 +48,3 @@ def stack_config(isolated_env: dict[str, str]) -> Config:
     config, _ = load_config(None, isolated_env)
     return config
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def free_ports(count: int) -> int:
-    """The first of `count` consecutive free ports."""
-    while True:
-        first = random.randrange(20000, 30000)
-        sockets = []
-        try:
-            for port in range(first, first + count):
-                sockets.append(socket.socket())
-                sockets[-1].bind(("127.0.0.1", port))
-            return first
-        except OSError:
-            continue
-        finally:
-            for s in sockets:
-                s.close()

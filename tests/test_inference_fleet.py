@@ -3,76 +3,43 @@
 from __future__ import annotations
 
 import asyncio
-import os
+import subprocess
+import sys
 import time
-import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from framewatch.ops.demo import PipelineRun
-from framewatch.ops.load import FrameLoad, TopicFollower
+from framewatch.ops.load import (
+    Fleet,
+    FrameLoad,
+    TopicFollower,
+    inferred_per_s,
+    start_fleet,
+)
 from framewatch.schemas.events import DetectionEvent, FrameOutcome, Outcome, now_ms
 from framewatch.schemas.topics import DETECTIONS, FRAME_OUTCOMES
-from framewatch.streams.bus import ensure_topics
-from tests.conftest import free_port, free_ports, write_config
 
 LATENCY_S = 0.140
 
 
-class Fleet:
-    """A worker and `instances` misbehaving services (one process), in a namespace of their own."""
-
-    def __init__(self, run: PipelineRun, first_port: int) -> None:
-        self.run = run
-        self.first_port = first_port
-
-    def url(self, instance: int, path: str) -> str:
-        return f"http://127.0.0.1:{self.first_port + instance}{path}"
-
-    def control(self, instance: int, **behaviour: object) -> None:
-        httpx.post(self.url(instance, "/control"), json=behaviour, timeout=5).raise_for_status()
-
-    def requests(self, instance: int) -> int:
-        return int(httpx.get(self.url(instance, "/stats"), timeout=5).json()["requests"])
-
-    def worker_rss_mb(self) -> float:
-        status = Path(f"/proc/{self.run.processes[-1].process.pid}/status").read_text()
-        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) / 1024
-
-
-def start_fleet(tmp_path: Path, stack_env: dict[str, str], instances: int, config: str = "") -> Iterator[Fleet]:
-    namespace = "t" + uuid.uuid4().hex[:10]
-    env = {**os.environ, **stack_env, "FRAMEWATCH_NAMESPACE": namespace, "FRAMEWATCH_MINIO_BUCKET": f"fw-{namespace}",
-           "FRAMEWATCH_MQ_TOPIC": f"{namespace}.easyai.alerts", "FRAMEWATCH_WORKER_PORT": str(free_port())}
-    port = free_ports(instances)
-    run = PipelineRun(write_config(tmp_path / "fleet.toml", config), env, tmp_path / "logs",
-                      detectors=["fake-detector", "--instances", str(instances), "--port", str(port),
-                                 "--latency-ms", str(LATENCY_S * 1000)], services=instances)
-    asyncio.run(ensure_topics(run.config))
-    run.start()
-    try:
-        yield Fleet(run, port)
-    finally:
-        run.stop()
-
-
 @pytest.fixture(scope="module")
 def six(tmp_path_factory: pytest.TempPathFactory, stack_env: dict[str, str]) -> Iterator[Fleet]:
-    yield from start_fleet(tmp_path_factory.mktemp("six"), stack_env, 6, "[ai_analysis]\nbreaker_open_sec = 1\n")
+    with start_fleet(tmp_path_factory.mktemp("six"), stack_env, 6, "[ai_analysis]\nbreaker_open_sec = 1\n") as fleet:
+        yield fleet
+
+
+@pytest.fixture
+def one(tmp_path: Path, stack_env: dict[str, str]) -> Iterator[Fleet]:
+    with start_fleet(tmp_path, stack_env, 1) as fleet:
+        yield fleet
 
 
 async def following(fleet: Fleet) -> TopicFollower:
     follower = TopicFollower(fleet.run.config, [DETECTIONS, FRAME_OUTCOMES])
     await follower.start()
     return follower
-
-
-def inferred_per_s(events: Sequence[object], since_ms: int, until_ms: int) -> float:
-    count = sum(1 for e in events if isinstance(e, DetectionEvent) and since_ms <= e.emitted_at < until_ms)
-    return count / ((until_ms - since_ms) / 1000)
 
 
 async def test_six_services_at_140ms_are_kept_busy(six: Fleet) -> None:
@@ -116,25 +83,24 @@ async def test_a_service_answering_107002_is_cut_off_and_taken_back(six: Fleet) 
     assert len(back) >= 20, f"the recovered service answered {len(back)} frames"
 
 
-async def test_overload_at_the_seeds_ratio_stays_fresh_and_bounded(tmp_path: Path,
-                                                                   stack_env: dict[str, str]) -> None:
-    for fleet in start_fleet(tmp_path, stack_env, 1):
-        follower = await following(fleet)
-        # 14 cameras at 7 frames/s = 98 frames/s against one 140 ms service (7.14 frames/s): 13.7 : 1
-        load = FrameLoad(fleet.run.config, cameras=14, fps_per_camera=7)
-        running = asyncio.create_task(load.run(duration_s=120))
-        samples: list[tuple[float, float, int]] = []
-        while not running.done():
-            await asyncio.sleep(5)
-            stats = fleet.run.stats() or {}
-            samples.append((time.monotonic(), fleet.worker_rss_mb(), int(stats.get("queue_size", -1))))
-            await follower.poll(0)
-        await running
-        assert await follower.collect_until(
-            lambda events: len({e.frame.frame_id for e in events if isinstance(e, FrameOutcome)}) >= load.sent,
-            timeout_s=60)
-        await follower.stop()
-        stats = fleet.run.stats() or {}
+async def test_overload_at_the_seeds_ratio_stays_fresh_and_bounded(one: Fleet) -> None:
+    follower = await following(one)
+    # 14 cameras at 7 frames/s = 98 frames/s against one 140 ms service (7.14 frames/s): 13.7 : 1
+    load = FrameLoad(one.run.config, cameras=14, fps_per_camera=7)
+    running = asyncio.create_task(load.run(duration_s=120))
+    samples: list[tuple[float, float, int]] = []
+    while not running.done():
+        await asyncio.sleep(5)
+        stats = one.run.stats() or {}
+        samples.append((time.monotonic(), one.worker_rss_mb(), int(stats.get("queue_size", -1))))
+        await follower.poll(0)
+    await running
+    stopped = now_ms()
+    assert await follower.collect_until(
+        lambda events: len({e.frame.frame_id for e in events if isinstance(e, FrameOutcome)}) >= load.sent,
+        timeout_s=60)
+    await follower.stop()
+    stats = one.run.stats() or {}
 
     outcomes = [e for e in follower.events if isinstance(e, FrameOutcome)]
     assert len(outcomes) == len({o.frame.frame_id for o in outcomes}) == load.sent  # each frame ends exactly once
@@ -143,10 +109,33 @@ async def test_overload_at_the_seeds_ratio_stays_fresh_and_bounded(tmp_path: Pat
     assert by_outcome[Outcome.ALERT] + by_outcome[Outcome.NO_ALERT] == len(detections)
     assert by_outcome[Outcome.DROPPED] > 0.8 * load.sent and by_outcome[Outcome.FAILED] == 0
 
-    ages = sorted(d.dispatched_at - d.frame.captured_at for d in detections if d.dispatched_at is not None)
+    # while the overload lasts: once the cameras stop, their last frames wait their turn with nothing newer
+    ages = sorted(d.dispatched_at - d.frame.captured_at for d in detections
+                  if d.dispatched_at is not None and d.dispatched_at <= stopped)
     p99 = ages[int(0.99 * (len(ages) - 1))]
     assert p99 < 1000, f"p99 frame age at dispatch {p99} ms"
+    oldest = max(d.dispatched_at - d.frame.captured_at for d in detections if d.dispatched_at is not None)
+    assert oldest <= one.run.config.ai_analysis.max_frame_age_ms
     assert max(queued for _, _, queued in samples) <= 14 and stats["queue_max"] <= 14
     early = [rss for t, rss, _ in samples if t - samples[0][0] < 30]
     late = [rss for t, rss, _ in samples if t - samples[0][0] >= 90]
     assert max(late) < max(early) + 30, f"worker memory grew from {max(early):.0f} to {max(late):.0f} MB"
+
+
+def test_services_command_lists_the_fleet_with_health_and_load(six: Fleet) -> None:
+    worker = f"http://127.0.0.1:{six.run.config.framewatch.worker_web_port}"
+    result = subprocess.run([sys.executable, "-m", "framewatch.cli", "services", "--worker", worker],
+                            capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()[1:]}
+    assert sorted(rows) == [f"fake-{i}" for i in range(6)]
+    for service_id, (_, health, breaker, in_flight, capacity, batch, *_rest) in rows.items():
+        assert (health, breaker, capacity, batch) == ("healthy", "closed", "1", "1"), service_id
+        assert int(in_flight) in (0, 1)
+
+
+def test_services_command_names_an_unreachable_worker() -> None:
+    result = subprocess.run([sys.executable, "-m", "framewatch.cli", "services", "--worker", "http://127.0.0.1:9"],
+                            capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 2
+    assert "cannot reach the worker at http://127.0.0.1:9/api/services" in result.stderr

@@ -27,7 +27,7 @@ class BreakerSettings:
     error_rate: float = 0.5
     window: int = 20
     open_sec: float = 2.0
-    max_open_sec: float = 30.0
+    max_open_sec: float = 15.0
 
 
 class CircuitBreaker:

@@ -165,6 +165,11 @@ class InferenceScheduler(Service):
             item = self.waiting.get(key)
             if item is None:  # it left with an earlier batch of this pass
                 continue
+            if self._too_old(item.frame):
+                del self.waiting[key]
+                self._gauge_waiting()
+                self._drop(item, "stale")
+                continue
             service = self._choose(item)
             if service is None:
                 self._fail_if_unserved(item, now)

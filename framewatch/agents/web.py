@@ -27,6 +27,7 @@ def attach_web(app: faust.App, resources: Resources) -> None:
         async def get(self, request: Request) -> Response:
             scheduler = resources.scheduler
             stats: dict[str, Any] = {
+                "partitions_assigned": len(app.consumer.assignment()),
                 "services_alive": len(resources.registry.alive()),
                 "requests": _total("framewatch_inference_requests_total"),
                 "responses": _total("framewatch_inference_responses_total"),

@@ -127,7 +127,7 @@ class PipelineRun:
                 if not process.alive():
                     raise RuntimeError(f"{process.name} exited while starting:\n{process.tail()}")
             stats = self.stats()
-            if stats and stats["services_alive"] >= services:
+            if stats and stats["services_alive"] >= services and stats["partitions_assigned"] > 0:
                 return
             time.sleep(0.5)
         raise RuntimeError(f"the worker was not ready within {timeout_s:.0f}s:\n{self.processes[-1].tail()}")

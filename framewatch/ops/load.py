@@ -2,21 +2,31 @@
 
 `FrameLoad` plays the extractor's part: frame events at a steady rate over N cameras, straight onto fw.frames
 (their objects need not exist: misbehaving services never fetch them, and deleting a missing key is a no-op).
-`TopicFollower` reads the events that land on some topics from the moment it starts.
+`TopicFollower` reads the events that land on some topics from the moment it starts. `start_fleet` runs a
+worker against a fleet of misbehaving services.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import random
+import socket
 import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
+import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from framewatch.ops.demo import PipelineRun
 from framewatch.schemas.config import Config, TaskType
-from framewatch.schemas.events import Event, FrameEvent, now_ms
+from framewatch.schemas.events import DetectionEvent, Event, FrameEvent, now_ms
 from framewatch.schemas.topics import FRAMES, TopicSpec, by_name
-from framewatch.streams.bus import connect_admin, partitions
+from framewatch.streams.bus import connect_admin, ensure_topics, partitions
 
 
 class FrameLoad:
@@ -106,3 +116,74 @@ class TopicFollower:
                 return False
             await self.poll()
         return True
+
+
+def inferred_per_s(events: Sequence[object], since_ms: int, until_ms: int) -> float:
+    count = sum(1 for e in events if isinstance(e, DetectionEvent) and since_ms <= e.emitted_at < until_ms)
+    return count / ((until_ms - since_ms) / 1000)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def free_ports(count: int) -> int:
+    """The first of `count` consecutive free ports."""
+    while True:
+        first = random.randrange(20000, 30000)
+        sockets = []
+        try:
+            for port in range(first, first + count):
+                sockets.append(socket.socket())
+                sockets[-1].bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+        finally:
+            for s in sockets:
+                s.close()
+
+
+class Fleet:
+    """A worker and `instances` misbehaving services (one process), in a namespace of their own."""
+
+    def __init__(self, run: PipelineRun, first_port: int) -> None:
+        self.run = run
+        self.first_port = first_port
+
+    def url(self, instance: int, path: str) -> str:
+        return f"http://127.0.0.1:{self.first_port + instance}{path}"
+
+    def control(self, instance: int, **behaviour: object) -> None:
+        httpx.post(self.url(instance, "/control"), json=behaviour, timeout=5).raise_for_status()
+
+    def requests(self, instance: int) -> int:
+        return int(httpx.get(self.url(instance, "/stats"), timeout=5).json()["requests"])
+
+    def worker_rss_mb(self) -> float:
+        status = Path(f"/proc/{self.run.processes[-1].process.pid}/status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) / 1024
+
+
+@contextmanager
+def start_fleet(folder: Path, stack_env: dict[str, str], instances: int, config: str = "",
+                latency_ms: float = 140.0) -> Iterator[Fleet]:
+    """A worker in a namespace of its own, and `instances` misbehaving services answering in `latency_ms`."""
+    namespace = "t" + uuid.uuid4().hex[:10]
+    env = {**os.environ, **stack_env, "FRAMEWATCH_NAMESPACE": namespace, "FRAMEWATCH_MINIO_BUCKET": f"fw-{namespace}",
+           "FRAMEWATCH_MQ_TOPIC": f"{namespace}.easyai.alerts", "FRAMEWATCH_WORKER_PORT": str(free_port())}
+    port = free_ports(instances)
+    folder.mkdir(parents=True, exist_ok=True)
+    config_path = folder / "fleet.toml"
+    config_path.write_text(config, encoding="utf-8")
+    run = PipelineRun(config_path, env, folder / "logs",
+                      detectors=["fake-detector", "--instances", str(instances), "--port", str(port),
+                                 "--latency-ms", str(latency_ms)], services=instances)
+    asyncio.run(ensure_topics(run.config))
+    run.start()
+    try:
+        yield Fleet(run, port)
+    finally:
+        run.stop()

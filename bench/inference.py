@@ -1,0 +1,124 @@
+"""Inference scheduling benchmark: a real worker against fleets of misbehaving services, side by side in one run.
+
+    .venv/bin/python bench/inference.py [--seconds 30] [--json out.json]
+
+Scenarios (each in a namespace of its own, against the local stack):
+  utilisation  6 services x 140 ms, capacity 1, offered 60 frames/s: achieved / fleet capacity (42.9 frames/s)
+  overhead     the same fleet at 30 frames/s: end-to-end time (frame event emitted -> detections emitted) minus
+               the time inside the service, p50 and p99
+  overload     1 service x 140 ms against 14 cameras x 7 frames/s (13.7 : 1, the seed's ratio): frame age at
+               dispatch p50/p99 while the overload lasts (after 5 s, until the cameras stop; then each camera's
+               last frame waits its turn with nothing newer, up to max_frame_age_ms, reported apart), frames
+               dropped, most frames waiting
+Prints a readable table, then the figures as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from framewatch.ops.load import Fleet, FrameLoad, TopicFollower, inferred_per_s, start_fleet
+from framewatch.schemas.events import DetectionEvent, FrameOutcome, Outcome, now_ms
+from framewatch.schemas.topics import DETECTIONS, FRAME_OUTCOMES
+from framewatch.stack import LocalStack
+
+LATENCY_MS = 140.0
+WARM_UP_MS = 5000
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+
+
+async def drive(fleet: Fleet, cameras: int, fps: float, seconds: float) -> tuple[list[Any], int, int, int]:
+    follower = TopicFollower(fleet.run.config, [DETECTIONS, FRAME_OUTCOMES])
+    await follower.start()
+    load = FrameLoad(fleet.run.config, cameras=cameras, fps_per_camera=fps)
+    started = now_ms()
+    await load.run(seconds)
+    ended = now_ms()
+    await follower.collect_until(lambda events: sum(isinstance(e, FrameOutcome) for e in events) >= load.sent, 60)
+    await follower.stop()
+    return follower.events, load.sent, started, ended
+
+
+async def utilisation_and_overhead(fleet: Fleet, seconds: float) -> dict[str, Any]:
+    events, _, started, ended = await drive(fleet, cameras=12, fps=5, seconds=seconds)
+    capacity = 6 * 1000 / LATENCY_MS
+    achieved = inferred_per_s(events, started + WARM_UP_MS, ended)
+    events, sent, started, _ = await drive(fleet, cameras=6, fps=5, seconds=seconds)
+    steady = [e for e in events if isinstance(e, DetectionEvent) and e.emitted_at >= started + WARM_UP_MS
+              and e.service_ms is not None]
+    overhead = [(d.emitted_at - d.frame.emitted_at) - (d.service_ms or 0.0) for d in steady]
+    return {"fleet_capacity_fps": round(capacity, 1), "achieved_fps": round(achieved, 1),
+            "utilisation": round(achieved / capacity, 3), "overhead_at_30fps_ms_p50": round(percentile(overhead, 50), 1),
+            "overhead_at_30fps_ms_p99": round(percentile(overhead, 99), 1),
+            "overhead_frames": len(overhead), "frames_at_30fps": sent}
+
+
+async def overload(fleet: Fleet, seconds: float) -> dict[str, Any]:
+    events, sent, started, ended = await drive(fleet, cameras=14, fps=7, seconds=seconds)
+    detections = [e for e in events if isinstance(e, DetectionEvent) and e.dispatched_at is not None]
+    ages = [float(d.dispatched_at - d.frame.captured_at) for d in detections if d.dispatched_at is not None]
+    # while the overload lasts: once the cameras stop, each one's last frame waits its turn with nothing newer
+    steady = [float(d.dispatched_at - d.frame.captured_at) for d in detections if d.dispatched_at is not None
+              and started + WARM_UP_MS <= d.frame.captured_at and d.dispatched_at <= ended]
+    outcomes = [e for e in events if isinstance(e, FrameOutcome)]
+    stats = fleet.run.stats() or {}
+    return {"offered_fps": 98, "capacity_fps": round(1000 / LATENCY_MS, 2), "frames": sent,
+            "inferred": len(detections), "dropped": sum(o.outcome is Outcome.DROPPED for o in outcomes),
+            "failed": sum(o.outcome is Outcome.FAILED for o in outcomes),
+            "unaccounted": sent - len({o.frame.frame_id for o in outcomes}),
+            "age_at_dispatch_ms_p50": round(statistics.median(ages)), "age_at_dispatch_ms_p99": round(percentile(ages, 99)),
+            "age_at_dispatch_ms_p99_steady": round(percentile(steady, 99)), "age_at_dispatch_ms_max": round(max(ages)),
+            "most_waiting": stats.get("queue_max")}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    stack = LocalStack()
+    stack.up()
+    env = stack.env()
+    folder = Path(tempfile.mkdtemp(prefix="framewatch-bench-"))
+    with start_fleet(folder / "six", env, 6, latency_ms=LATENCY_MS) as six:
+        fleet = asyncio.run(utilisation_and_overhead(six, args.seconds))
+    with start_fleet(folder / "one", env, 1, latency_ms=LATENCY_MS) as one:
+        squeezed = asyncio.run(overload(one, args.seconds * 2))
+    figures = {"fleet_6x140ms": fleet, "overload_13.7_to_1": squeezed}
+    print(f"\n{'figure':44} {'value':>10}   goal")
+    rows = [
+        ("detector utilisation (achieved / capacity)", fleet["utilisation"], ">= 0.95"),
+        ("achieved frames/s (capacity 42.9)", fleet["achieved_fps"], ""),
+        ("pipeline overhead at 30 frames/s, p50 (ms)", fleet["overhead_at_30fps_ms_p50"], "seed best: 12"),
+        ("pipeline overhead at 30 frames/s, p99 (ms)", fleet["overhead_at_30fps_ms_p99"], "< 25"),
+        ("overload 13.7:1 age at dispatch p50 (ms)", squeezed["age_at_dispatch_ms_p50"], ""),
+        ("overload 13.7:1 age at dispatch p99 (ms)", squeezed["age_at_dispatch_ms_p99_steady"], "< 1000"),
+        ("  the same with start and drain (ms)", squeezed["age_at_dispatch_ms_p99"], ""),
+        ("  the oldest frame dispatched (ms)", squeezed["age_at_dispatch_ms_max"], "<= max_frame_age_ms"),
+        ("overload frames inferred / dropped / failed",
+         f"{squeezed['inferred']}/{squeezed['dropped']}/{squeezed['failed']}", ""),
+        ("overload frames without an outcome", squeezed["unaccounted"], "0"),
+        ("overload most frames waiting", squeezed["most_waiting"], "<= 14 cameras"),
+    ]
+    for name, value, goal in rows:
+        print(f"{name:44} {value!s:>10}   {goal}")
+    text = json.dumps(figures, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
