@@ -41,8 +41,6 @@ class Topology:
         self.frame_outcomes = self._topic(topics.FRAME_OUTCOMES)
         self.retention = self._topic(topics.RETENTION)
         self.dead_letters = self._topic(topics.DEAD_LETTERS)
-        self.published = app.topic(config.ai_analysis.mq_topic, key_type=bytes, value_type=bytes,
-                                   key_serializer="raw", value_serializer="raw")
         # last alert time (capture clock, ms) per "camera|rule": the rules' cooldown state
         self.last_alert = app.Table("rule-last-alert", default=int, partitions=config.framewatch.topic_partitions)
 

@@ -1,9 +1,11 @@
 """The worker's pipeline, top to bottom: one small agent per step, each an `async for` over one topic.
 
-    fw.frames ──infer──► fw.detections ──rules──► fw.alerts ──sink──► PostgreSQL ─► fw.alerts-stored ──publish──► mq_topic
+    fw.frames ──infer──► fw.detections ──rules──► fw.alerts ──store──► PostgreSQL ─► fw.alerts-stored
         │                                  │          └─relocate──► alerts/… (dead letter when it cannot)
-        └─(failed)──────► fw.frame-outcomes ◄──(no alert / alert)
+        └─(dropped, failed)► fw.frame-outcomes ◄──(no alert / alert)
                                  └──retain──► delete frames/… ─► fw.retention
+
+fw.alerts-stored is published to mq_topic by `AlertPublisher` (agents/publisher.py), exactly once per alert.
 """
 
 from __future__ import annotations
@@ -12,11 +14,10 @@ from functools import partial
 from typing import cast
 
 import faust
-import orjson
 from prometheus_client import Counter
 
-from framewatch.agents import publisher
 from framewatch.agents.app import Resources, Topology, create_app
+from framewatch.agents.publisher import AlertPublisher
 from framewatch.agents.relocation import Relocator
 from framewatch.agents.retention import Retention
 from framewatch.agents.rules import evaluate
@@ -45,6 +46,7 @@ def build_worker(config: Config) -> tuple[faust.App, Topology, Resources]:
     topology = Topology(app, config)
     resources = Resources(config)
     app.add_dependency(resources)
+    app.add_dependency(AlertPublisher(config, app.conf.id))  # fw.alerts-stored -> mq_topic, in transactions
     settings = config.ai_analysis
     sink = AlertSink(resources.alerts)
     relocator = Relocator(resources.store)
@@ -103,15 +105,6 @@ def build_worker(config: Config) -> tuple[faust.App, Topology, Resources]:
                 letter = DeadLetter(topic=topology.alerts.get_topic_name(), reason=f"relocation: {reason}",
                                     key=alert.frame.camera_id, payload=alert.to_bytes().decode())
                 await topology.send(topology.dead_letters, letter, key=letter.topic)
-
-    @app.agent(topology.alerts_stored)
-    async def publish(stream: faust.StreamT[bytes]) -> None:
-        async for raw in stream:
-            if (stored := await topology.decode(AlertStored, raw, topology.alerts_stored)) is None:
-                continue
-            await topology.published.send(key=stored.alert.frame.camera_id.encode(),
-                                          value=orjson.dumps(publisher.payload(stored)))
-            publisher.PUBLISHED.inc()
 
     @app.agent(topology.frame_outcomes)
     async def retain(stream: faust.StreamT[bytes]) -> None:

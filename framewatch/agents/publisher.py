@@ -1,16 +1,40 @@
-"""The publisher's message: what a consumer of the alert topic gets, complete without asking us."""
+"""The publisher: every stored alert reaches the alert topic once, in order per camera, whatever crashes.
+
+fw.alerts-stored may carry an alert twice (the sink re-announces a batch it replays after a crash), so the
+publisher remembers what it published on fw.published and skips repeats. The alert message, its fw.published
+marker and the consumer offset go in one Kafka transaction: after a crash either all three happened or none
+did, so a consumer reading the alert topic with `isolation.level=read_committed` sees each alert exactly once.
+This is a plain aiokafka consume-transform-produce loop rather than a Faust agent because Faust's own
+exactly-once mode would switch the whole worker to transactions.
+"""
 
 from __future__ import annotations
 
+import logging
+import socket
+import time
 from typing import Any
 
-from prometheus_client import Counter
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+from mode import Service
+from prometheus_client import Counter, Gauge
 
-from framewatch.schemas.events import AlertStored
+from framewatch.schemas.config import Config
+from framewatch.schemas.events import AlertPublished, AlertStored, DeadLetter, DecodeError
+from framewatch.schemas.topics import ALERTS_STORED, DEAD_LETTERS, PUBLISHED
+from framewatch.streams.bus import connect_admin, partitions
 
-PUBLISHED = Counter("framewatch_publisher_alerts_published_total", "Alerts published to the alert topic")
+log = logging.getLogger("framewatch.publisher")
+
+PUBLISHED_TOTAL = Counter("framewatch_publisher_alerts_published_total", "Alerts published to the alert topic")
+REPEATS = Counter("framewatch_publisher_repeats_skipped_total", "Stored alerts already published (replays)")
+ABORTED = Counter("framewatch_publisher_transactions_aborted_total", "Publish transactions aborted and retried")
+REMEMBERED = Gauge("framewatch_publisher_remembered_ids", "Published alert ids kept to skip repeats")
 
 PAYLOAD_VERSION = 1
+DEDUP_WINDOW_MS = 24 * 3600 * 1000  # fw.published keeps a day; replays happen within minutes
 
 
 def payload(stored: AlertStored) -> dict[str, Any]:
@@ -20,3 +44,135 @@ def payload(stored: AlertStored) -> dict[str, Any]:
             "task_id": frame.task_id, "task_type": frame.task_type.value, "rule": alert.rule,
             "captured_at": frame.captured_at, "emitted_at": alert.emitted_at, "stored_at": stored.stored_at,
             "evidence": alert.evidence, "bucket": frame.bucket, "image_key": alert.image_key}
+
+
+class _Reload(ConsumerRebalanceListener):
+    def __init__(self, publisher: AlertPublisher) -> None:
+        self.publisher = publisher
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        pass
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        await self.publisher.remember_published()  # another worker may have published for these partitions
+
+
+class AlertPublisher(Service):
+    def __init__(self, config: Config, app_id: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.config = config
+        self.group_id = f"{app_id}-publisher"
+        # stable across restarts, so a restarted worker fences its dead predecessor's open transaction at once
+        self.transactional_id = f"{self.group_id}-{socket.gethostname()}-{config.framewatch.worker_web_port}"
+        self.source = config.topic(ALERTS_STORED.name)
+        self.markers = config.topic(PUBLISHED.name)
+        self.published: dict[str, int] = {}
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+
+    async def on_start(self) -> None:
+        self._producer = AIOKafkaProducer(bootstrap_servers=self.config.kafka_bootstrap,
+                                          transactional_id=self.transactional_id, linger_ms=5)
+        self._consumer = AIOKafkaConsumer(bootstrap_servers=self.config.kafka_bootstrap, group_id=self.group_id,
+                                          enable_auto_commit=False, auto_offset_reset="earliest",
+                                          isolation_level="read_committed")
+        await self.producer.start()
+        await self.consumer.start()
+        self.consumer.subscribe([self.source], listener=_Reload(self))
+
+    async def on_stop(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
+
+    @property
+    def consumer(self) -> AIOKafkaConsumer:
+        assert self._consumer is not None, "publisher not started"
+        return self._consumer
+
+    @property
+    def producer(self) -> AIOKafkaProducer:
+        assert self._producer is not None, "publisher not started"
+        return self._producer
+
+    async def remember_published(self) -> None:
+        """Read fw.published to its end (committed records only): the ids not to publish again."""
+        admin = await connect_admin(self.config)
+        try:
+            count = (await partitions(admin, [self.markers]))[self.markers]
+        finally:
+            await admin.close()
+        reader = AIOKafkaConsumer(bootstrap_servers=self.config.kafka_bootstrap, group_id=None,
+                                  enable_auto_commit=False, isolation_level="read_committed")
+        await reader.start()
+        try:
+            tps = [TopicPartition(self.markers, p) for p in range(count)]
+            reader.assign(tps)
+            await reader.seek_to_beginning(*tps)
+            ends = await reader.end_offsets(tps)
+            for tp in tps:
+                while await reader.position(tp) < ends[tp]:
+                    for record in (await reader.getmany(tp, timeout_ms=1000)).get(tp, []):
+                        if record.key is not None:
+                            self.published[record.key.decode()] = record.timestamp
+        finally:
+            await reader.stop()
+        self._forget_old()
+
+    def _forget_old(self) -> None:
+        horizon = int(time.time() * 1000) - DEDUP_WINDOW_MS
+        self.published = {k: t for k, t in self.published.items() if t >= horizon}
+        REMEMBERED.set(len(self.published))
+
+    @Service.task
+    async def _publish(self) -> None:
+        while not self.should_stop:
+            batches = await self.consumer.getmany(timeout_ms=500, max_records=500)
+            if not batches:
+                continue
+            try:
+                fresh = await self._publish_batch(batches)
+            except KafkaError as error:
+                ABORTED.inc()
+                log.warning("publish transaction aborted, will retry: %s", error)
+                for tp, records in batches.items():
+                    self.consumer.seek(tp, records[0].offset)
+                continue
+            self.published.update(dict.fromkeys(fresh, int(time.time() * 1000)))
+            PUBLISHED_TOTAL.inc(len(fresh))
+            REMEMBERED.set(len(self.published))
+
+    @Service.timer(3600)
+    async def _forget_hourly(self) -> None:
+        self._forget_old()
+
+    async def _publish_batch(self, batches: dict[TopicPartition, list[Any]]) -> set[str]:
+        fresh: set[str] = set()
+        async with self.producer.transaction():
+            for records in batches.values():
+                for record in records:
+                    alert_id = await self._publish_one(record.value, fresh)
+                    if alert_id is not None:
+                        fresh.add(alert_id)
+            offsets = {tp: records[-1].offset + 1 for tp, records in batches.items()}
+            await self.producer.send_offsets_to_transaction(offsets, self.group_id)
+        return fresh
+
+    async def _publish_one(self, raw: bytes, fresh: set[str]) -> str | None:
+        try:
+            stored = AlertStored.decode(raw)
+        except DecodeError as error:
+            letter = DeadLetter(topic=self.source, reason=str(error), key=None,
+                                payload=raw.decode("utf-8", "replace"))
+            await self.producer.send(self.config.topic(DEAD_LETTERS.name), letter.to_bytes(), key=self.source.encode())
+            return None
+        alert = stored.alert
+        if alert.alert_id in self.published or alert.alert_id in fresh:
+            REPEATS.inc()
+            return None
+        camera = alert.frame.camera_id.encode()
+        await self.producer.send(self.config.ai_analysis.mq_topic, orjson.dumps(payload(stored)), key=camera)
+        marker = AlertPublished(alert_id=alert.alert_id, camera_id=alert.frame.camera_id)
+        await self.producer.send(self.markers, marker.to_bytes(), key=alert.alert_id.encode())
+        return alert.alert_id

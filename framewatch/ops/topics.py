@@ -75,7 +75,8 @@ async def read_records(config: Config, topic: str, last: int | None = None,
         await admin.close()
     if count == 0:
         raise LookupError(f"topic {topic!r} does not exist at {config.kafka_bootstrap}")
-    consumer = AIOKafkaConsumer(bootstrap_servers=config.kafka_bootstrap, group_id=None, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(bootstrap_servers=config.kafka_bootstrap, group_id=None, enable_auto_commit=False,
+                                isolation_level="read_committed")
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for p in range(count)]

@@ -207,6 +207,18 @@ class AlertStored(Event):
         return self.alert.alert_id
 
 
+class AlertPublished(Event):
+    """An alert's message is on the alert topic: written in the same Kafka transaction as the message itself."""
+
+    kind = "alert_published"
+    alert_id: str
+    camera_id: str
+
+    @property
+    def event_id(self) -> str:
+        return self.alert_id
+
+
 class DeadLetter(Event):
     kind = "dead_letter"
     topic: str
@@ -220,7 +232,7 @@ class DeadLetter(Event):
 
 
 ALL_EVENTS: tuple[type[Event], ...] = (FrameEvent, DetectionEvent, AlertEvent, FrameOutcome, ServiceHeartbeat,
-                                       TaskEvent, RetentionEvent, AlertStored, DeadLetter)
+                                       TaskEvent, RetentionEvent, AlertStored, AlertPublished, DeadLetter)
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:
