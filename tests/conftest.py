@@ -7,6 +7,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
 from framewatch.ops.load import free_port, free_ports
@@ -16,7 +18,9 @@ from framewatch.stack import LocalStack
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_CLIP = ROOT / "samples" / "plaza-20s.mp4"
 
-__all__ = ["ROOT", "SAMPLE_CLIP", "free_port", "free_ports", "write_config"]
+SAMPLE_JPEG = bytes(cv2.imencode(".jpg", np.full((48, 64, 3), 127, np.uint8))[1])
+
+__all__ = ["SAMPLE_JPEG", "ROOT", "SAMPLE_CLIP", "free_port", "free_ports", "write_config"]
 
 
 @pytest.fixture(scope="session")

@@ -36,12 +36,13 @@ async def test_inserts_are_idempotent(stack_config: Config, namespace: str) -> N
         await store.close()
 
 
-async def test_move_is_idempotent(stack_config: Config) -> None:
+async def test_copy_is_idempotent(stack_config: Config) -> None:
     store = ObjectStore(stack_config.frame_extractor.minio)
     await store.ensure_bucket()
     await store.put("frames/cam/1.jpg", b"jpeg")
-    await store.move("frames/cam/1.jpg", "alerts/cam/1.jpg")
-    await store.move("frames/cam/1.jpg", "alerts/cam/1.jpg")  # a retry after the copy finds the target in place
+    await store.copy("frames/cam/1.jpg", "alerts/cam/1.jpg")
+    await store.delete("frames/cam/1.jpg")
+    await store.copy("frames/cam/1.jpg", "alerts/cam/1.jpg")  # a retry that finds the target in place
     assert await store.get("alerts/cam/1.jpg") == b"jpeg"
     assert not await store.exists("frames/cam/1.jpg")
 

@@ -110,6 +110,7 @@ def create_app(config: Config) -> faust.App:
         producer_acks=-1,
         broker_commit_every=100,
         broker_commit_interval=1.0,
+        broker_session_timeout=10.0,  # a crashed worker's partitions move within 10 s, not Faust's default 60
         stream_wait_empty=True,
     )
     return app

@@ -1,7 +1,7 @@
 """The worker's pipeline, top to bottom: one small agent per step, each an `async for` over one topic.
 
     fw.frames ──infer──► fw.detections ──rules──► fw.alerts ──store──► PostgreSQL ─► fw.alerts-stored
-        │                                  │          └─relocate──► alerts/… (dead letter when it cannot)
+        │                                  │  └─ copy the alert image to alerts/… first (dead letter when it cannot)
         └─(dropped, failed)► fw.frame-outcomes ◄──(no alert / alert)
                                  └──retain──► delete frames/… ─► fw.retention
 
@@ -18,7 +18,7 @@ from prometheus_client import Counter
 
 from framewatch.agents.app import Resources, Topology, create_app
 from framewatch.agents.publisher import AlertPublisher
-from framewatch.agents.relocation import Relocator
+from framewatch.agents.relocation import IMAGE_NOT_COPIED, Relocator
 from framewatch.agents.retention import Retention
 from framewatch.agents.rules import evaluate
 from framewatch.agents.sink import AlertSink
@@ -68,6 +68,15 @@ def build_worker(config: Config) -> tuple[faust.App, Topology, Resources]:
                 continue
             await resources.scheduler.submit(frame, partial(hand_on, frames, event))
 
+    async def relocate(alert: AlertEvent) -> str:
+        """Copies the alert image before the alert goes out; the outcome's reason when it could not."""
+        if (reason := await relocator.copy_image(alert)) is None:
+            return ""
+        letter = DeadLetter(topic=topology.alerts.get_topic_name(), reason=f"relocation: {reason}",
+                            key=alert.frame.camera_id, payload=alert.to_bytes().decode())
+        await topology.send(topology.dead_letters, letter, key=letter.topic)
+        return IMAGE_NOT_COPIED
+
     @app.agent(topology.detections)
     async def rules(stream: faust.StreamT[bytes]) -> None:
         async for raw in stream:
@@ -77,11 +86,13 @@ def build_worker(config: Config) -> tuple[faust.App, Topology, Resources]:
             task = resources.task_settings(frame.task_id, CameraTask(id=frame.task_id, task_type=frame.task_type, rtsp_url=""))
             state_key = f"{frame.camera_id}|{frame.task_type.value}"
             alert = evaluate(task, event, topology.last_alert.get(state_key), settings.alert_base_path)
-            if alert is not None:
+            if alert is None:
+                outcome = FrameOutcome(frame=frame, outcome=Outcome.NO_ALERT)
+            else:
                 topology.last_alert[state_key] = frame.captured_at
                 ALERTS_RAISED.labels(frame.task_type.value, alert.rule).inc()
+                outcome = FrameOutcome(frame=frame, outcome=Outcome.ALERT, reason=await relocate(alert))
                 await topology.send(topology.alerts, alert, key=frame.camera_id)
-            outcome = FrameOutcome(frame=frame, outcome=Outcome.ALERT if alert else Outcome.NO_ALERT)
             FRAMES_EVALUATED.labels(outcome.outcome.value).inc()
             await topology.send(topology.frame_outcomes, outcome, key=frame.camera_id)
 
@@ -95,16 +106,6 @@ def build_worker(config: Config) -> tuple[faust.App, Topology, Resources]:
             for alert in alerts:
                 await topology.send(topology.alerts_stored, AlertStored(alert=alert, stored_at=stored_at),
                                     key=alert.frame.camera_id)
-
-    @app.agent(topology.alerts)
-    async def relocate(stream: faust.StreamT[bytes]) -> None:
-        async for raw in stream:
-            if (alert := await topology.decode(AlertEvent, raw, topology.alerts)) is None:
-                continue
-            if (reason := await relocator.relocate(alert)) is not None:
-                letter = DeadLetter(topic=topology.alerts.get_topic_name(), reason=f"relocation: {reason}",
-                                    key=alert.frame.camera_id, payload=alert.to_bytes().decode())
-                await topology.send(topology.dead_letters, letter, key=letter.topic)
 
     @app.agent(topology.frame_outcomes)
     async def retain(stream: faust.StreamT[bytes]) -> None:

@@ -16,13 +16,23 @@ import time
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import (
+    AIOKafkaConsumer,
+    AIOKafkaProducer,
+    ConsumerRebalanceListener,
+    TopicPartition,
+)
 from aiokafka.errors import KafkaError
 from mode import Service
 from prometheus_client import Counter, Gauge
 
 from framewatch.schemas.config import Config
-from framewatch.schemas.events import AlertPublished, AlertStored, DeadLetter, DecodeError
+from framewatch.schemas.events import (
+    AlertPublished,
+    AlertStored,
+    DeadLetter,
+    DecodeError,
+)
 from framewatch.schemas.topics import ALERTS_STORED, DEAD_LETTERS, PUBLISHED
 from framewatch.streams.bus import connect_admin, partitions
 

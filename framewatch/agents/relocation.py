@@ -1,4 +1,10 @@
-"""Relocation: move an alert's image from frames/ to its alert key, with retries; report what still fails."""
+"""Relocation: an alert's image is copied from frames/ to its alert key before the alert goes out.
+
+Copying first, in the rules agent, means no alert ever exists without its image: the frame object is deleted
+afterwards by retention, like every other frame, once the frame's outcome says the copy is done. A frame whose
+image could not be copied after the retries keeps its object (outcome `alert`, reason `image_not_copied`) and
+the alert is also sent to fw.dead-letters with the reason.
+"""
 
 from __future__ import annotations
 
@@ -12,30 +18,32 @@ from framewatch.streams.objectstore import ObjectStore, StoreError
 
 log = logging.getLogger("framewatch.relocation")
 
-MOVED = Counter("framewatch_relocation_moved_total", "Alert images moved")
-RETRIES = Counter("framewatch_relocation_retries_total", "Move attempts that failed and were retried")
-DEAD = Counter("framewatch_relocation_dead_letters_total", "Alert images that could not be moved")
+COPIED = Counter("framewatch_relocation_copied_total", "Alert images copied to their alert key")
+RETRIES = Counter("framewatch_relocation_retries_total", "Copy attempts that failed and were retried")
+DEAD = Counter("framewatch_relocation_dead_letters_total", "Alert images that could not be copied")
+
+IMAGE_NOT_COPIED = "image_not_copied"
 
 
 class Relocator:
-    def __init__(self, store: ObjectStore, attempts: int = 3, first_backoff_s: float = 0.5) -> None:
+    def __init__(self, store: ObjectStore, retries: int = 3, first_backoff_s: float = 0.5) -> None:
         self.store = store
-        self.attempts = attempts
+        self.retries = retries
         self.first_backoff_s = first_backoff_s
 
-    async def relocate(self, alert: AlertEvent) -> str | None:
-        """Move the image; None on success, else the reason it could not be moved."""
+    async def copy_image(self, alert: AlertEvent) -> str | None:
+        """Copy the frame's image to the alert key; None on success, else why it could not be copied."""
         error: StoreError | None = None
-        for attempt in range(self.attempts + 1):
+        for attempt in range(self.retries + 1):
             try:
-                await self.store.move(alert.frame.object_key, alert.image_key)
-                MOVED.inc()
+                await self.store.copy(alert.frame.object_key, alert.image_key)
+                COPIED.inc()
                 return None
             except StoreError as failure:
                 error = failure
-                if attempt < self.attempts:
+                if attempt < self.retries:
                     RETRIES.inc()
                     await asyncio.sleep(self.first_backoff_s * 2 ** attempt)
         DEAD.inc()
-        log.error("alert %s: image not moved after %d retries: %s", alert.alert_id, self.attempts, error)
+        log.error("alert %s: image not copied after %d retries: %s", alert.alert_id, self.retries, error)
         return str(error)

@@ -1,4 +1,5 @@
-"""Retention: a frame whose outcome is known and is not an alert has no reason to stay in the store."""
+"""Retention: a frame whose outcome is known has no reason to stay under frames/ (an alert's image is copied
+to its alert key before the alert's outcome is sent); only a frame whose alert image could not be copied stays."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import logging
 
 from prometheus_client import Counter
 
+from framewatch.agents.relocation import IMAGE_NOT_COPIED
 from framewatch.schemas.events import FrameOutcome, Outcome, RetentionEvent
 from framewatch.streams.objectstore import ObjectStore, StoreError
 
@@ -21,10 +23,11 @@ class Retention:
         self.save_only_with_detection = save_only_with_detection
 
     async def on_outcomes(self, outcomes: list[FrameOutcome]) -> list[RetentionEvent]:
-        """Deletes, in one request, the objects of the frames that end without an alert; never raises."""
+        """Deletes, in one request, the objects of the frames that have ended; never raises."""
         if not self.save_only_with_detection:
             return []
-        ended = {o.frame.object_key: o for o in outcomes if o.outcome is not Outcome.ALERT}
+        ended = {o.frame.object_key: o for o in outcomes
+                 if not (o.outcome is Outcome.ALERT and o.reason == IMAGE_NOT_COPIED)}
         try:
             refused = await self.store.delete_many(list(ended))
         except StoreError as error:

@@ -41,7 +41,7 @@ def attach_web(app: faust.App, resources: Resources) -> None:
                 "failed_total": _total("framewatch_inference_frames_total", outcome="failed"),
                 "alerts_stored": _total("framewatch_sink_alerts_stored_total"),
                 "alerts_published": _total("framewatch_publisher_alerts_published_total"),
-                "alerts_relocated": _total("framewatch_relocation_moved_total"),
+                "alerts_relocated": _total("framewatch_relocation_copied_total"),
                 "relocation_dead_letters": _total("framewatch_relocation_dead_letters_total"),
                 "frames_deleted": _total("framewatch_retention_deleted_total"),
             }

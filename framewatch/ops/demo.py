@@ -114,6 +114,7 @@ class PipelineRun:
         self.processes.append(ServiceProcess("detector", [self.detectors[0], *args, *self.detectors[1:]], self.env,
                                              self.log_dir))
         self.processes.append(ServiceProcess("worker", ["worker", *args], self.env, self.log_dir))
+        self.workers_started = 1
         try:
             self.wait_ready(timeout_s, self.services)
         except RuntimeError:
@@ -131,6 +132,14 @@ class PipelineRun:
                 return
             time.sleep(0.5)
         raise RuntimeError(f"the worker was not ready within {timeout_s:.0f}s:\n{self.processes[-1].tail()}")
+
+    def restart_worker(self, sig: int = signal.SIGKILL, timeout_s: float = 90) -> None:
+        """Stop the worker with `sig` (SIGKILL: a crash) and start a new one; its log is worker-N.log."""
+        self.processes.pop().stop(sig)
+        self.workers_started += 1
+        self.processes.append(ServiceProcess(f"worker-{self.workers_started}", ["worker", "-c", str(self.config_path)],
+                                             self.env, self.log_dir))
+        self.wait_ready(timeout_s, self.services)
 
     def stop(self) -> None:
         for process in reversed(self.processes):

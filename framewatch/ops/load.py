@@ -27,12 +27,16 @@ from framewatch.schemas.config import Config, TaskType
 from framewatch.schemas.events import DetectionEvent, Event, FrameEvent, now_ms
 from framewatch.schemas.topics import FRAMES, TopicSpec, by_name
 from framewatch.streams.bus import connect_admin, ensure_topics, partitions
+from framewatch.streams.objectstore import ObjectStore
 
 
 class FrameLoad:
     def __init__(self, config: Config, cameras: int, fps_per_camera: float, prefix: str = "load",
-                 task_type: TaskType = TaskType.AREA_INTRUSION) -> None:
+                 task_type: TaskType = TaskType.AREA_INTRUSION, image: bytes | None = None) -> None:
+        """With `image`, every frame's object is uploaded before its event is sent, as the extractor does."""
         self.config = config
+        self.image = image
+        self.store = ObjectStore(config.frame_extractor.minio) if image is not None else None
         self.cameras = [f"{prefix}-{i:03d}" for i in range(cameras)]
         self.interval_s = 1 / fps_per_camera
         self.task_type = task_type
@@ -53,6 +57,8 @@ class FrameLoad:
         await producer.start()
         topic = self.config.topic(FRAMES.name)
         step = self.interval_s / len(self.cameras)
+        if self.store is not None:
+            await self.store.ensure_bucket()
         started = time.monotonic()
         pending: list[asyncio.Future[Any]] = []
         try:
@@ -60,7 +66,10 @@ class FrameLoad:
             while (due := started + tick * step) < started + duration_s:
                 await asyncio.sleep(max(0.0, due - time.monotonic()))
                 camera = self.cameras[tick % len(self.cameras)]
-                pending.append(await producer.send(topic, self.frame(camera).to_bytes(), key=camera.encode()))
+                frame = self.frame(camera)
+                if self.store is not None and self.image is not None:
+                    await self.store.put(frame.object_key, self.image)
+                pending.append(await producer.send(topic, frame.to_bytes(), key=camera.encode()))
                 tick += 1
                 if len(pending) >= 200:
                     await asyncio.gather(*pending)
@@ -169,7 +178,7 @@ class Fleet:
 
 @contextmanager
 def start_fleet(folder: Path, stack_env: dict[str, str], instances: int, config: str = "",
-                latency_ms: float = 140.0) -> Iterator[Fleet]:
+                latency_ms: float = 140.0, people: int = 0) -> Iterator[Fleet]:
     """A worker in a namespace of its own, and `instances` misbehaving services answering in `latency_ms`."""
     namespace = "t" + uuid.uuid4().hex[:10]
     env = {**os.environ, **stack_env, "FRAMEWATCH_NAMESPACE": namespace, "FRAMEWATCH_MINIO_BUCKET": f"fw-{namespace}",
@@ -180,7 +189,7 @@ def start_fleet(folder: Path, stack_env: dict[str, str], instances: int, config:
     config_path.write_text(config, encoding="utf-8")
     run = PipelineRun(config_path, env, folder / "logs",
                       detectors=["fake-detector", "--instances", str(instances), "--port", str(port),
-                                 "--latency-ms", str(latency_ms)], services=instances)
+                                 "--latency-ms", str(latency_ms), "--people", str(people)], services=instances)
     asyncio.run(ensure_topics(run.config))
     run.start()
     try:

@@ -97,12 +97,11 @@ class ObjectStore:
         refused: dict[str, str] = await self._call("deleting", f"({len(keys)} keys)", remove)
         return refused
 
-    async def move(self, source: str, target: str) -> None:
-        """Copy then delete; a retry that finds the target already in place only finishes the delete."""
+    async def copy(self, source: str, target: str) -> None:
+        """Server-side copy; a retry that finds the target already in place does nothing."""
         if not await self.exists(target):
             await self._call("copying to", target, self._client.copy_object, self.bucket, target,
                              CopySource(self.bucket, source))
-        await self.delete(source)
 
     async def list_keys(self, prefix: str) -> list[str]:
         def names() -> list[str]:

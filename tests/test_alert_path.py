@@ -1,0 +1,93 @@
+"""The alert path whatever crashes: every alert stored once, its image moved once, published once."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import signal
+import uuid
+from pathlib import Path
+
+import asyncpg
+import orjson
+
+from framewatch.ops.load import FrameLoad, TopicFollower, start_fleet
+from framewatch.ops.topics import read_records
+from framewatch.schemas.config import Config
+from framewatch.schemas.events import AlertEvent
+from framewatch.schemas.topics import ALERTS
+from framewatch.streams.objectstore import ObjectStore
+from tests.conftest import SAMPLE_JPEG
+
+CAMERAS = 10
+
+
+def alerting_config(prefix: str, batch_size: int = 20) -> str:
+    """Every frame of these cameras raises an alert (no cooldown) when the detector sees a person."""
+    tasks = "".join(f'[[frame_extractor.tasks]]\nid = "{prefix}-{i:03d}"\ntask_type = "area_intrusion"\n'
+                    f'rtsp_url = "unused"\ncooldown_sec = 0\n' for i in range(CAMERAS))
+    return f"[ai_analysis]\nalert_batch_size = {batch_size}\nalert_batch_interval_sec = 1\n{tasks}"
+
+
+async def stored(config: Config, prefix: str) -> dict[str, str]:
+    connection = await asyncpg.connect(config.database.dsn.get_secret_value())
+    try:
+        rows = await connection.fetch("SELECT alert_id::text, image_key FROM alerts WHERE camera_id LIKE $1",
+                                      f"{prefix}-%")
+    finally:
+        await connection.close()
+    return {r["alert_id"]: r["image_key"] for r in rows}
+
+
+async def published(config: Config) -> collections.Counter[str]:
+    records = await read_records(config, config.ai_analysis.mq_topic)
+    return collections.Counter(orjson.loads(r.value)["alert_id"] for r in records if r.value)
+
+
+async def missing_images(config: Config, keys: list[str]) -> list[str]:
+    store = ObjectStore(config.frame_extractor.minio)
+    return [key for key in keys if not await store.exists(key)]
+
+
+async def settle(config: Config, prefix: str, alert_ids: set[str], timeout_s: float = 120) -> None:
+    """Wait until every alert is stored, published and has its image in place (or the time runs out)."""
+    for _ in range(int(timeout_s)):
+        rows = await stored(config, prefix)
+        if (alert_ids <= set(rows) and alert_ids <= set(await published(config))
+                and not await missing_images(config, list(rows.values()))):
+            return
+        await asyncio.sleep(1)
+
+
+def test_worker_killed_mid_flush_stores_moves_and_publishes_each_alert_once(tmp_path: Path,
+                                                                            stack_env: dict[str, str]) -> None:
+    prefix = "k" + uuid.uuid4().hex[:6]
+    with start_fleet(tmp_path, stack_env, 2, alerting_config(prefix), latency_ms=20, people=1) as fleet:
+        config = fleet.run.config
+
+        async def scenario() -> None:
+            follower = TopicFollower(config, [ALERTS])
+            await follower.start()
+            load = FrameLoad(config, cameras=CAMERAS, fps_per_camera=2, prefix=prefix, image=SAMPLE_JPEG)
+            running = asyncio.create_task(load.run(duration_s=20))
+            await asyncio.sleep(8)  # alerts flow at 20/s in batches of 20 a second: a flush is always in flight
+            await asyncio.to_thread(fleet.run.restart_worker, signal.SIGKILL)
+            await running
+            await follower.collect_until(lambda events: False, timeout_s=5)
+            alert_ids = {e.alert_id for e in follower.events if isinstance(e, AlertEvent)}
+            await settle(config, prefix, alert_ids)
+            await follower.poll()
+            alert_ids = {e.alert_id for e in follower.events if isinstance(e, AlertEvent)}
+            rows = await stored(config, prefix)
+            counts = await published(config)
+            missing = await missing_images(config, list(rows.values()))
+            await follower.stop()
+            print(f"crash test: {len(alert_ids)} alerts on fw.alerts, {len(rows)} stored, {sum(counts.values())} "
+                  f"published, {len(missing)} images missing")
+            assert len(alert_ids) > 200
+            assert set(rows) == alert_ids  # stored exactly once: alert_id is the primary key
+            assert missing == []
+            assert {a: n for a, n in counts.items() if n != 1} == {}  # published once each
+            assert set(counts) == alert_ids
+
+        asyncio.run(scenario())
