@@ -110,9 +110,13 @@ def build_worker(config: Config) -> tuple[faust.App, Topology, Resources]:
     @app.agent(topology.frame_outcomes)
     async def retain(stream: faust.StreamT[bytes]) -> None:
         async for batch in stream.take(RETENTION_BATCH, within=RETENTION_WITHIN_S):
-            outcomes = [o for raw in batch if (o := await topology.decode(FrameOutcome, raw, topology.frame_outcomes))]
-            for deleted in await retention.on_outcomes(outcomes):
-                await topology.send(topology.retention, deleted, key=deleted.task_id)
+            retention.on_outcomes(
+                [o for raw in batch if (o := await topology.decode(FrameOutcome, raw, topology.frame_outcomes))])
+
+    @app.timer(RETENTION_WITHIN_S)
+    async def delete_ended_frames() -> None:
+        for deleted in await retention.delete_due():
+            await topology.send(topology.retention, deleted, key=deleted.task_id)
 
     attach_web(app, resources)
     return app, topology, resources

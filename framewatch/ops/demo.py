@@ -165,7 +165,7 @@ class PipelineRun:
             stats = self.stats() or {}
             if (len(outcomes) >= frames and stats.get("alerts_published", 0) >= alerts
                     and stats.get("alerts_relocated", 0) + stats.get("relocation_dead_letters", 0) >= alerts
-                    and stats.get("frames_deleted", 0) >= len(outcomes) - alerts):
+                    and stats.get("frames_deleted", 0) + stats.get("relocation_dead_letters", 0) >= len(outcomes)):
                 return
             await asyncio.sleep(1)
         raise TimeoutError(f"pipeline not settled within {timeout_s:.0f}s: {len(await self._outcomes())}/{frames} "
