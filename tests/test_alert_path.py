@@ -33,7 +33,7 @@ async def stored(config: Config, prefix: str) -> dict[str, str]:
     connection = await asyncpg.connect(config.database.dsn.get_secret_value())
     try:
         rows = await connection.fetch("SELECT alert_id::text, image_key FROM alerts WHERE camera_id LIKE $1",
-                                      f"{prefix}-%")
+                                      f"{prefix}%")
     finally:
         await connection.close()
     return {r["alert_id"]: r["image_key"] for r in rows}
@@ -47,6 +47,14 @@ async def published(config: Config) -> collections.Counter[str]:
 async def missing_images(config: Config, keys: list[str]) -> list[str]:
     store = ObjectStore(config.frame_extractor.minio)
     return [key for key in keys if not await store.exists(key)]
+
+
+async def settle_stored(config: Config, prefix: str, alerts: int, timeout_s: float = 60) -> None:
+    for _ in range(int(timeout_s)):
+        if len(await stored(config, prefix)) >= alerts:
+            return
+        await asyncio.sleep(1)
+    raise TimeoutError(f"{len(await stored(config, prefix))} of {alerts} alerts stored")
 
 
 async def settle(config: Config, prefix: str, alert_ids: set[str], timeout_s: float = 120) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from datetime import UTC, datetime
 from importlib.resources import files
 
 import asyncpg
 import orjson
 
+from framewatch.agents.queries import AlertQuery
 from framewatch.schemas.events import AlertEvent
 
 log = logging.getLogger("framewatch.database")
@@ -103,3 +105,24 @@ class AlertStore:
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
             raise DatabaseUnavailable(f"storing {len(alerts)} alerts failed: {error}") from None
         return int(status.rsplit(" ", 1)[-1])
+
+    async def query(self, query: AlertQuery) -> list[asyncpg.Record]:
+        where, args = query.where()
+        sql = f"SELECT * FROM alerts WHERE {where} ORDER BY captured_at DESC, alert_id DESC LIMIT {query.limit}"
+        return await self._fetch(sql, *args)
+
+    async def get(self, alert_id: str) -> asyncpg.Record | None:
+        rows = await self._fetch("SELECT * FROM alerts WHERE alert_id = $1", uuid.UUID(alert_id))
+        return rows[0] if rows else None
+
+    async def cameras(self) -> list[asyncpg.Record]:
+        return await self._fetch("SELECT camera_id, task_id, task_type, count(*) AS alerts, max(captured_at) AS "
+                                 "last_alert_at FROM alerts GROUP BY camera_id, task_id, task_type ORDER BY camera_id")
+
+    async def _fetch(self, sql: str, *args: object) -> list[asyncpg.Record]:
+        try:
+            async with self.pool.acquire() as connection:
+                rows: list[asyncpg.Record] = await connection.fetch(sql, *args)
+                return rows
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            raise DatabaseUnavailable(f"query failed: {error}") from None

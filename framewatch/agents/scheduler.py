@@ -74,6 +74,13 @@ class Waiting:
         return self.frame.task_id
 
 
+@dataclass
+class CameraSeen:
+    frames: int = 0
+    inferred: int = 0
+    last_captured_at: int = 0
+
+
 @dataclass(eq=False)
 class ServiceLoad:
     breaker: CircuitBreaker
@@ -103,6 +110,7 @@ class InferenceScheduler(Service):
         self.loads: dict[str, ServiceLoad] = {}
         self.in_flight = 0
         self.waiting_max = 0
+        self.cameras: dict[str, CameraSeen] = {}
         self._wake = asyncio.Event()
         self._space = asyncio.Event()
         self._finished: asyncio.Queue[tuple[Done, DetectionEvent | FrameOutcome]] = asyncio.Queue()
@@ -115,6 +123,9 @@ class InferenceScheduler(Service):
     async def submit(self, frame: FrameEvent, done: Done) -> None:
         """Queue a frame; waits only while the room is full of other cameras' frames."""
         item = Waiting(frame, done, time.monotonic())
+        seen = self.cameras.setdefault(frame.camera_id, CameraSeen())
+        seen.frames += 1
+        seen.last_captured_at = max(seen.last_captured_at, frame.captured_at)
         if self._too_old(frame):
             self._drop(item, "stale")
             return
@@ -273,6 +284,7 @@ class InferenceScheduler(Service):
                 self._failed(item, sid, result)
                 continue
             FRAMES_DONE.labels("inferred", "").inc()
+            self.cameras.setdefault(item.frame.camera_id, CameraSeen()).inferred += 1
             self._finish(item, DetectionEvent(frame=item.frame, service_id=sid, inference_ms=answer.round_trip_ms,
                                               service_ms=answer.service_ms, dispatched_at=dispatched_at,
                                               batch_size=len(batch), detections=result))

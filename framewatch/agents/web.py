@@ -1,14 +1,23 @@
-"""The worker's HTTP surface: Prometheus metrics, a live stats line, the algorithm services."""
+"""The worker's HTTP surface: Prometheus metrics, the live stats line, the algorithm services, the alert query
+API and the dashboard. With `framewatch.api_token` set, every /api/ path wants `Authorization: Bearer <token>`;
+/metrics stays open for Prometheus."""
 
 from __future__ import annotations
 
+import hmac
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
 from faust.web import Request, Response, View
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, generate_latest
 
 from framewatch.agents.app import Resources
+from framewatch.agents.database import DatabaseUnavailable
+from framewatch.agents.queries import AlertQuery, BadQuery, Cursor, alert_json
+
+API_REQUESTS = Counter("framewatch_api_requests_total", "Query API requests", ["path", "status"])
 
 
 def _total(name: str, **labels: str) -> float:
@@ -16,38 +25,97 @@ def _total(name: str, **labels: str) -> float:
                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
 
 
+Handler = Callable[[View, Request], Awaitable[Response]]
+
+
+def guarded(path: str, token: str, handler: Handler) -> Handler:
+    """Bearer-token check, bad input as 400, the database down as 503, and a metric per answer."""
+    async def answer(view: View, request: Request, **_: str) -> Response:  # path parts are in match_info
+        given = request.headers.get("Authorization", "")
+        if token and not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            response = view.json({"error": "missing or wrong bearer token"}, status=401)
+        else:
+            try:
+                response = await handler(view, request)
+            except BadQuery as error:
+                response = view.json({"error": str(error)}, status=400)
+            except DatabaseUnavailable as error:
+                response = view.json({"error": f"the alert store is unavailable: {error}"}, status=503)
+        API_REQUESTS.labels(path, str(response.status)).inc()
+        return response
+    return answer
+
+
 def attach_web(app: faust.App, resources: Resources) -> None:
+    token = resources.config.framewatch.api_token.get_secret_value()
+    expiry_s = resources.config.ai_analysis.presign_expiry_sec
+
     @app.page("/metrics")
     class Metrics(View):
         async def get(self, request: Request) -> Response:
             return self.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
-    @app.page("/api/stats")
-    class Stats(View):
-        async def get(self, request: Request) -> Response:
-            scheduler = resources.scheduler
-            stats: dict[str, Any] = {
-                "partitions_assigned": len(app.consumer.assignment()),
-                "services_alive": len(resources.registry.alive()),
-                "requests": _total("framewatch_inference_requests_total"),
-                "responses": _total("framewatch_inference_responses_total"),
-                "failures": _total("framewatch_inference_failures_total"),
-                "queue_size": len(scheduler.waiting),
-                "queue_max": scheduler.waiting_max,
-                "max_size": scheduler.max_waiting,
-                "in_flight": scheduler.in_flight,
-                "processed_total": _total("framewatch_inference_frames_total", outcome="inferred"),
-                "dropped_total": _total("framewatch_inference_frames_total", outcome="dropped"),
-                "failed_total": _total("framewatch_inference_frames_total", outcome="failed"),
-                "alerts_stored": _total("framewatch_sink_alerts_stored_total"),
-                "alerts_published": _total("framewatch_publisher_alerts_published_total"),
-                "alerts_relocated": _total("framewatch_relocation_copied_total"),
-                "relocation_dead_letters": _total("framewatch_relocation_dead_letters_total"),
-                "frames_deleted": _total("framewatch_retention_deleted_total"),
-            }
-            return self.json(stats)
+    async def stats(view: View, request: Request) -> Response:
+        scheduler = resources.scheduler
+        stats: dict[str, Any] = {
+            "partitions_assigned": len(app.consumer.assignment()),
+            "services_alive": len(resources.registry.alive()),
+            "requests": _total("framewatch_inference_requests_total"),
+            "responses": _total("framewatch_inference_responses_total"),
+            "failures": _total("framewatch_inference_failures_total"),
+            "queue_size": len(scheduler.waiting),
+            "queue_max": scheduler.waiting_max,
+            "max_size": scheduler.max_waiting,
+            "in_flight": scheduler.in_flight,
+            "processed_total": _total("framewatch_inference_frames_total", outcome="inferred"),
+            "dropped_total": _total("framewatch_inference_frames_total", outcome="dropped"),
+            "failed_total": _total("framewatch_inference_frames_total", outcome="failed"),
+            "alerts_stored": _total("framewatch_sink_alerts_stored_total"),
+            "alerts_published": _total("framewatch_publisher_alerts_published_total"),
+            "alerts_relocated": _total("framewatch_relocation_copied_total"),
+            "relocation_dead_letters": _total("framewatch_relocation_dead_letters_total"),
+            "frames_deleted": _total("framewatch_retention_deleted_total"),
+        }
+        return view.json(stats)
 
-    @app.page("/api/services")
-    class Services(View):
-        async def get(self, request: Request) -> Response:
-            return self.json({"services": resources.scheduler.services_view()})
+
+    async def services(view: View, request: Request) -> Response:
+        return view.json({"services": resources.scheduler.services_view()})
+
+    async def alerts(view: View, request: Request) -> Response:
+        query = AlertQuery.from_params(request.query)
+        rows = await resources.alerts.query(query)
+        last = rows[-1] if len(rows) == query.limit else None
+        cursor = Cursor(captured_at=last["captured_at"], alert_id=str(last["alert_id"])).encode() if last else None
+        return view.json({"alerts": [alert_json(r, resources.store.presign(r["image_key"], expiry_s)) for r in rows],
+                          "next_cursor": cursor})
+
+    async def alert(view: View, request: Request) -> Response:
+        alert_id = request.match_info["alert_id"]
+        try:
+            row = await resources.alerts.get(alert_id)
+        except ValueError:
+            raise BadQuery(f"alert id {alert_id!r} is not a UUID") from None
+        if row is None:
+            return view.json({"error": f"no alert {alert_id}"}, status=404)
+        return view.json(alert_json(row, resources.store.presign(row["image_key"], expiry_s)))
+
+    async def cameras(view: View, request: Request) -> Response:
+        now_ms = time.time() * 1000
+        by_camera: dict[str, dict[str, Any]] = {
+            t.id: {"camera_id": t.id, "task_type": t.task_type.value, "enabled": t.enabled, "alerts": 0}
+            for t in resources.config.frame_extractor.tasks}
+        for camera_id, seen in resources.scheduler.cameras.items():
+            by_camera.setdefault(camera_id, {"camera_id": camera_id, "alerts": 0}).update(
+                frames=seen.frames, inferred=seen.inferred,
+                last_frame_age_s=round((now_ms - seen.last_captured_at) / 1000, 1))
+        for row in await resources.alerts.cameras():
+            entry = by_camera.setdefault(row["camera_id"], {"camera_id": row["camera_id"], "alerts": 0})
+            entry.update(task_type=row["task_type"], last_alert_at=row["last_alert_at"].isoformat())
+            entry["alerts"] += row["alerts"]
+        return view.json({"cameras": sorted(by_camera.values(), key=lambda c: c["camera_id"])})
+
+    routes: dict[str, Handler] = {"/api/stats": stats, "/api/services": services, "/api/alerts": alerts,
+                                  "/api/alerts/{alert_id}": alert, "/api/cameras": cameras}
+    for path, handler in routes.items():
+        app.page(path)(type(f"View{abs(hash(path))}", (View,), {"get": guarded(path, token, handler)}))

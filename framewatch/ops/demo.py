@@ -103,6 +103,11 @@ class PipelineRun:
         return f"http://127.0.0.1:{self.config.framewatch.worker_web_port}/api/stats"
 
     @property
+    def auth_headers(self) -> dict[str, str]:
+        token = self.config.framewatch.api_token.get_secret_value()
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+    @property
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.config.framewatch.worker_web_port}/metrics"
 
@@ -147,7 +152,8 @@ class PipelineRun:
 
     def stats(self) -> dict[str, Any] | None:
         try:
-            with urllib.request.urlopen(self.stats_url, timeout=2) as answer:
+            request = urllib.request.Request(self.stats_url, headers=self.auth_headers)
+            with urllib.request.urlopen(request, timeout=2) as answer:
                 stats: dict[str, Any] = json.loads(answer.read())
                 return stats
         except OSError:

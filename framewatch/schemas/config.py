@@ -247,6 +247,7 @@ class FramewatchSettings(Section):
     worker_web_port: int = 6066
     extractor_metrics_port: int = 9464
     data_dir: str = Field(default="", description="Faust table state; a temporary folder per worker when empty")
+    api_token: SecretStr = Field(default=SecretStr(""), description="when set, /api/* wants 'Authorization: Bearer …'")
 
     @field_validator("namespace")
     @classmethod
@@ -292,6 +293,7 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "FRAMEWATCH_BIND_HOST": ("framewatch", "bind_host"),
     "FRAMEWATCH_WORKER_PORT": ("framewatch", "worker_web_port"),
     "FRAMEWATCH_EXTRACTOR_METRICS_PORT": ("framewatch", "extractor_metrics_port"),
+    "FRAMEWATCH_API_TOKEN": ("framewatch", "api_token"),
 }
 
 

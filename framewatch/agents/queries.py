@@ -1,0 +1,115 @@
+"""The alert query API's inputs and answers: filters validated with errors that name the parameter, keyset
+pagination by (captured_at, alert_id), image URLs presigned when the answer is built."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from framewatch.schemas.config import TaskType, parse_task_type
+
+MAX_PAGE = 500
+
+
+class BadQuery(ValueError):
+    """A query parameter framewatch cannot use; the message names it."""
+
+
+class Cursor(BaseModel):
+    captured_at: datetime
+    alert_id: str
+
+    def encode(self) -> str:
+        return base64.urlsafe_b64encode(self.model_dump_json().encode()).decode()
+
+    @classmethod
+    def decode(cls, text: str) -> Cursor:
+        try:
+            return cls.model_validate_json(base64.urlsafe_b64decode(text.encode()))
+        except (ValidationError, binascii.Error, ValueError):
+            raise BadQuery("cursor: not a cursor this API returned") from None
+
+
+def parse_time(value: str) -> datetime:
+    """ISO 8601 (naive means UTC) or milliseconds since the epoch."""
+    if value.isdigit():
+        return datetime.fromtimestamp(int(value) / 1000, tz=UTC)
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+class AlertQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    camera_id: str | None = None
+    task_type: TaskType | None = None
+    rule: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    limit: int = Field(default=50, ge=1, le=MAX_PAGE)
+    cursor: Cursor | None = None
+
+    @field_validator("task_type", mode="before")
+    @classmethod
+    def _task_type(cls, value: object) -> TaskType | None:
+        return None if value is None else parse_task_type(value)
+
+    @field_validator("since", "until", mode="before")
+    @classmethod
+    def _time(cls, value: object) -> datetime | None:
+        return None if value is None or isinstance(value, datetime) else parse_time(str(value))
+
+    @field_validator("cursor", mode="before")
+    @classmethod
+    def _cursor(cls, value: object) -> Cursor | None:
+        return None if value is None or isinstance(value, Cursor) else Cursor.decode(str(value))
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, str]) -> AlertQuery:
+        try:
+            return cls.model_validate(dict(params))
+        except BadQuery:
+            raise
+        except ValidationError as error:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'query'}: {e['msg']}" for e in error.errors())
+            raise BadQuery(problems) from None
+
+    def where(self) -> tuple[str, list[Any]]:
+        """The SQL filter and its arguments ($1, $2, ...)."""
+        clauses: list[str] = []
+        args: list[Any] = []
+
+        def add(clause: str, value: Any) -> None:
+            args.append(value)
+            clauses.append(clause.replace("?", f"${len(args)}"))
+
+        if self.camera_id is not None:
+            add("camera_id = ?", self.camera_id)
+        if self.task_type is not None:
+            add("task_type = ?", self.task_type.value)
+        if self.rule is not None:
+            add("rule = ?", self.rule)
+        if self.since is not None:
+            add("captured_at >= ?", self.since)
+        if self.until is not None:
+            add("captured_at < ?", self.until)
+        if self.cursor is not None:
+            args.extend([self.cursor.captured_at, uuid.UUID(self.cursor.alert_id)])
+            clauses.append(f"(captured_at, alert_id) < (${len(args) - 1}, ${len(args)})")
+        return (" AND ".join(clauses) or "TRUE"), args
+
+
+def alert_json(row: Mapping[str, Any], image_url: str) -> dict[str, Any]:
+    evidence = row["evidence"]
+    return {"alert_id": str(row["alert_id"]), "frame_id": str(row["frame_id"]), "camera_id": row["camera_id"],
+            "task_id": row["task_id"], "task_type": row["task_type"], "rule": row["rule"],
+            "captured_at": row["captured_at"].isoformat(), "stored_at": row["stored_at"].isoformat(),
+            "evidence": orjson.loads(evidence) if isinstance(evidence, str) else evidence,
+            "image_key": row["image_key"], "image_url": image_url}
