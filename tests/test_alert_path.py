@@ -9,13 +9,16 @@ import uuid
 from pathlib import Path
 
 import asyncpg
+import httpx
 import orjson
 
 from framewatch.ops.load import FrameLoad, TopicFollower, start_fleet
 from framewatch.ops.topics import read_records
 from framewatch.schemas.config import Config
-from framewatch.schemas.events import AlertEvent
+from framewatch.schemas.events import AlertEvent, now_ms
 from framewatch.schemas.topics import ALERTS
+from framewatch.stack.base import StackHome
+from framewatch.stack.postgres import Postgres
 from framewatch.streams.objectstore import ObjectStore
 from tests.conftest import SAMPLE_JPEG
 
@@ -79,7 +82,9 @@ def test_worker_killed_mid_flush_stores_moves_and_publishes_each_alert_once(tmp_
             load = FrameLoad(config, cameras=CAMERAS, fps_per_camera=2, prefix=prefix, image=SAMPLE_JPEG)
             running = asyncio.create_task(load.run(duration_s=20))
             await asyncio.sleep(8)  # alerts flow at 20/s in batches of 20 a second: a flush is always in flight
+            killed_at = now_ms()
             await asyncio.to_thread(fleet.run.restart_worker, signal.SIGKILL)
+            restarted_at = now_ms()
             await running
             await follower.collect_until(lambda events: False, timeout_s=5)
             alert_ids = {e.alert_id for e in follower.events if isinstance(e, AlertEvent)}
@@ -95,7 +100,63 @@ def test_worker_killed_mid_flush_stores_moves_and_publishes_each_alert_once(tmp_
             assert len(alert_ids) > 200
             assert set(rows) == alert_ids  # stored exactly once: alert_id is the primary key
             assert missing == []
+            twice = {a for a, n in counts.items() if n != 1}
+            if twice:
+                for r in await read_records(config, config.ai_analysis.mq_topic):
+                    body = orjson.loads(r.value)
+                    if body["alert_id"] in twice:
+                        print("DUP", r.partition, r.offset, r.timestamp - killed_at, restarted_at - killed_at,
+                              body["alert_id"][:8], body["stored_at"] - killed_at)
+                markers = await read_records(config, config.topic("fw.published"))
+                print("markers", collections.Counter(m.key.decode() for m in markers if m.key and m.key.decode() in twice))
             assert {a: n for a, n in counts.items() if n != 1} == {}  # published once each
             assert set(counts) == alert_ids
+
+        asyncio.run(scenario())
+
+
+def metric(fleet_metrics: str, name: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in fleet_metrics.splitlines() if line.startswith(name))
+
+
+def test_postgres_down_for_a_minute_loses_no_alert(tmp_path: Path, stack_env: dict[str, str]) -> None:
+    prefix = "p" + uuid.uuid4().hex[:6]
+    postgres = Postgres(StackHome.default())
+    with start_fleet(tmp_path, stack_env, 2, alerting_config(prefix), latency_ms=20, people=1) as fleet:
+        config = fleet.run.config
+
+        def scrape() -> str:
+            return httpx.get(fleet.run.metrics_url, timeout=10).text
+
+        async def scenario() -> None:
+            follower = TopicFollower(config, [ALERTS])
+            await follower.start()
+            load = FrameLoad(config, cameras=CAMERAS, fps_per_camera=1, prefix=prefix, image=SAMPLE_JPEG)
+            running = asyncio.create_task(load.run(duration_s=80))
+            await asyncio.sleep(5)
+            await asyncio.to_thread(postgres.down)
+            try:
+                await asyncio.sleep(30)
+                during = await asyncio.to_thread(scrape)
+                await asyncio.sleep(30)
+            finally:
+                await asyncio.to_thread(postgres.up)
+            await running
+            await follower.collect_until(lambda events: False, timeout_s=5)
+            alert_ids = {e.alert_id for e in follower.events if isinstance(e, AlertEvent)}
+            await settle(config, prefix, alert_ids, timeout_s=120)
+            await follower.poll()
+            alert_ids = {e.alert_id for e in follower.events if isinstance(e, AlertEvent)}
+            rows = await stored(config, prefix)
+            counts = await published(config)
+            after = await asyncio.to_thread(scrape)
+            await follower.stop()
+            print(f"postgres outage: {len(alert_ids)} alerts, {len(rows)} stored, {sum(counts.values())} published, "
+                  f"{metric(after, 'framewatch_sink_write_failures_total')} failed writes")
+            assert metric(during, "framewatch_sink_database_up") == 0
+            assert metric(after, "framewatch_sink_database_up") == 1
+            assert metric(after, "framewatch_sink_write_failures_total") > 0
+            assert len(alert_ids) > 500 and set(rows) == alert_ids
+            assert set(counts) == alert_ids and set(counts.values()) == {1}
 
         asyncio.run(scenario())

@@ -1,4 +1,5 @@
-"""PostgreSQL: versioned migrations and the idempotent alert store (COPY into staging, merge by alert id)."""
+"""PostgreSQL: versioned migrations, the idempotent alert store (one INSERT of unnested column arrays, merged by
+alert id) and the queries behind the API."""
 
 from __future__ import annotations
 
@@ -19,6 +20,12 @@ MIGRATION_LOCK = 0x6677_6D69  # pg advisory lock id: one migrator at a time
 
 ALERT_COLUMNS = ("alert_id", "frame_id", "task_id", "camera_id", "task_type", "rule", "captured_at", "emitted_at",
                  "bucket", "image_key", "evidence")
+
+
+# one statement: the batch as one array per column, unnested, merged by alert id
+MERGE = ("INSERT INTO alerts (" + ", ".join(ALERT_COLUMNS) + ") SELECT * FROM unnest("
+         "$1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[], "
+         "$8::timestamptz[], $9::text[], $10::text[], $11::jsonb[]) ON CONFLICT (alert_id) DO NOTHING")
 
 
 class DatabaseUnavailable(RuntimeError):
@@ -56,7 +63,7 @@ async def migrate(connection: asyncpg.Connection) -> list[str]:
     return applied
 
 
-def _row(alert: AlertEvent) -> tuple[object, ...]:
+def alert_row(alert: AlertEvent) -> tuple[object, ...]:
     frame = alert.frame
     return (alert.alert_id, frame.frame_id, frame.task_id, frame.camera_id, frame.task_type.value, alert.rule,
             _ts(frame.captured_at), _ts(alert.emitted_at), frame.bucket, alert.image_key,
@@ -95,13 +102,9 @@ class AlertStore:
     async def insert(self, alerts: list[AlertEvent]) -> int:
         """Store a batch in one transaction; alerts already stored are skipped. Returns how many were new."""
         try:
-            async with self.pool.acquire() as connection, connection.transaction():
-                await connection.execute(
-                    "CREATE TEMP TABLE alerts_staging (LIKE alerts INCLUDING DEFAULTS) ON COMMIT DROP")
-                await connection.copy_records_to_table("alerts_staging", records=[_row(a) for a in alerts],
-                                                       columns=ALERT_COLUMNS)
-                status = await connection.execute(
-                    "INSERT INTO alerts SELECT * FROM alerts_staging ON CONFLICT (alert_id) DO NOTHING")
+            columns = list(zip(*(alert_row(a) for a in alerts), strict=True))
+            async with self.pool.acquire() as connection:
+                status = await connection.execute(MERGE, *columns)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
             raise DatabaseUnavailable(f"storing {len(alerts)} alerts failed: {error}") from None
         return int(status.rsplit(" ", 1)[-1])

@@ -87,6 +87,10 @@ class AlertPublisher(Service):
                                           enable_auto_commit=False, auto_offset_reset="earliest",
                                           isolation_level="read_committed")
         await self.producer.start()
+        # start() does not wait for the producer id; getting it makes the broker finish (or abort) the open
+        # transaction of the worker this one replaces, so its markers are readable before we read them
+        await self.producer.begin_transaction()
+        await self.producer.commit_transaction()
         await self.consumer.start()
         self.consumer.subscribe([self.source], listener=_Reload(self))
 

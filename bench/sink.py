@@ -1,0 +1,176 @@
+"""Alert sink benchmark: ways of writing alerts to the same PostgreSQL, side by side in one run, then the alert
+path end to end.
+
+    .venv/bin/python bench/sink.py [--alerts 2000] [--seconds 20] [--json out.json]
+
+Write methods, each into a fresh `alerts` table of its own schema, at batch sizes 1, 20, 100 and 1000 (ms per
+alert, wall clock):
+  insert_each   one INSERT per alert, each its own transaction (the seed's way before batching)
+  executemany   one executemany INSERT per batch, in one transaction
+  framewatch    AlertStore.insert: the batch as one array per column in one INSERT … SELECT FROM unnest(…)
+                ON CONFLICT DO NOTHING (idempotent)
+Each figure is the best of three rounds (row building included).
+End to end: a worker with two 10 ms fake services and 10 alerting cameras at 2 frames/s: alert emitted (rules)
+-> message committed on the alert topic, p50 / p99, against alert_batch_interval_sec + 100 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import cv2
+import numpy as np
+import orjson
+from aiokafka import AIOKafkaConsumer
+
+from framewatch.agents.database import ALERT_COLUMNS, AlertStore, alert_row
+from framewatch.ops.load import FrameLoad, start_fleet
+from framewatch.schemas.config import Config, load_config
+from framewatch.schemas.events import AlertEvent
+from framewatch.stack import LocalStack
+
+BATCH_SIZES = (1, 20, 100, 1000)
+RULE = "area_intrusion"
+INSERT = (f"INSERT INTO alerts ({', '.join(ALERT_COLUMNS)}) VALUES "
+          f"({', '.join(f'${i}' for i in range(1, len(ALERT_COLUMNS) + 1))}) ON CONFLICT (alert_id) DO NOTHING")
+
+
+def make_alerts(config: Config, count: int) -> list[AlertEvent]:
+    load = FrameLoad(config, cameras=10, fps_per_camera=1, prefix="bench")
+    frames = [load.frame(load.cameras[i % 10]) for i in range(count)]
+    return [AlertEvent(alert_id=AlertEvent.make_id(f.frame_id, RULE), frame=f, rule=RULE,
+                       evidence={"count": 1, "boxes": [{"label": "person", "score": 0.9, "box": [0.1, 0.2, 0.3, 0.6]}]},
+                       image_key=f.object_key.replace("frames/", "alerts/")) for f in frames]
+
+
+async def insert_each(connection: asyncpg.Connection, batch: list[AlertEvent]) -> None:
+    for alert in batch:
+        await connection.execute(INSERT, *alert_row(alert))
+
+
+async def executemany(connection: asyncpg.Connection, batch: list[AlertEvent]) -> None:
+    async with connection.transaction():
+        await connection.executemany(INSERT, [alert_row(a) for a in batch])
+
+
+async def framewatch_sink(_: asyncpg.Connection, store: AlertStore, batch: list[AlertEvent]) -> None:
+    await store.insert(batch)
+
+
+async def each(connection: asyncpg.Connection, _: AlertStore, batch: list[AlertEvent]) -> None:
+    await insert_each(connection, batch)
+
+
+async def many(connection: asyncpg.Connection, _: AlertStore, batch: list[AlertEvent]) -> None:
+    await executemany(connection, batch)
+
+
+WRITERS = {"insert_each": each, "executemany": many, "framewatch": framewatch_sink}
+ROUNDS = 3  # the best of three: this machine is shared and noisy
+
+
+async def write_methods(config: Config, count: int) -> dict[str, dict[str, float]]:
+    dsn = config.database.dsn.get_secret_value()
+    schema = f"bench_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(dsn)
+    await admin.execute(f"CREATE SCHEMA {schema}")
+    scoped = f"{dsn}{'&' if '?' in dsn else '?'}search_path={schema}"
+    store = AlertStore(scoped)
+    await store.connect()  # migrates: a fresh alerts table in the bench schema
+    connection = await asyncpg.connect(scoped)
+    results: dict[str, dict[str, float]] = {"insert_each": {}, "executemany": {}, "framewatch": {}}
+    try:
+        for size in BATCH_SIZES:
+            for method in results:
+                timings = []
+                for _ in range(ROUNDS):
+                    alerts = make_alerts(config, count)
+                    batches = [alerts[i:i + size] for i in range(0, len(alerts), size)]
+                    started = time.perf_counter()
+                    for batch in batches:
+                        await WRITERS[method](connection, store, batch)
+                    timings.append((time.perf_counter() - started) * 1000 / count)
+                results[method][str(size)] = round(min(timings), 4)
+    finally:
+        await connection.close()
+        await store.close()
+        await admin.execute(f"DROP SCHEMA {schema} CASCADE")
+        await admin.close()
+    return results
+
+
+def end_to_end(env: dict[str, str], seconds: float) -> dict[str, Any]:
+    prefix = "b" + uuid.uuid4().hex[:6]
+    tasks = "".join(f'[[frame_extractor.tasks]]\nid = "{prefix}-{i:03d}"\ntask_type = "area_intrusion"\n'
+                    f'rtsp_url = "unused"\ncooldown_sec = 0\n' for i in range(10))
+    config = f"[ai_analysis]\nalert_batch_size = 100\nalert_batch_interval_sec = 1\n{tasks}"
+    image = bytes(cv2.imencode(".jpg", np.full((48, 64, 3), 127, np.uint8))[1])
+    with start_fleet(Path(tempfile.mkdtemp(prefix="framewatch-bench-")), env, 2, config, latency_ms=10,
+                     people=1) as fleet:
+        run_config = fleet.run.config
+
+        async def measure() -> list[float]:
+            """Seen by a read_committed consumer: the moment the publisher's transaction commits."""
+            consumer = AIOKafkaConsumer(run_config.ai_analysis.mq_topic, bootstrap_servers=run_config.kafka_bootstrap,
+                                        group_id=None, isolation_level="read_committed", auto_offset_reset="earliest")
+            await consumer.start()
+            load = asyncio.create_task(
+                FrameLoad(run_config, cameras=10, fps_per_camera=2, prefix=prefix, image=image).run(seconds))
+            delays: list[float] = []
+            quiet_since = time.monotonic()
+            while not load.done() or time.monotonic() - quiet_since < 5:
+                batches = await consumer.getmany(timeout_ms=50)
+                seen = time.time() * 1000
+                for record in (r for records in batches.values() for r in records if r.value):
+                    delays.append(seen - orjson.loads(record.value)["emitted_at"])
+                    quiet_since = time.monotonic()
+            await consumer.stop()
+            await load
+            return delays
+
+        delays = sorted(asyncio.run(measure()))
+    interval_ms = 1000.0
+    return {"alerts": len(delays), "alert_batch_interval_ms": interval_ms,
+            "emitted_to_published_ms_p50": round(delays[len(delays) // 2]),
+            "emitted_to_published_ms_p99": round(delays[int(0.99 * (len(delays) - 1))]),
+            "goal_ms": interval_ms + 100}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--alerts", type=int, default=2000, help="alerts per method and batch size")
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    stack = LocalStack()
+    stack.up()
+    env = stack.env()
+    config, _ = load_config(None, {**os.environ, **env})
+    writes = asyncio.run(write_methods(config, args.alerts))
+    path = end_to_end(env, args.seconds)
+    print(f"\nms per alert ({args.alerts} alerts each)")
+    print(f"{'batch size':>10} " + " ".join(f"{m:>12}" for m in writes))
+    for size in BATCH_SIZES:
+        print(f"{size:>10} " + " ".join(f"{writes[m][str(size)]:>12.4f}" for m in writes))
+    print(f"\nalert emitted -> published: p50 {path['emitted_to_published_ms_p50']} ms, "
+          f"p99 {path['emitted_to_published_ms_p99']} ms over {path['alerts']} alerts "
+          f"(goal: p99 under {path['goal_ms']:.0f} ms)")
+    text = json.dumps({"ms_per_alert": writes, "end_to_end": path}, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
