@@ -24,6 +24,7 @@ test: stack
 
 bench: stack
 	$(BIN)/python bench/inference.py
+	$(BIN)/python bench/sink.py
 
 typecheck: install
 	$(BIN)/mypy framewatch tests bench
