@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install stack demo test bench typecheck down clean
+.PHONY: install stack browser demo test bench typecheck down clean
 
 install: $(STAMP)
 
@@ -19,7 +19,13 @@ stack: install
 demo: stack
 	$(BIN)/framewatch demo
 
-test: stack
+# the dashboard test drives Debian's chromium headless
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@command -v chromium >/dev/null || $(SUDO) apt-get install -y chromium || \
+		{ $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; }
+
+test: stack browser
 	$(BIN)/python -m pytest -q
 
 bench: stack

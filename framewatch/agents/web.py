@@ -1,10 +1,11 @@
 """The worker's HTTP surface: Prometheus metrics, the live stats line, the algorithm services, the alert query
-API and the dashboard. With `framewatch.api_token` set, every /api/ path wants `Authorization: Bearer <token>`;
+API and the dashboard (`/`). With `framewatch.api_token` set, every /api/ path wants `Authorization: Bearer <token>`;
 /metrics stays open for Prometheus."""
 
 from __future__ import annotations
 
 import hmac
+from importlib.resources import files
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -49,6 +50,15 @@ def guarded(path: str, token: str, handler: Handler) -> Handler:
 def attach_web(app: faust.App, resources: Resources) -> None:
     token = resources.config.framewatch.api_token.get_secret_value()
     expiry_s = resources.config.ai_analysis.presign_expiry_sec
+
+    dashboard = files("framewatch.agents").joinpath("static", "dashboard.html").read_bytes()
+
+    @app.page("/")
+    class Dashboard(View):
+        """Plain HTML and a little JavaScript over the API; open it as /?token=… when a token is set."""
+
+        async def get(self, request: Request) -> Response:
+            return self.bytes(dashboard, content_type="text/html")
 
     @app.page("/metrics")
     class Metrics(View):
