@@ -118,6 +118,12 @@ class AlertStore:
         rows = await self._fetch("SELECT * FROM alerts WHERE alert_id = $1", uuid.UUID(alert_id))
         return rows[0] if rows else None
 
+    async def expire(self, before: datetime, limit: int) -> list[tuple[str, str]]:
+        """Deletes up to `limit` alerts captured before a time; returns their (task_id, image_key)."""
+        rows = await self._fetch("DELETE FROM alerts WHERE alert_id IN (SELECT alert_id FROM alerts WHERE "
+                                 "captured_at < $1 LIMIT $2) RETURNING task_id, image_key", before, limit)
+        return [(r["task_id"], r["image_key"]) for r in rows]
+
     async def cameras(self) -> list[asyncpg.Record]:
         return await self._fetch("SELECT camera_id, task_id, task_type, count(*) AS alerts, max(captured_at) AS "
                                  "last_alert_at FROM alerts GROUP BY camera_id, task_id, task_type ORDER BY camera_id")

@@ -17,6 +17,7 @@ import faust
 from prometheus_client import Counter
 
 from framewatch.agents.app import Resources, Topology, create_app
+from framewatch.agents.housekeeping import Housekeeping
 from framewatch.agents.publisher import AlertPublisher
 from framewatch.agents.relocation import IMAGE_NOT_COPIED, Relocator
 from framewatch.agents.retention import Retention
@@ -50,7 +51,9 @@ def build_worker(config: Config) -> tuple[faust.App, Topology, Resources]:
     settings = config.ai_analysis
     sink = AlertSink(resources.alerts)
     relocator = Relocator(resources.store)
-    retention = Retention(resources.store, settings.save_only_with_detection)
+    extraction = config.frame_extractor
+    retention = Retention(resources.store, settings.save_only_with_detection, extraction.frame_limit_for,
+                          extraction.max_frame_age_sec)
 
     async def hand_on(frames: faust.StreamT[bytes], event: faust.EventT[bytes],
                       result: DetectionEvent | FrameOutcome) -> None:
@@ -112,6 +115,13 @@ def build_worker(config: Config) -> tuple[faust.App, Topology, Resources]:
         async for batch in stream.take(RETENTION_BATCH, within=RETENTION_WITHIN_S):
             retention.on_outcomes(
                 [o for raw in batch if (o := await topology.decode(FrameOutcome, raw, topology.frame_outcomes))])
+
+    housekeeping = Housekeeping(config, resources.store, resources.alerts)
+
+    @app.timer(settings.sweep_interval_sec, on_leader=True)
+    async def sweep() -> None:
+        for deleted in await housekeeping.run():
+            await topology.send(topology.retention, deleted, key=deleted.task_id)
 
     @app.timer(RETENTION_WITHIN_S)
     async def delete_ended_frames() -> None:

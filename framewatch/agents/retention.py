@@ -1,6 +1,9 @@
 """Retention: a frame whose outcome is known has no reason to stay under frames/ (an alert's image is copied
 to its alert key before the alert's outcome is sent); only a frame whose alert image could not be copied stays.
 
+Frames kept (all of them with `save_only_with_detection = false`, or those whose alert image could not be copied)
+stay within the task's `max_frame_count` and `max_frame_age_sec`: the oldest go first.
+
 Deletion waits `grace_s` after the outcome. A frame can be delivered twice (a replay after a crash or a
 rebalance) and end differently each time, e.g. dropped as stale on the second delivery while the first one's
 alert is still on its way through the rules; the grace lets that alert copy the image first. Deletions still
@@ -12,11 +15,13 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from prometheus_client import Counter, Gauge
 
 from framewatch.agents.relocation import IMAGE_NOT_COPIED
-from framewatch.schemas.events import FrameOutcome, Outcome, RetentionEvent
+from framewatch.schemas.events import FrameEvent, FrameOutcome, Outcome, RetentionEvent, now_ms
 from framewatch.streams.objectstore import ObjectStore, StoreError
 
 log = logging.getLogger("framewatch.retention")
@@ -24,51 +29,87 @@ log = logging.getLogger("framewatch.retention")
 DELETED = Counter("framewatch_retention_deleted_total", "Frame objects deleted", ["reason"])
 DELETE_FAILURES = Counter("framewatch_retention_delete_failures_total", "Frame objects that could not be deleted")
 PENDING = Gauge("framewatch_retention_pending", "Frame objects waiting out the grace period before deletion")
+KEPT = Gauge("framewatch_retention_kept", "Frame objects kept (bounded by max_frame_count and max_frame_age_sec)")
 
 GRACE_S = 5.0
 
 
+@dataclass(frozen=True)
+class Deletion:
+    frame: FrameEvent
+    reason: str
+
+
 class Retention:
-    def __init__(self, store: ObjectStore, save_only_with_detection: bool, grace_s: float = GRACE_S) -> None:
+    """Deletes frame objects as their outcomes arrive, and bounds the frames it keeps (when frames are kept at all:
+    `save_only_with_detection = false`, or an alert image that could not be copied) by count per task and by age."""
+
+    def __init__(self, store: ObjectStore, save_only_with_detection: bool, limit_for: Callable[[str], int],
+                 max_age_s: int, grace_s: float = GRACE_S) -> None:
         self.store = store
         self.save_only_with_detection = save_only_with_detection
+        self.limit_for = limit_for
+        self.max_age_s = max_age_s
         self.grace_s = grace_s
-        self._pending: deque[tuple[float, FrameOutcome]] = deque()
+        self._pending: deque[tuple[float, Deletion]] = deque()
+        self._kept: dict[str, deque[FrameEvent]] = {}
 
     def on_outcomes(self, outcomes: list[FrameOutcome]) -> None:
-        """Schedules the deletion of every ended frame's object (not the ones whose alert image is not copied)."""
-        if not self.save_only_with_detection:
-            return
-        due = time.monotonic() + self.grace_s
-        self._pending.extend((due, o) for o in outcomes
-                             if not (o.outcome is Outcome.ALERT and o.reason == IMAGE_NOT_COPIED))
+        """Schedules the deletion of every ended frame's object, or keeps it within the task's bounds."""
+        for outcome in outcomes:
+            if not self.save_only_with_detection or (outcome.outcome is Outcome.ALERT
+                                                     and outcome.reason == IMAGE_NOT_COPIED):
+                self._keep(outcome.frame)
+            else:
+                reason = f"{outcome.outcome.value}:{outcome.reason}" if outcome.reason else outcome.outcome.value
+                self._schedule(Deletion(outcome.frame, reason))
         PENDING.set(len(self._pending))
+
+    def _keep(self, frame: FrameEvent) -> None:
+        kept = self._kept.setdefault(frame.task_id, deque())
+        kept.append(frame)
+        limit = self.limit_for(frame.task_id)
+        while limit and len(kept) > limit:
+            self._schedule(Deletion(kept.popleft(), "max_frame_count"))
+        KEPT.set(sum(len(k) for k in self._kept.values()))
+
+    def _schedule(self, deletion: Deletion) -> None:
+        self._pending.append((time.monotonic() + self.grace_s, deletion))
+
+    def _expire_kept(self) -> None:
+        if not self.max_age_s:
+            return
+        horizon = now_ms() - self.max_age_s * 1000
+        for kept in self._kept.values():
+            while kept and kept[0].captured_at < horizon:
+                self._schedule(Deletion(kept.popleft(), "max_age"))
+        KEPT.set(sum(len(k) for k in self._kept.values()))
 
     async def delete_due(self) -> list[RetentionEvent]:
         """Deletes, in one request, the objects whose grace has passed; never raises."""
+        self._expire_kept()
         now = time.monotonic()
-        ended: dict[str, FrameOutcome] = {}
+        due: dict[str, Deletion] = {}
         while self._pending and self._pending[0][0] <= now:
-            outcome = self._pending.popleft()[1]
-            ended[outcome.frame.object_key] = outcome
+            deletion = self._pending.popleft()[1]
+            due[deletion.frame.object_key] = deletion
         PENDING.set(len(self._pending))
-        if not ended:
+        if not due:
             return []
         try:
-            refused = await self.store.delete_many(list(ended))
+            refused = await self.store.delete_many(list(due))
         except StoreError as error:
-            DELETE_FAILURES.inc(len(ended))
-            log.warning("%d frames not deleted (the reconciliation sweep will find them): %s", len(ended), error)
+            DELETE_FAILURES.inc(len(due))
+            log.warning("%d frames not deleted (the reconciliation sweep will find them): %s", len(due), error)
             return []
         for key, reason in refused.items():
             DELETE_FAILURES.inc()
             log.warning("frame object %s not deleted: %s", key, reason)
         events = []
-        for key, outcome in ended.items():
+        for key, deletion in due.items():
             if key in refused:
                 continue
-            DELETED.labels(outcome.outcome.value).inc()
-            reason = f"{outcome.outcome.value}:{outcome.reason}" if outcome.reason else outcome.outcome.value
-            events.append(RetentionEvent(bucket=outcome.frame.bucket, object_key=key, task_id=outcome.frame.task_id,
-                                         reason=reason))
+            DELETED.labels(deletion.reason.split(":")[0]).inc()
+            events.append(RetentionEvent(bucket=deletion.frame.bucket, object_key=key,
+                                         task_id=deletion.frame.task_id, reason=deletion.reason))
         return events

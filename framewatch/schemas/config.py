@@ -161,7 +161,8 @@ class FrameExtractorSettings(Section):
     interval_ms: int = Field(default=1000, gt=0)
     store: str = "minio"
     task_types: TaskTypes = list(TaskType)
-    max_frame_count: int = Field(default=0, ge=0)
+    max_frame_count: int = Field(default=0, ge=0, description="frames kept per task; 0 keeps any number")
+    max_frame_age_sec: int = Field(default=86400, ge=0, description="no frame object lives longer; 0: no limit")
     jpeg_quality: int = Field(default=85, ge=10, le=100)
     realtime: bool = Field(default=True, description="pace file sources at their own frame rate, like a camera")
     minio: MinioSettings = MinioSettings()
@@ -181,6 +182,11 @@ class FrameExtractorSettings(Section):
         if duplicates:
             raise ValueError(f"task ids must be unique; repeated: {', '.join(duplicates)}")
         return self
+
+    def frame_limit_for(self, task_id: str) -> int:
+        """The task's max_frame_count, else the section's; 0 means no limit."""
+        task = next((t for t in self.tasks if t.id == task_id), None)
+        return task.max_frame_count if task is not None and task.max_frame_count is not None else self.max_frame_count
 
     def interval_for(self, task: CameraTask) -> int:
         return task.interval_ms or self.interval_ms
@@ -219,6 +225,8 @@ class AiAnalysisSettings(Section):
     breaker_error_rate: float = Field(default=0.5, gt=0, le=1, description="error rate over 20 requests that opens it")
     breaker_open_sec: float = Field(default=2.0, gt=0, description="first open period; doubled per failed probe")
     services: list[StaticService] = []
+    alert_max_age_days: float = Field(default=30, ge=0, description="alert rows and images older go; 0: keep all")
+    sweep_interval_sec: float = Field(default=3600, gt=0, description="how often the reconciliation sweep runs")
 
     @field_validator("mq_type")
     @classmethod

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import urllib3
@@ -103,10 +103,12 @@ class ObjectStore:
             await self._call("copying to", target, self._client.copy_object, self.bucket, target,
                              CopySource(self.bucket, source))
 
-    async def list_keys(self, prefix: str) -> list[str]:
+    async def list_keys(self, prefix: str, modified_before: datetime | None = None) -> list[str]:
+        """Keys under a prefix (only those last modified before a time, when given)."""
         def names() -> list[str]:
             return [o.object_name for o in self._client.list_objects(self.bucket, prefix=prefix, recursive=True)
-                    if o.object_name is not None]
+                    if o.object_name is not None and (modified_before is None or o.last_modified is None
+                                                      or o.last_modified < modified_before)]
         keys: list[str] = await self._call("listing", prefix, names)
         return keys
 

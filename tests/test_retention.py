@@ -1,0 +1,89 @@
+"""Retention against the real object store and database: bounds on kept frames, the sweep, alert expiry."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from datetime import UTC, datetime, timedelta
+
+from framewatch.agents.database import AlertStore
+from framewatch.agents.housekeeping import Housekeeping
+from framewatch.agents.retention import Retention
+from framewatch.schemas.config import Config
+from framewatch.schemas.events import AlertEvent, FrameEvent, FrameOutcome, Outcome, now_ms
+from framewatch.streams.objectstore import ObjectStore
+from tests.conftest import SAMPLE_JPEG
+from tests.test_events import frame
+
+SEQ = itertools.count(1)
+
+
+async def stored_frame(store: ObjectStore, task_id: str, age_ms: int = 0) -> FrameEvent:
+    seq, captured = next(SEQ), now_ms() - age_ms
+    key = f"frames/{task_id}/20261123/{captured}-{seq}.jpg"
+    await store.put(key, SAMPLE_JPEG)
+    return frame().model_copy(update={"task_id": task_id, "camera_id": task_id, "seq": seq, "captured_at": captured,
+                                      "object_key": key, "frame_id": FrameEvent.make_id(task_id, captured, seq)})
+
+
+async def test_kept_frames_stay_within_max_frame_count_and_age(stack_config: Config) -> None:
+    store = ObjectStore(stack_config.frame_extractor.minio)
+    await store.ensure_bucket()
+    retention = Retention(store, save_only_with_detection=False, limit_for=lambda task: 3, max_age_s=60, grace_s=0)
+    old = await stored_frame(store, "cam-a", age_ms=120_000)
+    fresh = [await stored_frame(store, "cam-a") for _ in range(5)]
+    retention.on_outcomes([FrameOutcome(frame=f, outcome=Outcome.NO_ALERT) for f in [old, *fresh]])
+    events = await retention.delete_due()
+    assert sorted((e.object_key, e.reason) for e in events) == sorted(
+        [(old.object_key, "max_frame_count"), (fresh[0].object_key, "max_frame_count"),
+         (fresh[1].object_key, "max_frame_count")])
+    assert sorted(await store.list_keys("frames/cam-a/")) == sorted(f.object_key for f in fresh[2:])
+
+
+async def test_frames_without_detection_go_after_the_grace(stack_config: Config) -> None:
+    store = ObjectStore(stack_config.frame_extractor.minio)
+    await store.ensure_bucket()
+    retention = Retention(store, save_only_with_detection=True, limit_for=lambda task: 0, max_age_s=0, grace_s=0.3)
+    ended = await stored_frame(store, "cam-b")
+    retention.on_outcomes([FrameOutcome(frame=ended, outcome=Outcome.DROPPED, reason="stale")])
+    assert await retention.delete_due() == []  # still within its grace
+    await asyncio.sleep(0.35)
+    [event] = await retention.delete_due()
+    assert (event.object_key, event.reason) == (ended.object_key, "dropped:stale")
+    assert not await store.exists(ended.object_key)
+
+
+async def test_sweep_deletes_orphan_frames_only(stack_config: Config) -> None:
+    store = ObjectStore(stack_config.frame_extractor.minio)
+    await store.ensure_bucket()
+    orphans = [await stored_frame(store, "cam-c") for _ in range(3)]
+    await store.put("alerts/cam-c/20261123/keep.jpg", SAMPLE_JPEG)
+    housekeeping = Housekeeping(stack_config, store, AlertStore(stack_config.database.dsn.get_secret_value()))
+    await asyncio.sleep(1.1)  # object times have a one-second resolution
+    events = await housekeeping.sweep_frames(older_than_s=1)
+    assert sorted(e.object_key for e in events) == sorted(f.object_key for f in orphans)
+    assert {e.reason for e in events} == {"orphan"} and {e.task_id for e in events} == {"cam-c"}
+    assert await store.list_keys("frames/") == []
+    assert await store.exists("alerts/cam-c/20261123/keep.jpg")
+
+
+async def test_alerts_past_their_max_age_lose_row_and_image(stack_config: Config) -> None:
+    store = ObjectStore(stack_config.frame_extractor.minio)
+    await store.ensure_bucket()
+    alerts = AlertStore(stack_config.database.dsn.get_secret_value())
+    await alerts.connect()
+    try:
+        made = []
+        for age_days in (40, 1):
+            f = await stored_frame(store, "cam-d", age_ms=age_days * 86_400_000)
+            alert = AlertEvent(alert_id=AlertEvent.make_id(f.frame_id, "area_intrusion"), frame=f,
+                               rule="area_intrusion", evidence={}, image_key=f.object_key.replace("frames/", "alerts/"))
+            await store.copy(f.object_key, alert.image_key)
+            made.append(alert)
+        await alerts.insert(made)
+        events = await Housekeeping(stack_config, store, alerts).expire_alerts(datetime.now(UTC) - timedelta(days=30))
+        assert made[0].image_key in {e.object_key for e in events}
+        assert not await store.exists(made[0].image_key) and await store.exists(made[1].image_key)
+        assert await alerts.get(made[0].alert_id) is None and await alerts.get(made[1].alert_id) is not None
+    finally:
+        await alerts.close()
