@@ -15,9 +15,10 @@ import orjson
 from framewatch.ops.load import FrameLoad, TopicFollower, start_fleet
 from framewatch.ops.topics import read_records
 from framewatch.schemas.config import Config
-from framewatch.schemas.events import AlertEvent, now_ms
-from framewatch.schemas.topics import ALERTS
+from framewatch.schemas.events import AlertEvent, DeadLetter, now_ms
+from framewatch.schemas.topics import ALERTS, DEAD_LETTERS
 from framewatch.stack.base import StackHome
+from framewatch.stack.minio import Minio
 from framewatch.stack.postgres import Postgres
 from framewatch.streams.objectstore import ObjectStore
 from tests.conftest import SAMPLE_JPEG
@@ -158,5 +159,47 @@ def test_postgres_down_for_a_minute_loses_no_alert(tmp_path: Path, stack_env: di
             assert metric(after, "framewatch_sink_write_failures_total") > 0
             assert len(alert_ids) > 500 and set(rows) == alert_ids
             assert set(counts) == alert_ids and set(counts.values()) == {1}
+
+        asyncio.run(scenario())
+
+
+def test_minio_down_for_a_minute_dead_letters_with_a_reason_and_keeps_the_frame(tmp_path: Path,
+                                                                                stack_env: dict[str, str]) -> None:
+    prefix = "m" + uuid.uuid4().hex[:6]
+    minio = Minio(StackHome.default())
+    with start_fleet(tmp_path, stack_env, 1, alerting_config(prefix), latency_ms=20, people=1) as fleet:
+        config = fleet.run.config
+
+        async def scenario() -> None:
+            follower = TopicFollower(config, [ALERTS, DEAD_LETTERS])
+            await follower.start()
+            load = FrameLoad(config, cameras=CAMERAS, fps_per_camera=1, prefix=prefix)
+            frames = [load.frame(camera) for camera in load.cameras]
+            store = ObjectStore(config.frame_extractor.minio)
+            await store.ensure_bucket()
+            for f in frames:  # uploaded before the outage, announced during it
+                await store.put(f.object_key, SAMPLE_JPEG)
+            await asyncio.to_thread(minio.down)
+            try:
+                await load.send(frames)
+                await asyncio.sleep(60)
+            finally:
+                await asyncio.to_thread(minio.up)
+            await follower.collect_until(lambda events: False, timeout_s=5)
+            alerts = {e.alert_id: e for e in follower.events if isinstance(e, AlertEvent)}
+            letters = {AlertEvent.decode(e.payload.encode()).alert_id: e.reason for e in follower.events
+                       if isinstance(e, DeadLetter) and e.reason.startswith("relocation")}
+            await settle_stored(config, prefix, len(frames))
+            await follower.stop()
+            print(f"minio outage: {len(alerts)} alerts, {len(letters)} dead letters")
+            assert set(alerts) == {AlertEvent.make_id(f.frame_id, "area_intrusion") for f in frames}
+            for alert in alerts.values():  # each image either copied or dead-lettered with its reason, never lost
+                if alert.alert_id in letters:
+                    assert "object store unreachable" in letters[alert.alert_id]
+                    assert await store.exists(alert.frame.object_key)  # the frame stays for a later copy
+                else:
+                    assert await store.exists(alert.image_key)
+            assert letters  # the outage outlasted the retries
+            assert set(await stored(config, prefix)) == set(alerts)
 
         asyncio.run(scenario())

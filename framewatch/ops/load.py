@@ -51,6 +51,18 @@ class FrameLoad:
                           bucket=self.config.frame_extractor.minio.bucket,
                           object_key=f"frames/{camera}/load-{self._seq}.jpg", width=640, height=480)
 
+    async def send(self, frames: list[FrameEvent]) -> None:
+        """These frame events, at once (their objects are the caller's business)."""
+        producer = AIOKafkaProducer(bootstrap_servers=self.config.kafka_bootstrap, acks="all")
+        await producer.start()
+        try:
+            for frame in frames:
+                await producer.send_and_wait(self.config.topic(FRAMES.name), frame.to_bytes(),
+                                             key=frame.camera_id.encode())
+            self.sent += len(frames)
+        finally:
+            await producer.stop()
+
     async def run(self, duration_s: float) -> int:
         """Every camera sends a frame each interval (cameras spread evenly over it) for `duration_s`."""
         producer = AIOKafkaProducer(bootstrap_servers=self.config.kafka_bootstrap, acks="all", linger_ms=5)
