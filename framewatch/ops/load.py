@@ -83,11 +83,11 @@ class FrameLoad:
                     await self.store.put(frame.object_key, self.image)
                 pending.append(await producer.send(topic, frame.to_bytes(), key=camera.encode()))
                 tick += 1
+                self.sent += 1
                 if len(pending) >= 200:
                     await asyncio.gather(*pending)
                     pending.clear()
             await asyncio.gather(*pending)
-            self.sent += tick
             return tick
         finally:
             await producer.stop()
