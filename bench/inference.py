@@ -24,7 +24,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from framewatch.ops.load import Fleet, FrameLoad, TopicFollower, inferred_per_s, start_fleet
+from framewatch.ops.load import (
+    Fleet,
+    FrameLoad,
+    TopicFollower,
+    inferred_per_s,
+    start_fleet,
+)
 from framewatch.schemas.events import DetectionEvent, FrameOutcome, Outcome, now_ms
 from framewatch.schemas.topics import DETECTIONS, FRAME_OUTCOMES
 from framewatch.stack import LocalStack
@@ -59,7 +65,8 @@ async def utilisation_and_overhead(fleet: Fleet, seconds: float) -> dict[str, An
               and e.service_ms is not None]
     overhead = [(d.emitted_at - d.frame.emitted_at) - (d.service_ms or 0.0) for d in steady]
     return {"fleet_capacity_fps": round(capacity, 1), "achieved_fps": round(achieved, 1),
-            "utilisation": round(achieved / capacity, 3), "overhead_at_30fps_ms_p50": round(percentile(overhead, 50), 1),
+            "utilisation": round(achieved / capacity, 3),
+            "overhead_at_30fps_ms_p50": round(percentile(overhead, 50), 1),
             "overhead_at_30fps_ms_p99": round(percentile(overhead, 99), 1),
             "overhead_frames": len(overhead), "frames_at_30fps": sent}
 
@@ -77,7 +84,8 @@ async def overload(fleet: Fleet, seconds: float) -> dict[str, Any]:
             "inferred": len(detections), "dropped": sum(o.outcome is Outcome.DROPPED for o in outcomes),
             "failed": sum(o.outcome is Outcome.FAILED for o in outcomes),
             "unaccounted": sent - len({o.frame.frame_id for o in outcomes}),
-            "age_at_dispatch_ms_p50": round(statistics.median(ages)), "age_at_dispatch_ms_p99": round(percentile(ages, 99)),
+            "age_at_dispatch_ms_p50": round(statistics.median(ages)),
+            "age_at_dispatch_ms_p99": round(percentile(ages, 99)),
             "age_at_dispatch_ms_p99_steady": round(percentile(steady, 99)), "age_at_dispatch_ms_max": round(max(ages)),
             "most_waiting": stats.get("queue_max")}
 

@@ -10,7 +10,13 @@ from framewatch.agents.database import AlertStore
 from framewatch.agents.housekeeping import Housekeeping
 from framewatch.agents.retention import Retention
 from framewatch.schemas.config import Config
-from framewatch.schemas.events import AlertEvent, FrameEvent, FrameOutcome, Outcome, now_ms
+from framewatch.schemas.events import (
+    AlertEvent,
+    FrameEvent,
+    FrameOutcome,
+    Outcome,
+    now_ms,
+)
 from framewatch.streams.objectstore import ObjectStore
 from tests.conftest import SAMPLE_JPEG
 from tests.test_events import frame

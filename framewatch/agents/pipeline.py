@@ -37,9 +37,10 @@ from framewatch.schemas.events import (
 )
 
 ALERTS_RAISED = Counter("framewatch_rules_alerts_total", "Alerts raised", ["task_type", "rule"])
+FRAMES_EVALUATED = Counter("framewatch_rules_frames_total", "Frames evaluated by the rules", ["outcome"])
+
 RETENTION_BATCH = 500
 RETENTION_WITHIN_S = 0.25
-FRAMES_EVALUATED = Counter("framewatch_rules_frames_total", "Frames evaluated by the rules", ["outcome"])
 
 
 def build_worker(config: Config) -> tuple[faust.App, Topology, Resources]:
@@ -86,7 +87,8 @@ def build_worker(config: Config) -> tuple[faust.App, Topology, Resources]:
             if (event := await topology.decode(DetectionEvent, raw, topology.detections)) is None:
                 continue
             frame = event.frame
-            task = resources.task_settings(frame.task_id, CameraTask(id=frame.task_id, task_type=frame.task_type, rtsp_url=""))
+            implied = CameraTask(id=frame.task_id, task_type=frame.task_type, rtsp_url="")
+            task = resources.task_settings(frame.task_id, implied)
             state_key = f"{frame.camera_id}|{frame.task_type.value}"
             alert = evaluate(task, event, topology.last_alert.get(state_key), settings.alert_base_path)
             if alert is None:

@@ -21,7 +21,13 @@ from dataclasses import dataclass
 from prometheus_client import Counter, Gauge
 
 from framewatch.agents.relocation import IMAGE_NOT_COPIED
-from framewatch.schemas.events import FrameEvent, FrameOutcome, Outcome, RetentionEvent, now_ms
+from framewatch.schemas.events import (
+    FrameEvent,
+    FrameOutcome,
+    Outcome,
+    RetentionEvent,
+    now_ms,
+)
 from framewatch.streams.objectstore import ObjectStore, StoreError
 
 log = logging.getLogger("framewatch.retention")

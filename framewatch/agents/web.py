@@ -5,9 +5,9 @@ API and the dashboard (`/`). With `framewatch.api_token` set, every /api/ path w
 from __future__ import annotations
 
 import hmac
-from importlib.resources import files
 import time
 from collections.abc import Awaitable, Callable
+from importlib.resources import files
 from typing import Any
 
 import faust
