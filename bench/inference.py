@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from framewatch.ops.load import (
     FrameLoad,
     TopicFollower,
     inferred_per_s,
+    print_figures,
     start_fleet,
 )
 from framewatch.schemas.events import DetectionEvent, FrameOutcome, Outcome, now_ms
@@ -121,10 +121,7 @@ def main() -> int:
     ]
     for name, value, goal in rows:
         print(f"{name:44} {value!s:>10}   {goal}")
-    text = json.dumps(figures, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+    print_figures(figures, args.json)
     return 0
 
 

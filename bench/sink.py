@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
 import tempfile
@@ -34,7 +33,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 
 from framewatch.agents.database import ALERT_COLUMNS, AlertStore, alert_row
-from framewatch.ops.load import FrameLoad, start_fleet
+from framewatch.ops.load import FrameLoad, print_figures, start_fleet
 from framewatch.schemas.config import Config, load_config
 from framewatch.schemas.events import AlertEvent
 from framewatch.stack import LocalStack
@@ -165,10 +164,7 @@ def main() -> int:
     print(f"\nalert emitted -> published: p50 {path['emitted_to_published_ms_p50']} ms, "
           f"p99 {path['emitted_to_published_ms_p99']} ms over {path['alerts']} alerts "
           f"(goal: p99 under {path['goal_ms']:.0f} ms)")
-    text = json.dumps({"ms_per_alert": writes, "end_to_end": path}, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+    print_figures({"ms_per_alert": writes, "end_to_end": path}, args.json)
     return 0
 
 

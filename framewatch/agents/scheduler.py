@@ -170,9 +170,10 @@ class InferenceScheduler(Service):
         if now - self._expired_at >= IDLE_TICK_S:
             self._expire(now)
         delay = IDLE_TICK_S
+        ready = self._ready()
         for key in list(self.waiting):
-            if self.in_flight >= self.max_in_flight:
-                break
+            if not ready or self.in_flight >= self.max_in_flight:
+                break  # nothing can go before a request returns: the rest of the line need not be looked at
             item = self.waiting.get(key)
             if item is None:  # it left with an earlier batch of this pass
                 continue
@@ -181,9 +182,8 @@ class InferenceScheduler(Service):
                 self._gauge_waiting()
                 self._drop(item, "stale")
                 continue
-            service = self._choose(item)
+            service = self._choose(item, ready)
             if service is None:
-                self._fail_if_unserved(item, now)
                 continue
             batch = self._batch(service, item)
             filled_in = self.batch_wait_s - (now - item.queued_at)
@@ -191,19 +191,24 @@ class InferenceScheduler(Service):
                 delay = min(delay, filled_in)
                 continue
             self._send(service, batch)
+            ready = [s for s in ready if self._has_room(s)]
         return delay
 
-    def _choose(self, item: Waiting) -> RegisteredService | None:
-        """The least loaded service, relative to its capacity, that serves the frame and has room."""
+    def _ready(self) -> list[RegisteredService]:
+        return [s for s in self.registry.alive() if self._has_room(s)]
+
+    def _has_room(self, service: RegisteredService) -> bool:
+        load = self._load(service.service_id)
+        return load.in_flight < service.heartbeat.capacity and load.breaker.allows()
+
+    def _choose(self, item: Waiting, ready: list[RegisteredService]) -> RegisteredService | None:
+        """The least loaded service with room, relative to its capacity, that serves the frame."""
         best: RegisteredService | None = None
         best_load = 0.0
-        for service in self.registry.alive(item.frame.task_type):
-            if service.service_id in item.tried:
+        for service in ready:
+            if service.service_id in item.tried or item.frame.task_type not in service.heartbeat.task_types:
                 continue
-            load = self._load(service.service_id)
-            if load.in_flight >= service.heartbeat.capacity or not load.breaker.allows():
-                continue
-            share = load.in_flight / service.heartbeat.capacity
+            share = self._load(service.service_id).in_flight / service.heartbeat.capacity
             if best is None or share < best_load:
                 best, best_load = service, share
         return best
@@ -316,18 +321,17 @@ class InferenceScheduler(Service):
     # -- ends ---------------------------------------------------------------------------------------------------
 
     def _expire(self, now: float) -> None:
+        """Drops stale frames and fails those whose task type no live service has served for a while."""
         self._expired_at = now
-        for item in [item for item in self.waiting.values() if self._too_old(item.frame)]:
-            del self.waiting[item.key]
-            self._drop(item, "stale")
+        served = {t for s in self.registry.alive() for t in s.heartbeat.task_types}
+        for item in list(self.waiting.values()):
+            if self._too_old(item.frame):
+                del self.waiting[item.key]
+                self._drop(item, "stale")
+            elif item.frame.task_type not in served and now - item.queued_at >= WAIT_FOR_SERVICE_S:
+                del self.waiting[item.key]
+                self._end(item, Outcome.FAILED, "no_service")
         self._gauge_waiting()
-
-    def _fail_if_unserved(self, item: Waiting, now: float) -> None:
-        if now - item.queued_at < WAIT_FOR_SERVICE_S or self.registry.alive(item.frame.task_type):
-            return
-        del self.waiting[item.key]
-        self._gauge_waiting()
-        self._end(item, Outcome.FAILED, "no_service")
 
     def _too_old(self, frame: FrameEvent) -> bool:
         return now_ms() - frame.captured_at > self.max_age_ms

@@ -21,9 +21,13 @@ from framewatch.agents.queries import AlertQuery, BadQuery, Cursor, alert_json
 API_REQUESTS = Counter("framewatch_api_requests_total", "Query API requests", ["path", "status"])
 
 
-def _total(name: str, **labels: str) -> float:
-    return sum(s.value for m in REGISTRY.collect() for s in m.samples
-               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+def _totals() -> Callable[..., float]:
+    """Sums of the current samples by name (and labels), from one collection of the registry."""
+    samples = [s for m in REGISTRY.collect() for s in m.samples]
+
+    def total(name: str, **labels: str) -> float:
+        return sum(s.value for s in samples if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+    return total
 
 
 Handler = Callable[[View, Request], Awaitable[Response]]
@@ -67,24 +71,25 @@ def attach_web(app: faust.App, resources: Resources) -> None:
 
     async def stats(view: View, request: Request) -> Response:
         scheduler = resources.scheduler
+        total = _totals()
         stats: dict[str, Any] = {
             "partitions_assigned": len(app.consumer.assignment()),
             "services_alive": len(resources.registry.alive()),
-            "requests": _total("framewatch_inference_requests_total"),
-            "responses": _total("framewatch_inference_responses_total"),
-            "failures": _total("framewatch_inference_failures_total"),
+            "requests": total("framewatch_inference_requests_total"),
+            "responses": total("framewatch_inference_responses_total"),
+            "failures": total("framewatch_inference_failures_total"),
             "queue_size": len(scheduler.waiting),
             "queue_max": scheduler.waiting_max,
             "max_size": scheduler.max_waiting,
             "in_flight": scheduler.in_flight,
-            "processed_total": _total("framewatch_inference_frames_total", outcome="inferred"),
-            "dropped_total": _total("framewatch_inference_frames_total", outcome="dropped"),
-            "failed_total": _total("framewatch_inference_frames_total", outcome="failed"),
-            "alerts_stored": _total("framewatch_sink_alerts_stored_total"),
-            "alerts_published": _total("framewatch_publisher_alerts_published_total"),
-            "alerts_relocated": _total("framewatch_relocation_copied_total"),
-            "relocation_dead_letters": _total("framewatch_relocation_dead_letters_total"),
-            "frames_deleted": _total("framewatch_retention_deleted_total"),
+            "processed_total": total("framewatch_inference_frames_total", outcome="inferred"),
+            "dropped_total": total("framewatch_inference_frames_total", outcome="dropped"),
+            "failed_total": total("framewatch_inference_frames_total", outcome="failed"),
+            "alerts_stored": total("framewatch_sink_alerts_stored_total"),
+            "alerts_published": total("framewatch_publisher_alerts_published_total"),
+            "alerts_relocated": total("framewatch_relocation_copied_total"),
+            "relocation_dead_letters": total("framewatch_relocation_dead_letters_total"),
+            "frames_deleted": total("framewatch_retention_deleted_total"),
         }
         return view.json(stats)
 

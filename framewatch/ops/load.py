@@ -9,6 +9,7 @@ worker against a fleet of misbehaving services.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import socket
@@ -210,3 +211,11 @@ def start_fleet(folder: Path, stack_env: dict[str, str], instances: int, config:
         yield Fleet(run, port)
     finally:
         run.stop()
+
+
+def print_figures(figures: dict[str, Any], json_path: Path | None) -> None:
+    """A benchmark's figures as JSON, on stdout and, when asked, in a file."""
+    text = json.dumps(figures, indent=2)
+    print(text)
+    if json_path is not None:
+        json_path.write_text(text + "\n")
