@@ -222,8 +222,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-ms", type=float, default=140.0)
     p.add_argument("--jitter-ms", type=float, default=0.0)
     p.add_argument("--batch-extra-ms", type=float, default=0.0, help="added per extra frame in a batch")
-    p.add_argument("--fault", default="none", help="none, resource_exhausted, timeout, garbage, slow_body, reset, "
-                                                   "http_500")
+    p.add_argument("--fault", default="none", choices=["none", "resource_exhausted", "timeout", "garbage",
+                                                       "slow_body", "reset", "http_500"])
     p.add_argument("--fault-rate", type=float, default=1.0)
     p.add_argument("--people", type=int, default=0, help="person detections in every answer")
     p.add_argument("--no-announce", action="store_true", help="do not announce on fw.services")
