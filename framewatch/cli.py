@@ -225,7 +225,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--fault", default="none", choices=["none", "resource_exhausted", "timeout", "garbage",
                                                        "slow_body", "reset", "http_500"])
     p.add_argument("--fault-rate", type=float, default=1.0)
-    p.add_argument("--people", type=int, default=0, help="person detections in every answer")
+    p.add_argument("--people", type=int, default=0, help="person detections in every answer, new people in every frame")
     p.add_argument("--no-announce", action="store_true", help="do not announce on fw.services")
     p.set_defaults(func=cmd_fake_detector)
 

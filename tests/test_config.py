@@ -7,13 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from framewatch.schemas.config import (
-    ConfigError,
-    TaskType,
-    load_config,
-    mask_url,
-    masked,
-)
+from framewatch.schemas.config import ConfigError, load_config, mask_url, masked
+from framewatch.schemas.tasks import TaskType
 from tests.conftest import ROOT, write_config
 
 SEED = ROOT / "tests" / "data" / "seed-config.toml"
@@ -41,7 +36,9 @@ def test_seed_config_loads_as_it_is() -> None:
                                            TaskType.AREA_INTRUSION), ("Line-Crossing", TaskType.LINE_CROSSING),
                                            ("安全帽检测", TaskType.NO_HELMET)])
 def test_task_type_aliases(tmp_path: Path, name: str, expected: TaskType) -> None:
-    path = write_config(tmp_path / "c.toml", f"[[frame_extractor.tasks]]\nid='a'\ntask_type='{name}'\nrtsp_url='x'\n")
+    line = "line = [[0.5, 0.0], [0.5, 1.0]]\n" if expected is TaskType.LINE_CROSSING else ""
+    path = write_config(tmp_path / "c.toml",
+                        f"[[frame_extractor.tasks]]\nid='a'\ntask_type='{name}'\nrtsp_url='x'\n{line}")
     assert load_config(path, environ={})[0].frame_extractor.tasks[0].task_type is expected
 
 
@@ -62,10 +59,11 @@ def test_environment_overrides_addresses_and_secrets() -> None:
 
 @pytest.mark.parametrize("body,names", [
     ("[frame_extractor]\ninterval_ms = -5\n", "frame_extractor.interval_ms"),
-    ("[[frame_extractor.tasks]]\nid='a'\ntask_type='跳舞'\nrtsp_url='x'\n", "frame_extractor.tasks[0].task_type"),
-    ("[[frame_extractor.tasks]]\nid='../etc'\ntask_type='区域入侵'\nrtsp_url='x'\n", "frame_extractor.tasks[0].id"),
+    ("[[frame_extractor.tasks]]\nid='a'\ntask_type='跳舞'\nrtsp_url='x'\n",
+     "frame_extractor.tasks[0] (id 'a').task_type"),
+    ("[[frame_extractor.tasks]]\nid='../etc'\ntask_type='区域入侵'\nrtsp_url='x'\n", "frame_extractor.tasks[0] (id '../etc').id"),
     ("[[frame_extractor.tasks]]\nid='a'\ntask_type='区域入侵'\nrtsp_url='x'\nregion=[[0,0],[2,0],[1,1]]\n",
-     "frame_extractor.tasks[0].region"),
+     "frame_extractor.tasks[0] (id 'a').region: region coordinates are normalised and must lie in 0..1"),
     ("[ai_analysis]\nmq_type = 'rabbitmq'\n", "ai_analysis.mq_type"),
     ("[frame_extractor\n", "not valid TOML"),
 ])
@@ -74,6 +72,40 @@ def test_bad_config_names_file_and_key(tmp_path: Path, body: str, names: str) ->
     with pytest.raises(ConfigError) as error:
         load_config(path, environ={})
     assert str(path) in str(error.value) and names in str(error.value)
+
+
+TASK = "[[frame_extractor.tasks]]\nid='{id}'\ntask_type='{type}'\nrtsp_url='x'\n"
+
+
+@pytest.mark.parametrize("task_type,settings,message", [
+    ("区域入侵", "region = [[0.1, 0.1], [0.9, 0.9], [0.9, 0.1], [0.1, 0.9]]",
+     "(id 'gate').region: the region crosses itself: edge 0-1 crosses edge 2-3"),
+    ("区域入侵", "region = [[0.1, 0.1], [0.9, 0.1]]", "(id 'gate').region: a region needs at least 3"),
+    ("绊线人数统计", "line = [[0.5, -0.1], [0.5, 1.0]]",
+     "(id 'gate').line: line coordinates are normalised and must lie in 0..1"),
+    ("绊线人数统计", "", "(id 'gate'): line: a line_crossing task needs a line"),
+    ("绊线人数统计", "line = [[0.5, 0.5], [0.5, 0.5]]", "(id 'gate').line: a line needs two different"),
+    ("区域入侵", "labels = ['persn']", "(id 'gate'): labels: unknown label 'persn'; did you mean 'person'? "),
+    ("安全帽检测", "helmet_labels = ['forklift']", "(id 'gate'): helmet_labels: unknown label 'forklift'; a label your detector has beyond the vocabulary "
+     "goes in extra_labels"),
+    ("徘徊检测", "dwell_sec = 0", "(id 'gate').dwell_sec: Input should be greater than 0"),
+    ("绊线人数统计", "line = [[0.5, 0.0], [0.5, 1.0]]\nline_direction = 'sideways'", "(id 'gate').line_direction"),
+])
+def test_bad_rule_settings_name_the_task_and_the_field(tmp_path: Path, task_type: str, settings: str,
+                                                       message: str) -> None:
+    other = TASK.format(id="fine", type="区域入侵")
+    path = write_config(tmp_path / "bad.toml", other + TASK.format(id="gate", type=task_type) + settings + "\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(path, environ={})
+    assert f"frame_extractor.tasks[1] {message}" in str(error.value)
+
+
+def test_extra_labels_extend_the_vocabulary(tmp_path: Path) -> None:
+    body = TASK.format(id="dock", type="物品遗留") + "labels = ['forklift']\nextra_labels = ['forklift']\n"
+    task = load_config(write_config(tmp_path / "c.toml", body), environ={})[0].frame_extractor.tasks[0]
+    assert task.watched == {"forklift"}
+    assert load_config(write_config(tmp_path / "d.toml", TASK.format(id="d", type="物品遗留")),
+                       environ={})[0].frame_extractor.tasks[0].watched == {"backpack", "handbag", "suitcase"}
 
 
 def test_missing_config_file(tmp_path: Path) -> None:

@@ -3,7 +3,6 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from framewatch.schemas.config import TaskType
 from framewatch.schemas.events import (
     ALL_EVENTS,
     AlertEvent,
@@ -15,6 +14,7 @@ from framewatch.schemas.events import (
     Outcome,
     json_schemas,
 )
+from framewatch.schemas.tasks import TaskType
 
 
 def frame(seq: int = 0, captured_at: int = 1_700_000_000_000) -> FrameEvent:

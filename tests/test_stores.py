@@ -9,19 +9,18 @@ import time
 import asyncpg
 
 from framewatch.agents.database import AlertStore, migrations
-from framewatch.agents.rules import evaluate
 from framewatch.schemas.config import Config
 from framewatch.streams.objectstore import ObjectStore
 from tests.conftest import ROOT
-from tests.test_rules import detections, person, task
+from tests.test_rules import Camera, person
 
 
 async def test_inserts_are_idempotent(stack_config: Config, namespace: str) -> None:
     store = AlertStore(stack_config.database.dsn.get_secret_value())
     await store.connect()
-    base = time.time_ns() // 1_000_000  # frames never seen before, so their alerts are new
-    alerts = [a for t0 in (0, 10_000, 20_000) if (a := evaluate(task(id=namespace), detections(
-        person(0.5, 0.8), captured_at=base + t0), None, "alerts"))]
+    # frames never seen before, so their alerts are new; a new track, so an alert, every 10 s
+    camera = Camera(start_ms=time.time_ns() // 1_000_000, id=namespace, track_gap_sec=1)
+    alerts = camera.walk([0, 10, 20], lambda t: [person(0.5, 0.8)])
     try:
         assert await store.insert(alerts[:2]) == 2
         assert await store.insert(alerts) == 1  # a replay of the first two stores nothing twice

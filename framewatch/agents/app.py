@@ -18,8 +18,9 @@ from framewatch.agents.inference import ServiceClient
 from framewatch.agents.registry import ServiceRegistry
 from framewatch.agents.scheduler import InferenceScheduler
 from framewatch.schemas import topics
-from framewatch.schemas.config import CameraTask, Config
+from framewatch.schemas.config import Config
 from framewatch.schemas.events import DeadLetter, DecodeError, Event
+from framewatch.schemas.tasks import CameraTask
 from framewatch.schemas.topics import TopicSpec
 from framewatch.streams.objectstore import ObjectStore
 
@@ -40,13 +41,20 @@ class Topology:
         self.alerts_stored = self._topic(topics.ALERTS_STORED)
         self.frame_outcomes = self._topic(topics.FRAME_OUTCOMES)
         self.retention = self._topic(topics.RETENTION)
+        self.counts = self._topic(topics.COUNTS)
         self.dead_letters = self._topic(topics.DEAD_LETTERS)
-        # last alert time (capture clock, ms) per "camera|rule": the rules' cooldown state
-        self.last_alert = app.Table("rule-last-alert", default=int, partitions=config.framewatch.topic_partitions)
+        # task id (bytes) -> RuleState as bytes: tracks, incidents, cooldowns, the open count window (rules/state.py)
+        self.rule_state = app.Table("rule-state", partitions=self.partitions,
+                                    schema=faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw",
+                                                        value_serializer="raw"))
 
     def _topic(self, spec: TopicSpec) -> faust.TopicT:
         return self.app.topic(self.config.topic(spec.name), key_type=bytes, value_type=bytes, key_serializer="raw",
-                              value_serializer="raw", partitions=self.config.framewatch.topic_partitions)
+                              value_serializer="raw", partitions=self.partitions)
+
+    @property
+    def partitions(self) -> int:
+        return self.config.framewatch.topic_partitions
 
     async def send(self, topic: faust.TopicT, event: Event, key: str) -> None:
         await topic.send(key=key.encode(), value=event.to_bytes())
@@ -86,12 +94,12 @@ class Resources(Service):
         await self.client.close()
         await self.alerts.close()
 
-    def task_settings(self, task_id: str, fallback: CameraTask) -> CameraTask:
-        """A task's rule settings; a task not in this worker's config keeps the settings its frame implies."""
+    def task_settings(self, task_id: str) -> CameraTask | None:
+        """A task's rule settings, or None for a task this worker's config does not declare."""
         try:
             return self.config.task(task_id)
         except KeyError:
-            return fallback
+            return None
 
 
 def create_app(config: Config) -> faust.App:

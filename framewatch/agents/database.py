@@ -1,5 +1,5 @@
 """PostgreSQL: versioned migrations, the idempotent alert store (one INSERT of unnested column arrays, merged by
-alert id) and the queries behind the API."""
+alert id), the per-minute counts, and the queries behind the API."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from importlib.resources import files
 import asyncpg
 import orjson
 
-from framewatch.agents.queries import AlertQuery
-from framewatch.schemas.events import AlertEvent
+from framewatch.agents.queries import AlertQuery, CountQuery
+from framewatch.schemas.events import AlertEvent, CountWindow
 
 log = logging.getLogger("framewatch.database")
 
@@ -26,6 +26,13 @@ ALERT_COLUMNS = ("alert_id", "frame_id", "task_id", "camera_id", "task_type", "r
 MERGE = ("INSERT INTO alerts (" + ", ".join(ALERT_COLUMNS) + ") SELECT * FROM unnest("
          "$1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[], "
          "$8::timestamptz[], $9::text[], $10::text[], $11::jsonb[]) ON CONFLICT (alert_id) DO NOTHING")
+
+
+UPSERT_COUNT = ("INSERT INTO counts (task_id, camera_id, task_type, window_start, window_sec, samples, people_max, "
+                "people_mean, crossed_in, crossed_out) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "
+                "ON CONFLICT (task_id, window_start) DO UPDATE SET samples = EXCLUDED.samples, "
+                "people_max = EXCLUDED.people_max, people_mean = EXCLUDED.people_mean, "
+                "crossed_in = EXCLUDED.crossed_in, crossed_out = EXCLUDED.crossed_out")
 
 
 class DatabaseUnavailable(RuntimeError):
@@ -108,6 +115,20 @@ class AlertStore:
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
             raise DatabaseUnavailable(f"storing {len(alerts)} alerts failed: {error}") from None
         return int(status.rsplit(" ", 1)[-1])
+
+    async def store_counts(self, windows: list[CountWindow]) -> None:
+        rows = [(w.task_id, w.camera_id, w.task_type.value, _ts(w.window_start), w.window_sec, w.samples,
+                 w.people_max, w.people_mean, w.crossed_in, w.crossed_out) for w in windows]
+        try:
+            async with self.pool.acquire() as connection:
+                await connection.executemany(UPSERT_COUNT, rows)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            raise DatabaseUnavailable(f"storing {len(windows)} count windows failed: {error}") from None
+
+    async def counts(self, query: CountQuery) -> list[asyncpg.Record]:
+        where, args = query.where()
+        return await self._fetch(f"SELECT * FROM counts WHERE {where} ORDER BY window_start DESC LIMIT {query.limit}",
+                                 *args)
 
     async def query(self, query: AlertQuery) -> list[asyncpg.Record]:
         where, args = query.where()

@@ -1,7 +1,8 @@
 """The worker's pipeline, top to bottom: one small agent per step, each an `async for` over one topic.
 
     fw.frames ──infer──► fw.detections ──rules──► fw.alerts ──store──► PostgreSQL ─► fw.alerts-stored
-        │                                  │  └─ copy the alert image to alerts/… first (dead letter when it cannot)
+        │                                  │  ├─ copy the alert image to alerts/… first (dead letter when it cannot)
+        │                                  │  └─► fw.counts ──tally──► PostgreSQL (closed minutes of counting tasks)
         └─(dropped, failed)► fw.frame-outcomes ◄──(no alert / alert)
                                  └──retain──► delete frames/… ─► fw.retention
 
@@ -10,24 +11,27 @@ fw.alerts-stored is published to mq_topic by `AlertPublisher` (agents/publisher.
 
 from __future__ import annotations
 
+import logging
 from functools import partial
 from typing import cast
 
 import faust
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge, Histogram
 
 from framewatch.agents.app import Resources, Topology, create_app
 from framewatch.agents.housekeeping import Housekeeping
 from framewatch.agents.publisher import AlertPublisher
 from framewatch.agents.relocation import IMAGE_NOT_COPIED, Relocator
 from framewatch.agents.retention import Retention
-from framewatch.agents.rules import evaluate
 from framewatch.agents.sink import AlertSink
 from framewatch.agents.web import attach_web
-from framewatch.schemas.config import CameraTask, Config
+from framewatch.rules.engine import Status, evaluate
+from framewatch.rules.state import RuleState
+from framewatch.schemas.config import Config
 from framewatch.schemas.events import (
     AlertEvent,
     AlertStored,
+    CountWindow,
     DeadLetter,
     DetectionEvent,
     FrameEvent,
@@ -36,8 +40,17 @@ from framewatch.schemas.events import (
     now_ms,
 )
 
+log = logging.getLogger("framewatch.worker")
+
 ALERTS_RAISED = Counter("framewatch_rules_alerts_total", "Alerts raised", ["task_type", "rule"])
-FRAMES_EVALUATED = Counter("framewatch_rules_frames_total", "Frames evaluated by the rules", ["outcome"])
+FRAMES_EVALUATED = Counter("framewatch_rules_frames_total", "Frames seen by the rules: evaluated, replayed, late",
+                           ["status"])
+EVALUATION_SECONDS = Histogram("framewatch_rules_evaluation_seconds", "Rule evaluation time per frame", ["task_type"],
+                               buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1))
+ACTIVE_TRACKS = Gauge("framewatch_rules_active_tracks", "Tracks followed per camera", ["camera"])
+OPEN_INCIDENTS = Gauge("framewatch_rules_open_incidents", "Incidents open per camera", ["camera"])
+
+COUNTS_BATCH = 100
 
 RETENTION_BATCH = 500
 RETENTION_WITHIN_S = 0.25
@@ -81,24 +94,48 @@ def build_worker(config: Config) -> tuple[faust.App, Topology, Resources]:
         await topology.send(topology.dead_letters, letter, key=letter.topic)
         return IMAGE_NOT_COPIED
 
+    async def raise_alert(alert: AlertEvent) -> str:
+        """Copies the image and sends the alert; the frame outcome's reason."""
+        reason = await relocate(alert)
+        await topology.send(topology.alerts, alert, key=alert.frame.camera_id)
+        ALERTS_RAISED.labels(alert.frame.task_type.value, alert.rule).inc()
+        return reason
+
+    async def unknown_task(frame: FrameEvent) -> None:
+        log.error("frame %s of task %s: the task is not in this worker's config; no rule evaluated",
+                  frame.frame_id, frame.task_id)
+        FRAMES_EVALUATED.labels("unknown_task").inc()
+        outcome = FrameOutcome(frame=frame, outcome=Outcome.NO_ALERT, reason="unknown_task")
+        await topology.send(topology.frame_outcomes, outcome, key=frame.camera_id)
+
     @app.agent(topology.detections)
     async def rules(stream: faust.StreamT[bytes]) -> None:
+        """Evaluates each frame's rule against its task's state (a table with a changelog). The state is saved
+        after the frame's alerts are sent; a frame replayed after a crash sends them again (rules/engine.py)."""
         async for raw in stream:
             if (event := await topology.decode(DetectionEvent, raw, topology.detections)) is None:
                 continue
             frame = event.frame
-            implied = CameraTask(id=frame.task_id, task_type=frame.task_type, rtsp_url="")
-            task = resources.task_settings(frame.task_id, implied)
-            state_key = f"{frame.camera_id}|{frame.task_type.value}"
-            alert = evaluate(task, event, topology.last_alert.get(state_key), settings.alert_base_path)
-            if alert is None:
-                outcome = FrameOutcome(frame=frame, outcome=Outcome.NO_ALERT)
+            if (task := resources.task_settings(frame.task_id)) is None:
+                await unknown_task(frame)
+                continue
+            key = frame.task_id.encode()
+            state = RuleState.from_bytes(topology.rule_state.get(key))
+            with EVALUATION_SECONDS.labels(frame.task_type.value).time():
+                result = evaluate(task, state, event, settings.alert_base_path)
+            reasons = [await raise_alert(alert) for alert in result.alerts]
+            for window in result.windows:
+                await topology.send(topology.counts, window, key=window.task_id)
+            if result.status is Status.EVALUATED:
+                topology.rule_state[key] = state.to_bytes()
+                ACTIVE_TRACKS.labels(frame.camera_id).set(len(state.tracks))
+                OPEN_INCIDENTS.labels(frame.camera_id).set(len(state.incidents))
+            if result.alerts:
+                outcome = FrameOutcome(frame=frame, outcome=Outcome.ALERT, reason=next(filter(None, reasons), ""))
             else:
-                topology.last_alert[state_key] = frame.captured_at
-                ALERTS_RAISED.labels(frame.task_type.value, alert.rule).inc()
-                outcome = FrameOutcome(frame=frame, outcome=Outcome.ALERT, reason=await relocate(alert))
-                await topology.send(topology.alerts, alert, key=frame.camera_id)
-            FRAMES_EVALUATED.labels(outcome.outcome.value).inc()
+                reason = "" if result.status is Status.EVALUATED else result.status.value
+                outcome = FrameOutcome(frame=frame, outcome=Outcome.NO_ALERT, reason=reason)
+            FRAMES_EVALUATED.labels(result.status.value).inc()
             await topology.send(topology.frame_outcomes, outcome, key=frame.camera_id)
 
     @app.agent(topology.alerts)
@@ -111,6 +148,13 @@ def build_worker(config: Config) -> tuple[faust.App, Topology, Resources]:
             for alert in alerts:
                 await topology.send(topology.alerts_stored, AlertStored(alert=alert, stored_at=stored_at),
                                     key=alert.frame.camera_id)
+
+    @app.agent(topology.counts)
+    async def tally(stream: faust.StreamT[bytes]) -> None:
+        """Closed minutes of the counting tasks into PostgreSQL, where /api/counts reads them."""
+        async for batch in stream.take(COUNTS_BATCH, within=settings.alert_batch_interval_sec):
+            windows = [w for raw in batch if (w := await topology.decode(CountWindow, raw, topology.counts))]
+            await sink.store_counts(windows)
 
     @app.agent(topology.frame_outcomes)
     async def retain(stream: faust.StreamT[bytes]) -> None:

@@ -8,12 +8,12 @@ import binascii
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar, Self
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from framewatch.schemas.config import TaskType, parse_task_type
+from framewatch.schemas.tasks import TaskType, parse_task_type
 
 MAX_PAGE = 500
 
@@ -45,34 +45,22 @@ def parse_time(value: str) -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-class AlertQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class TimeRangeQuery(BaseModel):
+    """Query parameters with a time range; built from a request's parameters with errors that name them."""
 
-    camera_id: str | None = None
-    task_type: TaskType | None = None
-    rule: str | None = None
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    time_column: ClassVar[str]
+
     since: datetime | None = None
     until: datetime | None = None
-    limit: int = Field(default=50, ge=1, le=MAX_PAGE)
-    cursor: Cursor | None = None
-
-    @field_validator("task_type", mode="before")
-    @classmethod
-    def _task_type(cls, value: object) -> TaskType | None:
-        return None if value is None else parse_task_type(value)
 
     @field_validator("since", "until", mode="before")
     @classmethod
     def _time(cls, value: object) -> datetime | None:
         return None if value is None or isinstance(value, datetime) else parse_time(str(value))
 
-    @field_validator("cursor", mode="before")
     @classmethod
-    def _cursor(cls, value: object) -> Cursor | None:
-        return None if value is None or isinstance(value, Cursor) else Cursor.decode(str(value))
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, str]) -> AlertQuery:
+    def from_params(cls, params: Mapping[str, str]) -> Self:
         try:
             return cls.model_validate(dict(params))
         except BadQuery:
@@ -81,29 +69,62 @@ class AlertQuery(BaseModel):
             problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'query'}: {e['msg']}" for e in error.errors())
             raise BadQuery(problems) from None
 
+    def filters(self) -> list[tuple[str, list[Any]]]:
+        """(clause with a ? per value, values) beyond the time range."""
+        raise NotImplementedError
+
     def where(self) -> tuple[str, list[Any]]:
         """The SQL filter and its arguments ($1, $2, ...)."""
         clauses: list[str] = []
         args: list[Any] = []
-
-        def add(clause: str, value: Any) -> None:
-            args.append(value)
-            clauses.append(clause.replace("?", f"${len(args)}"))
-
-        if self.camera_id is not None:
-            add("camera_id = ?", self.camera_id)
-        if self.task_type is not None:
-            add("task_type = ?", self.task_type.value)
-        if self.rule is not None:
-            add("rule = ?", self.rule)
-        if self.since is not None:
-            add("captured_at >= ?", self.since)
-        if self.until is not None:
-            add("captured_at < ?", self.until)
-        if self.cursor is not None:
-            args.extend([self.cursor.captured_at, uuid.UUID(self.cursor.alert_id)])
-            clauses.append(f"(captured_at, alert_id) < (${len(args) - 1}, ${len(args)})")
+        bounds = [(f"{self.time_column} >= ?", self.since), (f"{self.time_column} < ?", self.until)]
+        for clause, values in self.filters() + [(c, [v]) for c, v in bounds if v is not None]:
+            for value in values:
+                args.append(value)
+                clause = clause.replace("?", f"${len(args)}", 1)
+            clauses.append(clause)
         return (" AND ".join(clauses) or "TRUE"), args
+
+
+class CountQuery(TimeRangeQuery):
+    """The closed minutes of one counting task, newest first."""
+
+    time_column = "window_start"
+
+    task_id: str
+    limit: int = Field(default=60, ge=1, le=MAX_PAGE)
+
+    def filters(self) -> list[tuple[str, list[Any]]]:
+        return [("task_id = ?", [self.task_id])]
+
+
+class AlertQuery(TimeRangeQuery):
+    time_column = "captured_at"
+
+    camera_id: str | None = None
+    task_type: TaskType | None = None
+    rule: str | None = None
+    limit: int = Field(default=50, ge=1, le=MAX_PAGE)
+    cursor: Cursor | None = None
+
+    @field_validator("task_type", mode="before")
+    @classmethod
+    def _task_type(cls, value: object) -> TaskType | None:
+        return None if value is None else parse_task_type(value)
+
+    @field_validator("cursor", mode="before")
+    @classmethod
+    def _cursor(cls, value: object) -> Cursor | None:
+        return None if value is None or isinstance(value, Cursor) else Cursor.decode(str(value))
+
+    def filters(self) -> list[tuple[str, list[Any]]]:
+        equal = (("camera_id", self.camera_id), ("task_type", self.task_type and self.task_type.value),
+                 ("rule", self.rule))
+        found: list[tuple[str, list[Any]]] = [(f"{c} = ?", [v]) for c, v in equal if v is not None]
+        if self.cursor is not None:
+            found.append(("(captured_at, alert_id) < (?, ?)", [self.cursor.captured_at,
+                                                              uuid.UUID(self.cursor.alert_id)]))
+        return found
 
 
 def alert_json(row: Mapping[str, Any], image_url: str) -> dict[str, Any]:
@@ -113,3 +134,10 @@ def alert_json(row: Mapping[str, Any], image_url: str) -> dict[str, Any]:
             "captured_at": row["captured_at"].isoformat(), "stored_at": row["stored_at"].isoformat(),
             "evidence": orjson.loads(evidence) if isinstance(evidence, str) else evidence,
             "image_key": row["image_key"], "image_url": image_url}
+
+
+def count_json(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {"task_id": row["task_id"], "camera_id": row["camera_id"], "task_type": row["task_type"],
+            "window_start": row["window_start"].isoformat(), "window_sec": row["window_sec"],
+            "samples": row["samples"], "people_max": row["people_max"], "people_mean": round(row["people_mean"], 3),
+            "crossed_in": row["crossed_in"], "crossed_out": row["crossed_out"]}

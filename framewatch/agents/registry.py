@@ -15,8 +15,9 @@ from aiokafka import AIOKafkaConsumer
 from mode import Service
 from prometheus_client import Gauge
 
-from framewatch.schemas.config import Config, TaskType
+from framewatch.schemas.config import Config
 from framewatch.schemas.events import DecodeError, ServiceHeartbeat
+from framewatch.schemas.tasks import TaskType
 from framewatch.schemas.topics import SERVICES
 
 log = logging.getLogger("framewatch.registry")

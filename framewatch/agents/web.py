@@ -16,7 +16,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, generate_l
 
 from framewatch.agents.app import Resources
 from framewatch.agents.database import DatabaseUnavailable
-from framewatch.agents.queries import AlertQuery, BadQuery, Cursor, alert_json
+from framewatch.agents.queries import (
+    AlertQuery,
+    BadQuery,
+    CountQuery,
+    Cursor,
+    alert_json,
+    count_json,
+)
 
 API_REQUESTS = Counter("framewatch_api_requests_total", "Query API requests", ["path", "status"])
 
@@ -90,6 +97,8 @@ def attach_web(app: faust.App, resources: Resources) -> None:
             "alerts_relocated": total("framewatch_relocation_copied_total"),
             "relocation_dead_letters": total("framewatch_relocation_dead_letters_total"),
             "frames_deleted": total("framewatch_retention_deleted_total"),
+            "frames_evaluated": total("framewatch_rules_frames_total"),
+            "alerts_raised": total("framewatch_rules_alerts_total"),
         }
         return view.json(stats)
 
@@ -130,7 +139,11 @@ def attach_web(app: faust.App, resources: Resources) -> None:
             entry["alerts"] += row["alerts"]
         return view.json({"cameras": sorted(by_camera.values(), key=lambda c: c["camera_id"])})
 
+    async def counts(view: View, request: Request) -> Response:
+        rows = await resources.alerts.counts(CountQuery.from_params(request.query))
+        return view.json({"counts": [count_json(r) for r in rows]})
+
     routes: dict[str, Handler] = {"/api/stats": stats, "/api/services": services, "/api/alerts": alerts,
-                                  "/api/alerts/{alert_id}": alert, "/api/cameras": cameras}
+                                  "/api/alerts/{alert_id}": alert, "/api/cameras": cameras, "/api/counts": counts}
     for path, handler in routes.items():
         app.page(path)(type(f"View{abs(hash(path))}", (View,), {"get": guarded(path, token, handler)}))

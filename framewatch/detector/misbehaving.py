@@ -18,7 +18,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from framewatch.detector.announce import Announcer
-from framewatch.schemas.config import Config, TaskType
+from framewatch.schemas.config import Config
 from framewatch.schemas.contract import (
     HEALTH_PATH,
     INFER_PATH,
@@ -29,6 +29,7 @@ from framewatch.schemas.contract import (
     ServiceError,
 )
 from framewatch.schemas.events import Detection, ServiceHeartbeat
+from framewatch.schemas.tasks import TaskType
 
 CONTROL_PATH = "/control"
 STATS_PATH = "/stats"
@@ -52,7 +53,8 @@ class Behaviour(BaseModel):
     batch_extra_ms: float = Field(default=0.0, ge=0)
     fault: Fault = Fault.NONE
     fault_rate: float = Field(default=1.0, ge=0, le=1)
-    people: int = Field(default=0, ge=0, description="person detections in every answer")
+    people: int = Field(default=0, ge=0, description="person detections in every answer, new people every frame "
+                                                    "(track ids of their own), so each frame is a new incident")
 
 
 class MisbehavingService:
@@ -123,7 +125,8 @@ class MisbehavingService:
             started = time.perf_counter()
             await asyncio.sleep(self._latency_s(behaviour, len(body.frames)))
             self.busy -= 1
-        answer = InferResponse(results=[FrameResult(frame_id=f.frame_id, detections=self._people(behaviour))
+        answer = InferResponse(results=[FrameResult(frame_id=f.frame_id,
+                                                    detections=self._people(behaviour, f.frame_id))
                                         for f in body.frames],
                                inference_ms=(time.perf_counter() - started) * 1000)
         return web.Response(body=answer.model_dump_json(), content_type="application/json")
@@ -133,9 +136,9 @@ class MisbehavingService:
         return max(0.0, behaviour.latency_ms + jitter + (frames - 1) * behaviour.batch_extra_ms) / 1000
 
     @staticmethod
-    def _people(behaviour: Behaviour) -> list[Detection]:
-        return [Detection(label="person", score=0.9, box=(0.1 * i, 0.2, 0.1 * i + 0.08, 0.6))
-                for i in range(min(behaviour.people, 10))]
+    def _people(behaviour: Behaviour, frame_id: str) -> list[Detection]:
+        return [Detection(label="person", score=0.9, box=(0.1 * i, 0.2, 0.1 * i + 0.08, 0.6),
+                          track_id=f"{frame_id}/{i}") for i in range(min(behaviour.people, 10))]
 
     async def _misbehave(self, fault: Fault, request: web.Request) -> web.StreamResponse:
         if fault is Fault.RESOURCE_EXHAUSTED:

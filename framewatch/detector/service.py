@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from framewatch.detector.announce import Announcer
 from framewatch.detector.hog import HogPeopleDetector
-from framewatch.schemas.config import Config, TaskType
+from framewatch.schemas.config import Config
 from framewatch.schemas.contract import (
     HEALTH_PATH,
     INFER_PATH,
@@ -34,6 +34,7 @@ from framewatch.schemas.contract import (
     ServiceError,
 )
 from framewatch.schemas.events import ServiceHeartbeat
+from framewatch.schemas.tasks import TaskType
 
 log = logging.getLogger("framewatch.detector")
 

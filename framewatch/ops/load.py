@@ -24,8 +24,9 @@ import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from framewatch.ops.demo import PipelineRun
-from framewatch.schemas.config import Config, TaskType
+from framewatch.schemas.config import Config
 from framewatch.schemas.events import DetectionEvent, Event, FrameEvent, now_ms
+from framewatch.schemas.tasks import TaskType
 from framewatch.schemas.topics import FRAMES, TopicSpec, by_name
 from framewatch.streams.bus import connect_admin, ensure_topics, partitions
 from framewatch.streams.objectstore import ObjectStore

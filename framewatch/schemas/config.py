@@ -8,13 +8,11 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, ClassVar
+from typing import Any, ClassVar
 
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -23,56 +21,11 @@ from pydantic import (
     model_validator,
 )
 
+from framewatch.schemas.tasks import CameraTask, TaskType, TaskTypes
+
 
 class ConfigError(ValueError):
     """A config file could not be read or holds a value framewatch cannot use; the message names file and key."""
-
-
-class TaskType(StrEnum):
-    PEOPLE_COUNTING = "people_counting"
-    LINE_CROSSING = "line_crossing"
-    PERSON_FALL = "person_fall"
-    OFF_POST = "off_post"
-    SMOKING = "smoking"
-    AREA_INTRUSION = "area_intrusion"
-    LOITERING = "loitering"
-    OBJECT_LEFT = "object_left"
-    NO_HELMET = "no_helmet"
-
-
-TASK_TYPE_ALIASES: dict[str, TaskType] = {
-    "人数统计": TaskType.PEOPLE_COUNTING,
-    "绊线人数统计": TaskType.LINE_CROSSING,
-    "人员跌倒": TaskType.PERSON_FALL,
-    "人员离岗": TaskType.OFF_POST,
-    "吸烟检测": TaskType.SMOKING,
-    "区域入侵": TaskType.AREA_INTRUSION,
-    "徘徊检测": TaskType.LOITERING,
-    "物品遗留": TaskType.OBJECT_LEFT,
-    "安全帽检测": TaskType.NO_HELMET,
-}
-
-
-def parse_task_type(value: object) -> TaskType:
-    if isinstance(value, TaskType):
-        return value
-    text = str(value).strip()
-    if text in TASK_TYPE_ALIASES:
-        return TASK_TYPE_ALIASES[text]
-    try:
-        return TaskType(text.lower().replace("-", "_").replace(" ", "_"))
-    except ValueError:
-        known = ", ".join([*TaskType, *TASK_TYPE_ALIASES])
-        raise ValueError(f"unknown task type {text!r}; known: {known}") from None
-
-
-def parse_task_types(value: object) -> list[TaskType]:
-    if not isinstance(value, list):
-        raise ValueError("must be a list of task type names")
-    return [parse_task_type(v) for v in value]
-
-
-TaskTypes = Annotated[list[TaskType], BeforeValidator(parse_task_types)]
 
 
 class Section(BaseModel):
@@ -89,9 +42,6 @@ class Section(BaseModel):
         return data
 
 
-_SAFE_ID = re.compile(r"^[\w\-.]{1,64}$", re.UNICODE)
-
-
 class MinioSettings(Section):
     endpoint: str = "127.0.0.1:9000"
     bucket: str = "images"
@@ -105,53 +55,6 @@ class MinioSettings(Section):
     @classmethod
     def _relative(cls, value: str) -> str:
         return value.strip("/")
-
-
-class CameraTask(Section):
-    id: str
-    task_type: TaskType
-    rtsp_url: str = Field(description="any source PyAV opens: rtsp://, rtmp://, http(s)://, or a file path")
-    interval_ms: int | None = Field(default=None, gt=0)
-    output_path: str | None = None
-    enabled: bool = True
-    max_frame_count: int | None = Field(default=None, ge=0)
-    region: list[tuple[float, float]] | None = Field(
-        default=None, description="polygon in normalised coordinates; the whole frame when absent")
-    labels: list[str] = ["person"]
-    min_score: float = Field(default=0.0, ge=0.0, le=1.0)
-    alert_threshold: int = Field(default=1, ge=1, description="objects in the region that make an alert")
-    cooldown_sec: float = Field(default=10.0, ge=0.0)
-
-    @field_validator("task_type", mode="before")
-    @classmethod
-    def _task_type(cls, value: object) -> TaskType:
-        return parse_task_type(value)
-
-    @field_validator("id")
-    @classmethod
-    def _safe_id(cls, value: str) -> str:
-        if not _SAFE_ID.match(value) or value in {".", ".."}:
-            raise ValueError("must be 1-64 letters, digits, '_', '-' or '.' (it becomes part of object keys)")
-        return value
-
-    @field_validator("region")
-    @classmethod
-    def _normalised(cls, value: list[tuple[float, float]] | None) -> list[tuple[float, float]] | None:
-        if value is None:
-            return None
-        if len(value) < 3:
-            raise ValueError("a region needs at least 3 points")
-        if any(not (0.0 <= c <= 1.0) for point in value for c in point):
-            raise ValueError("region coordinates are normalised and must lie in 0..1")
-        return value
-
-    @model_validator(mode="after")
-    def _default_output_path(self) -> CameraTask:
-        if self.output_path is None:
-            object.__setattr__(self, "output_path", self.id)
-        elif not _SAFE_ID.match(self.output_path):
-            raise ValueError(f"output_path {self.output_path!r} must be a single safe path segment")
-        return self
 
 
 class FrameExtractorSettings(Section):
@@ -341,18 +244,28 @@ def _ignored_keys(raw: dict[str, Any]) -> list[str]:
     return notes
 
 
-def _describe(error: ValidationError) -> str:
+def _describe(error: ValidationError, raw: dict[str, Any]) -> str:
+    """One line per problem, naming the key; a list item with an `id` (a task, a service) is named by it too."""
     lines = []
     for problem in error.errors():
         parts: list[str] = []
+        node: Any = raw
         for loc in problem["loc"]:
+            node = node[loc] if _has(node, loc) else None
             if isinstance(loc, int):
-                parts[-1] = f"{parts[-1]}[{loc}]"
+                named = f" (id {node['id']!r})" if isinstance(node, dict) and "id" in node else ""
+                parts[-1] = f"{parts[-1]}[{loc}]{named}"
             else:
                 parts.append(str(loc))
         key = ".".join(parts) or "(top level)"
-        lines.append(f"{key}: {problem['msg']}")
+        lines.append(f"{key}: {problem['msg'].removeprefix('Value error, ')}")
     return "; ".join(lines)
+
+
+def _has(node: Any, loc: str | int) -> bool:
+    if isinstance(node, dict):
+        return loc in node
+    return isinstance(node, list) and isinstance(loc, int) and 0 <= loc < len(node)
 
 
 def load_config(path: str | Path | None, environ: dict[str, str] | None = None) -> tuple[Config, list[str]]:
@@ -373,7 +286,7 @@ def load_config(path: str | Path | None, environ: dict[str, str] | None = None) 
     try:
         return Config.model_validate(raw), ignored
     except ValidationError as error:
-        raise ConfigError(f"{source}: {_describe(error)}") from None
+        raise ConfigError(f"{source}: {_describe(error, raw)}") from None
 
 
 _URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")

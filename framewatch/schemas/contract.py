@@ -15,8 +15,8 @@ from enum import IntEnum
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from framewatch.schemas.config import TaskType
 from framewatch.schemas.events import Detection
+from framewatch.schemas.tasks import TaskType
 
 INFER_PATH = "/v1/infer"
 HEALTH_PATH = "/healthz"

@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Literal, Self, TypeVar
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from framewatch.schemas.config import CameraTask, TaskType
+from framewatch.schemas.tasks import CameraTask, TaskType
 
 SCHEMA_VERSION: Literal[1] = 1
 ID_NAMESPACE = uuid.UUID("6f1c0e62-4c55-4d0e-9a57-1f1f3e0f7a11")
@@ -137,6 +137,26 @@ class AlertEvent(Event):
         return stable_id("alert", frame_id, rule)
 
 
+class CountWindow(Event):
+    """A closed minute of a counting task, on the stream's own clock: people in the region, line crossings."""
+
+    kind = "count_window"
+    task_id: str
+    camera_id: str
+    task_type: TaskType
+    window_start: int = Field(description="ms since the epoch, a whole minute")
+    window_sec: int = 60
+    samples: int = Field(ge=0, description="frames evaluated in the minute")
+    people_max: int = Field(ge=0)
+    people_mean: float = Field(ge=0)
+    crossed_in: int = Field(ge=0)
+    crossed_out: int = Field(ge=0)
+
+    @property
+    def event_id(self) -> str:
+        return stable_id("count", self.task_id, str(self.window_start))
+
+
 class Outcome(StrEnum):
     ALERT = "alert"
     NO_ALERT = "no_alert"
@@ -232,7 +252,7 @@ class DeadLetter(Event):
 
 
 ALL_EVENTS: tuple[type[Event], ...] = (FrameEvent, DetectionEvent, AlertEvent, FrameOutcome, ServiceHeartbeat,
-                                       TaskEvent, RetentionEvent, AlertStored, AlertPublished, DeadLetter)
+                                       TaskEvent, RetentionEvent, AlertStored, AlertPublished, CountWindow, DeadLetter)
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:

@@ -25,12 +25,13 @@ ALERTS_STORED = TopicSpec("fw.alerts-stored", events.AlertStored, "camera_id", r
 FRAME_OUTCOMES = TopicSpec("fw.frame-outcomes", events.FrameOutcome, "camera_id", retention_ms=6 * HOUR_MS)
 RETENTION = TopicSpec("fw.retention", events.RetentionEvent, "task_id", retention_ms=7 * 24 * HOUR_MS)
 PUBLISHED = TopicSpec("fw.published", events.AlertPublished, "alert_id", retention_ms=24 * HOUR_MS)
+COUNTS = TopicSpec("fw.counts", events.CountWindow, "task_id", retention_ms=7 * 24 * HOUR_MS)
 SERVICES = TopicSpec("fw.services", events.ServiceHeartbeat, "service_id", compacted=True)
 TASKS = TopicSpec("fw.tasks", events.TaskEvent, "task_id", compacted=True)
 DEAD_LETTERS = TopicSpec("fw.dead-letters", events.DeadLetter, "topic", retention_ms=30 * 24 * HOUR_MS)
 
-ALL_TOPICS = (FRAMES, DETECTIONS, ALERTS, ALERTS_STORED, PUBLISHED, FRAME_OUTCOMES, RETENTION, SERVICES, TASKS,
-              DEAD_LETTERS)
+ALL_TOPICS = (FRAMES, DETECTIONS, ALERTS, ALERTS_STORED, PUBLISHED, FRAME_OUTCOMES, RETENTION, COUNTS, SERVICES,
+              TASKS, DEAD_LETTERS)
 
 
 def by_name(name: str) -> TopicSpec | None:

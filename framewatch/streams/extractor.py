@@ -15,8 +15,9 @@ from datetime import UTC, datetime
 import cv2
 from prometheus_client import Counter, Gauge, Histogram
 
-from framewatch.schemas.config import CameraTask, Config, mask_url
+from framewatch.schemas.config import Config, mask_url
 from framewatch.schemas.events import FrameEvent, now_ms
+from framewatch.schemas.tasks import CameraTask
 from framewatch.schemas.topics import FRAMES
 from framewatch.streams.bus import EventProducer, ensure_topics
 from framewatch.streams.objectstore import ObjectStore, StoreError

@@ -1,0 +1,87 @@
+"""What a camera's rule remembers between frames: one `RuleState` per task, stored as bytes in a Faust table whose
+changelog lets a restarted worker carry on where the last one stopped."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from pydantic import BaseModel
+
+from framewatch.schemas.geometry import Box, Point
+
+SEEN_FRAMES = 64  # capture times remembered to recognise a replayed frame
+
+
+class Track(BaseModel):
+    """One object followed across frames, with the memory each rule keeps about it."""
+
+    id: str
+    label: str
+    box: Box
+    score: float
+    first_seen: int
+    last_seen: int
+    hits: int = 1
+    velocity: Point = (0.0, 0.0)  # of the box centre, normalised units per second
+    side: int = 0  # line_crossing: -1 left of the line, 1 right, 0 not yet known
+    side_point: Point | None = None  # where the side was last decided
+    inside_since: int | None = None  # loitering: entered the region at
+    outside_since: int | None = None  # loitering: stepped out at (a short step out keeps the dwell)
+    upright_seen: bool = False  # person_fall: stood up at some point
+    lying_since: int | None = None
+    anchor: Point | None = None  # object_left: where it has stood still since `still_since`
+    still_since: int | None = None
+
+    def foot(self) -> Point:
+        x1, _, x2, y2 = self.box
+        return (x1 + x2) / 2, y2
+
+
+
+class Incident(BaseModel):
+    opened_at: int
+    last_true_at: int
+    alerted: bool = False
+
+
+class Window(BaseModel):
+    """The counts of the minute now open, on the stream's own clock."""
+
+    start: int
+    samples: int = 0
+    people_sum: int = 0
+    people_max: int = 0
+    crossed_in: int = 0
+    crossed_out: int = 0
+
+
+class Output(BaseModel):
+    """A record a frame sent (an alert, a closed window), kept to be sent again if that frame is replayed."""
+
+    captured_at: int
+    topic: str
+    record: dict[str, Any]
+
+
+class RuleState(BaseModel):
+    tracks: list[Track] = []
+    next_track: int = 1
+    incidents: dict[str, Incident] = {}
+    last_alert: dict[str, int] = {}  # incident key -> capture time of its last alert: the cooldown
+    seen: list[int] = []  # capture times of the latest frames, oldest first
+    outputs: list[Output] = []
+    window: Window | None = None
+    present_at: int | None = None  # off_post: the last frame with someone at the post
+    streak: int = 0  # smoking: frames in a row with the label
+
+    @classmethod
+    def from_bytes(cls, raw: bytes | None) -> RuleState:
+        return cls() if raw is None else cls.model_validate(orjson.loads(raw))
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(self.model_dump(mode="json", exclude_defaults=True))
+
+    def remember(self, captured_at: int) -> None:
+        self.seen = [*self.seen[-(SEEN_FRAMES - 1):], captured_at]
+        self.outputs = [o for o in self.outputs if o.captured_at >= self.seen[0]]
