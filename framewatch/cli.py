@@ -86,7 +86,8 @@ def cmd_detector(args: argparse.Namespace) -> int:
     asyncio.run(ensure_topics(config))
     service_id = args.service_id or f"hog-{socket.gethostname()}-{args.port}"
     serve(DetectorSettings(service_id=service_id, host=config.framewatch.bind_host, port=args.port,
-                           capacity=args.capacity or os.cpu_count() or 1, advertise_url=args.advertise_url), config)
+                           capacity=args.capacity or os.cpu_count() or 1, advertise_url=args.advertise_url,
+                           upscale=args.upscale), config)
     return 0
 
 
@@ -211,6 +212,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--service-id")
     p.add_argument("--capacity", type=int, help="concurrent frames (default: CPU cores)")
     p.add_argument("--advertise-url", help="the URL workers reach this service at (default: http://HOST:PORT)")
+    p.add_argument("--upscale", type=float, default=1.0,
+                   help="enlarge frames first, to find people under 128 pixels tall (costs about upscale² the time)")
     p.set_defaults(func=cmd_detector)
 
     p = with_config(sub.add_parser("fake-detector", help="run misbehaving algorithm services (tests, benchmarks)"))

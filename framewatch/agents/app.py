@@ -44,9 +44,7 @@ class Topology:
         self.counts = self._topic(topics.COUNTS)
         self.dead_letters = self._topic(topics.DEAD_LETTERS)
         # task id (bytes) -> RuleState as bytes: tracks, incidents, cooldowns, the open count window (rules/state.py)
-        self.rule_state = app.Table("rule-state", partitions=self.partitions,
-                                    schema=faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw",
-                                                        value_serializer="raw"))
+        self.rule_state = app.Table("rule-state", key_type=bytes, value_type=bytes, partitions=self.partitions)
 
     def _topic(self, spec: TopicSpec) -> faust.TopicT:
         return self.app.topic(self.config.topic(spec.name), key_type=bytes, value_type=bytes, key_serializer="raw",

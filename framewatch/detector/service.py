@@ -50,6 +50,7 @@ class DetectorSettings:
     port: int = 8500
     capacity: int = os.cpu_count() or 1
     advertise_url: str | None = None
+    upscale: float = 1.0
 
     @property
     def endpoint(self) -> str:
@@ -60,7 +61,7 @@ class DetectorService:
     def __init__(self, settings: DetectorSettings, config: Config) -> None:
         self.settings = settings
         self.config = config
-        self.detector = HogPeopleDetector()
+        self.detector = HogPeopleDetector(upscale=settings.upscale)
         self.pool = ThreadPoolExecutor(max_workers=settings.capacity, thread_name_prefix="hog")
         self.images: httpx.AsyncClient | None = None
         self.announcer: Announcer | None = None

@@ -66,7 +66,6 @@ def people_count(scene: Scene) -> list[Finding]:
     present = [t for t in scene.tracks if scene.in_region(t.foot())]
     if scene.state.window is not None:
         window = scene.state.window
-        window.samples += 1
         window.people_sum += len(present)
         window.people_max = max(window.people_max, len(present))
     if len(present) < scene.task.alert_threshold:

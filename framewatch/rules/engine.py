@@ -116,11 +116,13 @@ def _roll_window(task: CameraTask, state: RuleState, frame: FrameEvent) -> list[
         return []
     start = frame.captured_at // MINUTE_MS * MINUTE_MS
     closed = []
-    if (window := state.window) is not None and window.start != start:
+    window = state.window
+    if window is not None and window.start != start:
         closed.append(CountWindow(task_id=frame.task_id, camera_id=frame.camera_id, task_type=task.task_type,
                                   window_start=window.start, samples=window.samples, people_max=window.people_max,
                                   people_mean=round(window.people_sum / max(window.samples, 1), 3),
                                   crossed_in=window.crossed_in, crossed_out=window.crossed_out))
-    if closed or window is None:
-        state.window = Window(start=start)
+    if window is None or closed:
+        window = state.window = Window(start=start)
+    window.samples += 1
     return closed
