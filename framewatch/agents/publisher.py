@@ -10,6 +10,7 @@ exactly-once mode would switch the whole worker to transactions.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import time
@@ -61,10 +62,12 @@ class _Reload(ConsumerRebalanceListener):
         self.publisher = publisher
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        pass
+        self.publisher.remembered.clear()
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self.publisher.remembered.clear()
         await self.publisher.remember_published()  # another worker may have published for these partitions
+        self.publisher.remembered.set()
 
 
 class AlertPublisher(Service):
@@ -77,6 +80,9 @@ class AlertPublisher(Service):
         self.source = config.topic(ALERTS_STORED.name)
         self.markers = config.topic(PUBLISHED.name)
         self.published: dict[str, int] = {}
+        # set once `published` holds what fw.published says for the current assignment: aiokafka may hand out
+        # records of new partitions while the assignment listener is still reading the markers
+        self.remembered = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
 
@@ -145,6 +151,7 @@ class AlertPublisher(Service):
             batches = await self.consumer.getmany(timeout_ms=500, max_records=500)
             if not batches:
                 continue
+            await self.remembered.wait()
             try:
                 fresh = await self._publish_batch(batches)
             except KafkaError as error:
