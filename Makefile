@@ -31,6 +31,7 @@ test: stack browser
 bench: stack
 	$(BIN)/python bench/inference.py
 	$(BIN)/python bench/sink.py
+	$(BIN)/python bench/rules.py
 
 typecheck: install
 	$(BIN)/mypy framewatch tests bench

@@ -66,9 +66,10 @@ def test_every_frame_of_the_clip_reaches_an_outcome(finished_run: tuple[Pipeline
 
 def test_alerts_are_stored_moved_and_published_once(finished_run: tuple[PipelineRun, RunSummary]) -> None:
     _, summary = finished_run
-    # people walk through the lower half for the whole clip; a 4 s cooldown allows one alert every 4 s at most
-    assert 2 <= len(summary.stored_alert_ids) <= 5
-    assert summary.frame_outcomes["alert"] == len(summary.stored_alert_ids)
+    # people walk through the lower half for the whole clip: one alert per person and incident, so a frame where
+    # several enter raises several (the clip is read as fast as possible: most frames are superseded, few evaluated)
+    alerting_frames = summary.frame_outcomes["alert"]
+    assert 1 <= alerting_frames <= len(summary.stored_alert_ids) <= 6 * alerting_frames
     assert all(summary.alert_images.values()), summary.alert_images
     counts = Counter(summary.published_alert_ids)
     assert set(counts) == set(summary.stored_alert_ids) and set(counts.values()) == {1}

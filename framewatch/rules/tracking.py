@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from framewatch.rules.state import RuleState, Track
 from framewatch.schemas.events import Detection
-from framewatch.schemas.geometry import Box, centre, distance, iou
+from framewatch.schemas.geometry import Box, centre, distance, iou, overlaps
 
 MIN_IOU = 0.2
 MAX_JUMP = 1.0  # in box sizes: how far a centre may move between matched frames when boxes do not overlap
@@ -24,17 +24,16 @@ def predicted(track: Track, now: int) -> Box:
     return x1 + dx, y1 + dy, x2 + dx, y2 + dy
 
 
-def affinity(track: Track, detection: Detection, now: int) -> float:
-    """> 0 when the detection may continue the track; higher is a better match."""
-    if track.label != detection.label:
+def affinity(label: str, guess: Box, detection: Detection) -> float:
+    """> 0 when the detection may continue a track of `label` now at `guess`; higher is a better match."""
+    if label != detection.label:
         return 0.0
-    guess = predicted(track, now)
-    overlap = iou(guess, detection.box)
-    if overlap >= MIN_IOU:
+    box = detection.box
+    if overlaps(guess, box) and (overlap := iou(guess, box)) >= MIN_IOU:
         return overlap
-    size = max(guess[2] - guess[0], guess[3] - guess[1])
-    gap = distance(centre(guess), centre(detection.box))
-    return 0.0 if gap > MAX_JUMP * size else MIN_IOU * (1 - gap / (MAX_JUMP * size)) * 0.5
+    reach = MAX_JUMP * max(guess[2] - guess[0], guess[3] - guess[1])
+    gap = distance(centre(guess), centre(box))
+    return 0.0 if gap > reach else MIN_IOU * (1 - gap / reach) * 0.5
 
 
 def follow(track: Track, detection: Detection, now: int) -> None:
@@ -62,13 +61,12 @@ def update_tracks(state: RuleState, detections: list[Detection], now: int, gap_m
         else:
             current.append(_new(tracks, f"d{detection.track_id}", detection, now))
     candidates = [t for t in tracks if t.last_seen < now]
-    pairs = sorted(((affinity(t, d, now), ti, di) for ti, t in enumerate(candidates) for di, d in enumerate(unmatched)),
-                   reverse=True)
+    guesses = [predicted(t, now) for t in candidates]
+    pairs = sorted(((score, ti, di) for ti, (t, guess) in enumerate(zip(candidates, guesses))
+                    for di, d in enumerate(unmatched) if (score := affinity(t.label, guess, d)) > 0), reverse=True)
     taken_tracks: set[int] = set()
     taken_detections: set[int] = set()
-    for score, ti, di in pairs:
-        if score <= 0:
-            break
+    for _, ti, di in pairs:
         if ti in taken_tracks or di in taken_detections:
             continue
         taken_tracks.add(ti)
