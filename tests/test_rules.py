@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from framewatch.rules.engine import Evaluation, Status, alert_image_key, evaluate
-from framewatch.rules.state import RuleState
+from framewatch.rules.state import RuleState, StateUnreadable
 from framewatch.schemas.events import AlertEvent, Detection, DetectionEvent, FrameEvent
 from framewatch.schemas.geometry import inside, self_crossing
 from framewatch.schemas.tasks import CameraTask, TaskType
@@ -266,6 +268,12 @@ def test_a_replayed_frame_sends_again_what_it_sent_and_changes_nothing() -> None
     replay = cam.see(0, person(0.5, 0.8))
     assert replay.status is Status.REPLAYED and replay.alerts == raised.alerts
     assert cam.see(1, person(0.5, 0.8)).alerts == [] and cam.state.to_bytes() == before
+
+
+@pytest.mark.parametrize("raw,named", [(b"\x00garbage", "not JSON"), (b'{"tracks": [{"id": 1}]}', "tracks.0.label")])
+def test_an_unreadable_state_says_what_is_wrong(raw: bytes, named: str) -> None:
+    with pytest.raises(StateUnreadable, match=named):
+        RuleState.from_bytes(raw)
 
 
 def test_a_late_frame_is_skipped() -> None:

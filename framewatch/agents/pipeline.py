@@ -26,7 +26,7 @@ from framewatch.agents.retention import Retention
 from framewatch.agents.sink import AlertSink
 from framewatch.agents.web import attach_web
 from framewatch.rules.engine import Status, evaluate
-from framewatch.rules.state import RuleState
+from framewatch.rules.state import RuleState, StateUnreadable
 from framewatch.schemas.config import Config
 from framewatch.schemas.events import (
     AlertEvent,
@@ -48,6 +48,7 @@ FRAMES_EVALUATED = Counter("framewatch_rules_frames_total", "Frames seen by the 
 EVALUATION_SECONDS = Histogram("framewatch_rules_evaluation_seconds", "Rule evaluation time per frame", ["task_type"],
                                buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1))
 ACTIVE_TRACKS = Gauge("framewatch_rules_active_tracks", "Tracks followed per camera", ["camera"])
+STATES_RESET = Counter("framewatch_rules_states_reset_total", "Rule states found unreadable and started afresh")
 OPEN_INCIDENTS = Gauge("framewatch_rules_open_incidents", "Incidents open per camera", ["camera"])
 
 COUNTS_BATCH = 100
@@ -101,6 +102,14 @@ def build_worker(config: Config) -> tuple[faust.App, Topology, Resources]:
         ALERTS_RAISED.labels(alert.frame.task_type.value, alert.rule).inc()
         return reason
 
+    def restore(task_id: str, raw: bytes | None) -> RuleState:
+        try:
+            return RuleState.from_bytes(raw)
+        except StateUnreadable as error:
+            log.error("task %s: its rule state is unreadable (%s); it starts afresh", task_id, error)
+            STATES_RESET.inc()
+            return RuleState()
+
     async def unknown_task(frame: FrameEvent) -> None:
         log.error("frame %s of task %s: the task is not in this worker's config; no rule evaluated",
                   frame.frame_id, frame.task_id)
@@ -120,7 +129,7 @@ def build_worker(config: Config) -> tuple[faust.App, Topology, Resources]:
                 await unknown_task(frame)
                 continue
             key = frame.task_id.encode()
-            state = RuleState.from_bytes(topology.rule_state.get(key))
+            state = restore(frame.task_id, topology.rule_state.get(key))
             with EVALUATION_SECONDS.labels(frame.task_type.value).time():
                 result = evaluate(task, state, event, settings.alert_base_path)
             reasons = [await raise_alert(alert) for alert in result.alerts]

@@ -6,11 +6,15 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from framewatch.schemas.geometry import Box, Point
 
 SEEN_FRAMES = 64  # capture times remembered to recognise a replayed frame
+
+
+class StateUnreadable(ValueError):
+    """A stored rule state that does not decode (corrupt, or written by an incompatible version)."""
 
 
 class Track(BaseModel):
@@ -77,7 +81,15 @@ class RuleState(BaseModel):
 
     @classmethod
     def from_bytes(cls, raw: bytes | None) -> RuleState:
-        return cls() if raw is None else cls.model_validate(orjson.loads(raw))
+        if raw is None:
+            return cls()
+        try:
+            return cls.model_validate(orjson.loads(raw))
+        except orjson.JSONDecodeError as error:
+            raise StateUnreadable(f"not JSON: {error}") from None
+        except ValidationError as error:
+            raise StateUnreadable("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                                            for e in error.errors())) from None
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(self.model_dump(mode="json", exclude_defaults=True))
