@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install stack browser demo test bench typecheck down clean
+.PHONY: install stack browser testdata demo test bench typecheck down clean
 
 install: $(STAMP)
 
@@ -25,8 +25,21 @@ browser:
 	@command -v chromium >/dev/null || $(SUDO) apt-get install -y chromium || \
 		{ $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; }
 
-test: stack browser
-	$(BIN)/python -m pytest -q
+# the rules' end-to-end tests play OpenCV's vtest.avi: the copy beside the checkout when there is one, else
+# the one in Debian's opencv-doc package (downloaded, not installed; the same file)
+VTEST := $(or $(FRAMEWATCH_HOME),$(HOME)/.cache/framewatch)/cache/vtest.avi
+testdata: $(VTEST)
+
+$(VTEST):
+	@mkdir -p $(dir $@)
+	@if [ -f ../shared/data/vtest.avi ]; then cp ../shared/data/vtest.avi $@.part; else \
+		tmp=$$(mktemp -d) && (cd $$tmp && apt-get download opencv-doc) && \
+		dpkg-deb --fsys-tarfile $$tmp/opencv-doc_*.deb | \
+		tar -xO ./usr/share/doc/opencv-doc/examples/data/vtest.avi > $@.part && rm -rf $$tmp; fi
+	@mv $@.part $@
+
+test: stack browser testdata
+	FRAMEWATCH_TEST_VIDEO=$(VTEST) $(BIN)/python -m pytest -q
 
 bench: stack
 	$(BIN)/python bench/inference.py

@@ -40,7 +40,7 @@ from framewatch.schemas.topics import FRAME_OUTCOMES
 from framewatch.streams.bus import ensure_topics
 from tests.conftest import ROOT, free_port, write_config
 
-VTEST = ROOT.parent / "shared" / "data" / "vtest.avi"
+VTEST = Path(os.environ.get("FRAMEWATCH_TEST_VIDEO", ROOT.parent / "shared" / "data" / "vtest.avi"))
 
 LINE = """
 task_type = "绊线人数统计"
@@ -74,6 +74,7 @@ class ClipRun:
 
 def run_clip(folder: Path, stack_env: dict[str, str], settings: str) -> ClipRun:
     """The whole clip through one task, paced like a camera, sampled every 300 ms."""
+    assert VTEST.is_file(), f"{VTEST} is missing: `make testdata` fetches it (FRAMEWATCH_TEST_VIDEO names another)"
     namespace = "t" + uuid.uuid4().hex[:10]
     env = {**os.environ, **stack_env, "FRAMEWATCH_NAMESPACE": namespace, "FRAMEWATCH_MINIO_BUCKET": f"fw-{namespace}",
            "FRAMEWATCH_MQ_TOPIC": f"{namespace}.easyai.alerts", "FRAMEWATCH_WORKER_PORT": str(free_port())}
