@@ -25,7 +25,7 @@ from framewatch.agents.relocation import IMAGE_NOT_COPIED, Relocator
 from framewatch.agents.retention import Retention
 from framewatch.agents.sink import AlertSink
 from framewatch.agents.web import attach_web
-from framewatch.rules.engine import Status, evaluate
+from framewatch.rules.engine import Evaluation, Status, evaluate
 from framewatch.rules.state import RuleState, StateUnreadable
 from framewatch.schemas.config import Config
 from framewatch.schemas.events import (
@@ -55,6 +55,15 @@ COUNTS_BATCH = 100
 
 RETENTION_BATCH = 500
 RETENTION_WITHIN_S = 0.25
+
+
+def outcome_of(frame: FrameEvent, result: Evaluation, relocation_reasons: list[str]) -> FrameOutcome:
+    """`alert` (with `image_not_copied` when an alert image could not be copied) or `no_alert` (with `late` or
+    `replayed` when the frame was not evaluated)."""
+    if result.alerts:
+        return FrameOutcome(frame=frame, outcome=Outcome.ALERT, reason=next(filter(None, relocation_reasons), ""))
+    reason = "" if result.status is Status.EVALUATED else result.status.value
+    return FrameOutcome(frame=frame, outcome=Outcome.NO_ALERT, reason=reason)
 
 
 def build_worker(config: Config) -> tuple[faust.App, Topology, Resources]:
@@ -110,9 +119,13 @@ def build_worker(config: Config) -> tuple[faust.App, Topology, Resources]:
             STATES_RESET.inc()
             return RuleState()
 
+    unknown_tasks: set[str] = set()
+
     async def unknown_task(frame: FrameEvent) -> None:
-        log.error("frame %s of task %s: the task is not in this worker's config; no rule evaluated",
-                  frame.frame_id, frame.task_id)
+        if frame.task_id not in unknown_tasks:  # once per task: a camera sends several frames a second
+            unknown_tasks.add(frame.task_id)
+            log.error("task %s is not in this worker's config: its frames end without a rule evaluated",
+                      frame.task_id)
         FRAMES_EVALUATED.labels("unknown_task").inc()
         outcome = FrameOutcome(frame=frame, outcome=Outcome.NO_ALERT, reason="unknown_task")
         await topology.send(topology.frame_outcomes, outcome, key=frame.camera_id)
@@ -139,13 +152,8 @@ def build_worker(config: Config) -> tuple[faust.App, Topology, Resources]:
                 topology.rule_state[key] = state.to_bytes()
                 ACTIVE_TRACKS.labels(frame.camera_id).set(len(state.tracks))
                 OPEN_INCIDENTS.labels(frame.camera_id).set(len(state.incidents))
-            if result.alerts:
-                outcome = FrameOutcome(frame=frame, outcome=Outcome.ALERT, reason=next(filter(None, reasons), ""))
-            else:
-                reason = "" if result.status is Status.EVALUATED else result.status.value
-                outcome = FrameOutcome(frame=frame, outcome=Outcome.NO_ALERT, reason=reason)
             FRAMES_EVALUATED.labels(result.status.value).inc()
-            await topology.send(topology.frame_outcomes, outcome, key=frame.camera_id)
+            await topology.send(topology.frame_outcomes, outcome_of(frame, result, reasons), key=frame.camera_id)
 
     @app.agent(topology.alerts)
     async def store(stream: faust.StreamT[bytes]) -> None:
