@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ import orjson
 import pytest
 
 from framewatch.ops.demo import PipelineRun
+from framewatch.ops.load import namespaced_env
 from framewatch.ops.topics import read_records
 from framewatch.schemas.events import FrameOutcome, Outcome
 from framewatch.schemas.topics import FRAME_OUTCOMES
@@ -75,9 +75,8 @@ class ClipRun:
 def run_clip(folder: Path, stack_env: dict[str, str], settings: str) -> ClipRun:
     """The whole clip through one task, paced like a camera, sampled every 300 ms."""
     assert VTEST.is_file(), f"{VTEST} is missing: `make testdata` fetches it (FRAMEWATCH_TEST_VIDEO names another)"
-    namespace = "t" + uuid.uuid4().hex[:10]
-    env = {**os.environ, **stack_env, "FRAMEWATCH_NAMESPACE": namespace, "FRAMEWATCH_MINIO_BUCKET": f"fw-{namespace}",
-           "FRAMEWATCH_MQ_TOPIC": f"{namespace}.easyai.alerts", "FRAMEWATCH_WORKER_PORT": str(free_port())}
+    env = namespaced_env(stack_env)
+    namespace = env["FRAMEWATCH_NAMESPACE"]
     body = (f'[[frame_extractor.tasks]]\nid = "{namespace}"\nrtsp_url = "{VTEST}"\ninterval_ms = 300\n{settings}\n'
             "[ai_analysis]\nalert_batch_interval_sec = 0.5\n")
     detector = ["detector", "--port", str(free_port()), "--capacity", "2", "--upscale", "1.4"]

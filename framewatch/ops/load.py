@@ -190,15 +190,19 @@ class Fleet:
         return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) / 1024
 
 
+def namespaced_env(stack_env: dict[str, str], **extra: str) -> dict[str, str]:
+    """The stack's addresses, plus a namespace, bucket, alert topic and worker port of a run's own."""
+    namespace = "t" + uuid.uuid4().hex[:10]
+    return {**os.environ, **stack_env, "FRAMEWATCH_NAMESPACE": namespace, "FRAMEWATCH_MINIO_BUCKET": f"fw-{namespace}",
+            "FRAMEWATCH_MQ_TOPIC": f"{namespace}.easyai.alerts", "FRAMEWATCH_WORKER_PORT": str(free_port()), **extra}
+
+
 @contextmanager
 def start_fleet(folder: Path, stack_env: dict[str, str], instances: int, config: str = "",
                 latency_ms: float = 140.0, people: int = 0,
                 extra_env: dict[str, str] | None = None) -> Iterator[Fleet]:
     """A worker in a namespace of its own, and `instances` misbehaving services answering in `latency_ms`."""
-    namespace = "t" + uuid.uuid4().hex[:10]
-    env = {**os.environ, **stack_env, "FRAMEWATCH_NAMESPACE": namespace, "FRAMEWATCH_MINIO_BUCKET": f"fw-{namespace}",
-           "FRAMEWATCH_MQ_TOPIC": f"{namespace}.easyai.alerts", "FRAMEWATCH_WORKER_PORT": str(free_port()),
-           **(extra_env or {})}
+    env = namespaced_env(stack_env, **(extra_env or {}))
     port = free_ports(instances)
     folder.mkdir(parents=True, exist_ok=True)
     config_path = folder / "fleet.toml"

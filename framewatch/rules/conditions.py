@@ -48,6 +48,9 @@ class Scene:
     def in_region(self, point: Point) -> bool:
         return self.task.region is None or inside(point, self.task.region)
 
+    def tracks_in_region(self) -> list[Track]:
+        return [t for t in self.tracks if self.in_region(t.foot())]
+
     def sec(self, since: int | None) -> float:
         return 0.0 if since is None else round((self.now - since) / 1000, 3)
 
@@ -63,7 +66,7 @@ def described(track: Track) -> dict[str, Any]:
 
 
 def people_count(scene: Scene) -> list[Finding]:
-    present = [t for t in scene.tracks if scene.in_region(t.foot())]
+    present = scene.tracks_in_region()
     if scene.state.window is not None:
         window = scene.state.window
         window.people_sum += len(present)
@@ -121,7 +124,7 @@ def person_fall(scene: Scene) -> list[Finding]:
 
 def off_post(scene: Scene) -> list[Finding]:
     state = scene.state
-    present = [t for t in scene.tracks if scene.in_region(t.foot())]
+    present = scene.tracks_in_region()
     if present or state.present_at is None:
         state.present_at = scene.now
     if scene.now - state.present_at < scene.task.absence_sec * 1000:
@@ -130,7 +133,7 @@ def off_post(scene: Scene) -> list[Finding]:
 
 
 def smoking(scene: Scene) -> list[Finding]:
-    seen = [t for t in scene.tracks if scene.in_region(t.foot())]
+    seen = scene.tracks_in_region()
     scene.state.streak = scene.state.streak + 1 if seen else 0
     if scene.state.streak < scene.task.consecutive_frames:
         return []
@@ -138,7 +141,7 @@ def smoking(scene: Scene) -> list[Finding]:
 
 
 def area_intrusion(scene: Scene) -> list[Finding]:
-    return [Finding(t.id, described(t)) for t in scene.tracks if scene.in_region(t.foot())]
+    return [Finding(t.id, described(t)) for t in scene.tracks_in_region()]
 
 
 def loitering(scene: Scene) -> list[Finding]:

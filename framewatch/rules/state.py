@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from framewatch.schemas.geometry import Box, Point
+from framewatch.schemas.geometry import Box, Point, foot
 
 SEEN_FRAMES = 64  # capture times remembered to recognise a replayed frame
 
@@ -38,8 +38,7 @@ class Track(BaseModel):
     still_since: int | None = None
 
     def foot(self) -> Point:
-        x1, _, x2, y2 = self.box
-        return (x1 + x2) / 2, y2
+        return foot(self.box)
 
 
 

@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Literal, Self, TypeVar
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from framewatch.schemas.geometry import Point, foot
 from framewatch.schemas.tasks import CameraTask, TaskType
 
 SCHEMA_VERSION: Literal[1] = 1
@@ -99,10 +100,8 @@ class Detection(BaseModel):
     track_id: str | None = None
     attributes: dict[str, Any] = {}
 
-    def foot(self) -> tuple[float, float]:
-        """Where a standing person touches the ground: the bottom centre of the box."""
-        x1, _, x2, y2 = self.box
-        return (x1 + x2) / 2, y2
+    def foot(self) -> Point:
+        return foot(self.box)
 
 
 class DetectionEvent(Event):

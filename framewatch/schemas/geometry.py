@@ -43,6 +43,11 @@ def self_crossing(polygon: list[Point]) -> tuple[int, int] | None:
     return None
 
 
+def foot(box: Box) -> Point:
+    """Where a standing person touches the ground: the bottom centre of the box."""
+    return (box[0] + box[2]) / 2, box[3]
+
+
 def area(box: Box) -> float:
     return max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
 
