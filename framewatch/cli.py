@@ -11,7 +11,7 @@ import socket
 import sys
 from pathlib import Path
 
-from framewatch.schemas.config import Config, ConfigError, load_config, masked
+from framewatch.schemas.config import Config, ConfigError, load_config, mask_url, masked
 
 log = logging.getLogger("framewatch")
 
@@ -65,17 +65,52 @@ def cmd_db_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
+    import uvloop
     from prometheus_client import start_http_server
 
-    from framewatch.streams.extractor import run_extractor
+    from framewatch.streams.extractor import run_extractor, serve_extractor
 
     config = _config(args)
     start_http_server(config.framewatch.extractor_metrics_port, addr=config.framewatch.bind_host)
-
-    report = asyncio.run(run_extractor(config))
+    if not args.once:
+        uvloop.run(serve_extractor(config))
+        return 0
+    report = uvloop.run(run_extractor(config))
     print(json.dumps({"frames_emitted": report.emitted, "cameras": [c.__dict__ for c in report.cameras]},
                      ensure_ascii=False))
     return 1 if report.failed else 0
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    from framewatch.ops import tasks
+
+    config = _config(args)
+    if args.action == "list":
+        print("\n".join(tasks.tasks_table(asyncio.run(tasks.current_tasks(config)))))
+        return 0
+    changes = dict(tasks.parse_setting(s) for s in args.set)
+    if args.action == "add":
+        for key, value in (("task_type", args.type), ("rtsp_url", args.url), ("interval_ms", args.interval_ms)):
+            if value is not None:
+                changes[key] = value
+        task = asyncio.run(tasks.add_task(config, {"id": args.task_id, **changes}))
+    elif args.action == "remove":
+        asyncio.run(tasks.remove_task(config, args.task_id))
+        print(f"task {args.task_id} removed")
+        return 0
+    else:
+        if args.action in ("disable", "enable"):
+            changes["enabled"] = args.action == "enable"
+        task = asyncio.run(tasks.update_task(config, args.task_id, changes))
+    print(json.dumps({**task.model_dump(mode="json"), "rtsp_url": mask_url(task.rtsp_url)}, ensure_ascii=False))
+    return 0
+
+
+def cmd_cameras(args: argparse.Namespace) -> int:
+    from framewatch.ops.tasks import camera_statuses, cameras_table
+
+    print("\n".join(cameras_table(asyncio.run(camera_statuses(_config(args))))))
+    return 0
 
 
 def cmd_detector(args: argparse.Namespace) -> int:
@@ -204,8 +239,23 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["migrate"])
     p.set_defaults(func=cmd_db_migrate)
 
-    p = with_config(sub.add_parser("extract", help="run the extractor over the config's camera tasks"))
+    p = with_config(sub.add_parser("extract", help="run the cameras of the fw.tasks partitions this extractor owns"))
+    p.add_argument("--once", action="store_true",
+                   help="run the config's own tasks to the end of their sources instead, without fw.tasks")
     p.set_defaults(func=cmd_extract)
+
+    p = with_config(sub.add_parser("tasks", help="camera tasks on fw.tasks, changed at run time"))
+    p.add_argument("action", choices=["list", "add", "update", "disable", "enable", "remove"])
+    p.add_argument("task_id", nargs="?")
+    p.add_argument("--type", help="add: the task type (区域入侵, area_intrusion, ...)")
+    p.add_argument("--url", help="add: the camera (rtsp://, rtmp://, http(s)://, or a file)")
+    p.add_argument("--interval-ms", type=int)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any task setting, the value in TOML (region=[[0,0],[1,0],[1,1]], change_gate=true)")
+    p.set_defaults(func=cmd_tasks)
+
+    p = with_config(sub.add_parser("cameras", help="every camera: state, rates, last frame, reconnects, last error"))
+    p.set_defaults(func=cmd_cameras)
 
     p = with_config(sub.add_parser("detector", help="run the reference HOG algorithm service"))
     p.add_argument("--port", type=int, default=8500)
@@ -261,6 +311,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command == "tasks" and args.action != "list" and not args.task_id:
+        parser().error(f"tasks {args.action} needs a task id")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiokafka").setLevel(logging.DEBUG if args.verbose else logging.ERROR)

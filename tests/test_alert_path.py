@@ -13,13 +13,13 @@ import httpx
 import orjson
 
 from framewatch.ops.load import FrameLoad, TopicFollower, start_fleet
-from framewatch.ops.topics import read_records
 from framewatch.schemas.config import Config
 from framewatch.schemas.events import AlertEvent, DeadLetter, now_ms
 from framewatch.schemas.topics import ALERTS, DEAD_LETTERS
 from framewatch.stack.base import StackHome
 from framewatch.stack.minio import Minio
 from framewatch.stack.postgres import Postgres
+from framewatch.streams.bus import read_records
 from framewatch.streams.objectstore import ObjectStore
 from tests.conftest import SAMPLE_JPEG
 

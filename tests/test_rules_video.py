@@ -34,10 +34,9 @@ import pytest
 
 from framewatch.ops.demo import PipelineRun
 from framewatch.ops.load import namespaced_env
-from framewatch.ops.topics import read_records
 from framewatch.schemas.events import FrameOutcome, Outcome
 from framewatch.schemas.topics import FRAME_OUTCOMES
-from framewatch.streams.bus import ensure_topics
+from framewatch.streams.bus import ensure_topics, read_records
 from tests.conftest import ROOT, free_port, write_config
 
 VTEST = Path(os.environ.get("FRAMEWATCH_TEST_VIDEO", ROOT.parent / "shared" / "data" / "vtest.avi"))

@@ -13,6 +13,7 @@ from typing import TypeVar
 import faust
 from mode import Service
 
+from framewatch.agents.catalog import TaskCatalog
 from framewatch.agents.database import AlertStore
 from framewatch.agents.inference import ServiceClient
 from framewatch.agents.registry import ServiceRegistry
@@ -42,6 +43,7 @@ class Topology:
         self.frame_outcomes = self._topic(topics.FRAME_OUTCOMES)
         self.retention = self._topic(topics.RETENTION)
         self.counts = self._topic(topics.COUNTS)
+        self.pressure = self._topic(topics.PRESSURE)
         self.dead_letters = self._topic(topics.DEAD_LETTERS)
         # task id (bytes) -> RuleState as bytes: tracks, incidents, cooldowns, the open count window (rules/state.py)
         self.rule_state = app.Table("rule-state", key_type=bytes, value_type=bytes, partitions=self.partitions)
@@ -77,6 +79,7 @@ class Resources(Service):
         self.store = ObjectStore(config.frame_extractor.minio)
         self.alerts = AlertStore(config.database.dsn.get_secret_value())
         self.registry = ServiceRegistry(config)
+        self.catalog = TaskCatalog(config)
         self.client = ServiceClient(config, self.store)
         self.scheduler = InferenceScheduler(config, self.registry, self.client)
 
@@ -84,18 +87,20 @@ class Resources(Service):
         await self.store.ensure_bucket()
         await self.alerts.connect()
         await self.registry.start()
+        await self.catalog.start()
         await self.scheduler.start()
 
     async def on_stop(self) -> None:
         await self.scheduler.stop()
+        await self.catalog.stop()
         await self.registry.stop()
         await self.client.close()
         await self.alerts.close()
 
     def task_settings(self, task_id: str) -> CameraTask | None:
-        """A task's rule settings, or None for a task this worker's config does not declare."""
+        """A task's rule settings as fw.tasks has them, else as this worker's config declares them, else None."""
         try:
-            return self.config.task(task_id)
+            return self.catalog.get(task_id) or self.config.task(task_id)
         except KeyError:
             return None
 

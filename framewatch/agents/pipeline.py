@@ -36,6 +36,7 @@ from framewatch.schemas.events import (
     DetectionEvent,
     FrameEvent,
     FrameOutcome,
+    InferencePressure,
     Outcome,
     now_ms,
 )
@@ -55,6 +56,7 @@ COUNTS_BATCH = 100
 
 RETENTION_BATCH = 500
 RETENTION_WITHIN_S = 0.25
+PRESSURE_PERIOD_S = 2.0
 
 
 def outcome_of(frame: FrameEvent, result: Evaluation, relocation_reasons: list[str]) -> FrameOutcome:
@@ -124,7 +126,7 @@ def build_worker(config: Config) -> tuple[faust.App, Topology, Resources]:
     async def unknown_task(frame: FrameEvent) -> None:
         if frame.task_id not in unknown_tasks:  # once per task: a camera sends several frames a second
             unknown_tasks.add(frame.task_id)
-            log.error("task %s is not in this worker's config: its frames end without a rule evaluated",
+            log.error("task %s is neither on fw.tasks nor in this worker's config: its frames end unevaluated",
                       frame.task_id)
         FRAMES_EVALUATED.labels("unknown_task").inc()
         outcome = FrameOutcome(frame=frame, outcome=Outcome.NO_ALERT, reason="unknown_task")
@@ -138,7 +140,7 @@ def build_worker(config: Config) -> tuple[faust.App, Topology, Resources]:
             if (event := await topology.decode(DetectionEvent, raw, topology.detections)) is None:
                 continue
             frame = event.frame
-            if (task := resources.task_settings(frame.task_id)) is None:
+            if (task := resources.task_settings(frame.task_id)) is None:  # not on fw.tasks, not in the config
                 await unknown_task(frame)
                 continue
             key = frame.task_id.encode()
@@ -185,6 +187,14 @@ def build_worker(config: Config) -> tuple[faust.App, Topology, Resources]:
     async def sweep() -> None:
         for deleted in await housekeeping.run():
             await topology.send(topology.retention, deleted, key=deleted.task_id)
+
+    @app.timer(PRESSURE_PERIOD_S)
+    async def report_pressure() -> None:
+        """Per task, what inference received and dropped: the extractor slows cameras whose frames are dropped."""
+        for task_id, seen in resources.scheduler.take_pressure().items():
+            report = InferencePressure(task_id=task_id, period_ms=int(PRESSURE_PERIOD_S * 1000),
+                                       received=seen.received, dropped=seen.dropped)
+            await topology.send(topology.pressure, report, key=task_id)
 
     @app.timer(RETENTION_WITHIN_S)
     async def delete_ended_frames() -> None:

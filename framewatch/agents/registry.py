@@ -11,7 +11,6 @@ import logging
 import time
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer
 from mode import Service
 from prometheus_client import Gauge
 
@@ -19,6 +18,7 @@ from framewatch.schemas.config import Config
 from framewatch.schemas.events import DecodeError, ServiceHeartbeat
 from framewatch.schemas.tasks import TaskType
 from framewatch.schemas.topics import SERVICES
+from framewatch.streams.bus import follow
 
 log = logging.getLogger("framewatch.registry")
 
@@ -41,28 +41,15 @@ class ServiceRegistry(Service):
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.config = config
         self._services: dict[str, RegisteredService] = {}
-        self._consumer: AIOKafkaConsumer | None = None
         for declared in config.ai_analysis.services:
             heartbeat = ServiceHeartbeat(service_id=declared.id, endpoint=declared.endpoint,
                                          task_types=declared.task_types, capacity=declared.capacity,
                                          max_batch=declared.max_batch, version="static")
             self._services[declared.id] = RegisteredService(heartbeat, time.monotonic(), static=True)
 
-    async def on_start(self) -> None:
-        topic = self.config.topic(SERVICES.name)
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=self.config.kafka_bootstrap, group_id=None,
-                                          enable_auto_commit=False, auto_offset_reset="earliest")
-        self._consumer.subscribe([topic])  # without a group: every partition, from the beginning
-        await self._consumer.start()
-
-    async def on_stop(self) -> None:
-        if self._consumer is not None:
-            await self._consumer.stop()
-
     @Service.task
     async def _follow(self) -> None:
-        assert self._consumer is not None
-        async for message in self._consumer:
+        async for message in follow(self.config, SERVICES):
             if message.value is None:
                 self._services.pop(message.key.decode() if message.key else "", None)
                 continue

@@ -81,6 +81,14 @@ class CameraSeen:
     last_captured_at: int = 0
 
 
+@dataclass
+class TaskPressure:
+    """Since the last report: frames of a task that arrived, and those dropped (superseded or stale)."""
+
+    received: int = 0
+    dropped: int = 0
+
+
 @dataclass(eq=False)
 class ServiceLoad:
     breaker: CircuitBreaker
@@ -111,6 +119,7 @@ class InferenceScheduler(Service):
         self.in_flight = 0
         self.waiting_max = 0
         self.cameras: dict[str, CameraSeen] = {}
+        self.pressure: dict[str, TaskPressure] = {}
         self._wake = asyncio.Event()
         self._space = asyncio.Event()
         self._finished: asyncio.Queue[tuple[Done, DetectionEvent | FrameOutcome]] = asyncio.Queue()
@@ -126,6 +135,7 @@ class InferenceScheduler(Service):
         seen = self.cameras.setdefault(frame.camera_id, CameraSeen())
         seen.frames += 1
         seen.last_captured_at = max(seen.last_captured_at, frame.captured_at)
+        self.pressure.setdefault(frame.task_id, TaskPressure()).received += 1
         if self._too_old(frame):
             self._drop(item, "stale")
             return
@@ -337,7 +347,13 @@ class InferenceScheduler(Service):
         return now_ms() - frame.captured_at > self.max_age_ms
 
     def _drop(self, item: Waiting, reason: str) -> None:
+        self.pressure.setdefault(item.frame.task_id, TaskPressure()).dropped += 1
         self._end(item, Outcome.DROPPED, reason)
+
+    def take_pressure(self) -> dict[str, TaskPressure]:
+        """Per task, what arrived and was dropped since the last call (the extractor's credit signal)."""
+        taken, self.pressure = self.pressure, {}
+        return taken
 
     def _end(self, item: Waiting, outcome: Outcome, reason: str) -> None:
         FRAMES_DONE.labels(outcome.value, reason).inc()

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from framewatch.schemas.config import Config
 from framewatch.schemas.events import DecodeError
 from framewatch.schemas.topics import by_name
-from framewatch.streams.bus import connect_admin, partitions
+from framewatch.streams.bus import connect_admin, partitions, read_records
 
 
 @dataclass
@@ -63,37 +62,6 @@ def decode_record(topic: str, raw: bytes | None) -> Any:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
         return {"raw": raw.decode("utf-8", "replace")}
-
-
-async def read_records(config: Config, topic: str, last: int | None = None,
-                       timeout_s: float = 30.0) -> list[ConsumerRecord]:
-    """The records on a topic now (the `last` of each partition, or all), oldest first."""
-    admin = await connect_admin(config)
-    try:
-        count = (await partitions(admin, [topic])).get(topic, 0)
-    finally:
-        await admin.close()
-    if count == 0:
-        raise LookupError(f"topic {topic!r} does not exist at {config.kafka_bootstrap}")
-    consumer = AIOKafkaConsumer(bootstrap_servers=config.kafka_bootstrap, group_id=None, enable_auto_commit=False,
-                                isolation_level="read_committed")
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in range(count)]
-        consumer.assign(tps)
-        ends = await consumer.end_offsets(tps)
-        begins = await consumer.beginning_offsets(tps)
-        for tp in tps:
-            consumer.seek(tp, begins[tp] if last is None else max(begins[tp], ends[tp] - last))
-        records: list[ConsumerRecord] = []
-        async with asyncio.timeout(timeout_s):
-            for tp in tps:
-                while await consumer.position(tp) < ends[tp]:
-                    batch = await consumer.getmany(tp, timeout_ms=1000)
-                    records.extend(m for m in batch.get(tp, []) if m.offset < ends[tp])
-        return sorted(records, key=lambda r: (r.timestamp, r.partition, r.offset))
-    finally:
-        await consumer.stop()
 
 
 async def tail(config: Config, topic: str, count: int) -> list[dict[str, Any]]:

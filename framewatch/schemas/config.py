@@ -68,6 +68,13 @@ class FrameExtractorSettings(Section):
     max_frame_age_sec: int = Field(default=86400, ge=0, description="no frame object lives longer; 0: no limit")
     jpeg_quality: int = Field(default=85, ge=10, le=100)
     realtime: bool = Field(default=True, description="pace file sources at their own frame rate, like a camera")
+    open_timeout_sec: float = Field(default=10.0, gt=0, description="connecting to a source gives up after this")
+    read_timeout_sec: float = Field(default=10.0, gt=0, description="a source silent this long is reconnected")
+    reconnect_min_sec: float = Field(default=1.0, gt=0, description="first wait before reconnecting; doubles")
+    reconnect_max_sec: float = Field(default=30.0, gt=0, description="the longest wait between reconnects")
+    upload_concurrency: int = Field(default=16, ge=1, description="uploads in flight at once, all cameras")
+    handoff_size: int = Field(default=4, ge=1, description="samples waiting for upload per camera; oldest dropped")
+    max_throttle: float = Field(default=10.0, ge=1, description="most a camera's interval is stretched under pressure")
     minio: MinioSettings = MinioSettings()
     tasks: list[CameraTask] = []
 

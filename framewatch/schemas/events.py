@@ -190,12 +190,62 @@ class ServiceHeartbeat(Event):
         return f"{self.service_id}@{self.emitted_at}"
 
 
+class TaskOrigin(StrEnum):
+    CONFIG = "config"  # published by an extractor from its config file at start
+    COMMAND = "command"  # `framewatch tasks add|update|disable`: an extractor's config never overwrites it
+
+
 class TaskEvent(Event):
     """A camera task as it stands now (compacted topic fw.tasks, keyed by task id); `task` None deletes it."""
 
     kind = "task"
     task_id: str
     task: CameraTask | None
+    origin: TaskOrigin = TaskOrigin.CONFIG
+
+    @property
+    def event_id(self) -> str:
+        return f"{self.task_id}@{self.emitted_at}"
+
+
+class CameraState(StrEnum):
+    CONNECTING = "connecting"
+    STREAMING = "streaming"
+    BACKOFF = "backoff"  # waiting to reconnect after an error that retrying may fix
+    FAILED = "failed"  # an error retrying cannot fix (401, not a video): waits for the task to change
+    ENDED = "ended"  # a file source reached its end
+    STOPPED = "stopped"  # disabled, removed, or moved to another extractor
+
+
+class CameraStatus(Event):
+    """How one camera is doing, from the extractor running it (compacted topic fw.cameras, keyed by camera)."""
+
+    kind = "camera_status"
+    camera_id: str
+    extractor: str
+    state: CameraState
+    fps_in: float = Field(ge=0, description="frames decoded per second, over the last report period")
+    fps_out: float = Field(ge=0, description="FrameEvents sent per second, over the last report period")
+    interval_ms: int = Field(gt=0, description="the sampling interval in force, stretched under pressure")
+    last_frame_at: int | None = Field(default=None, description="capture time of the last frame sent")
+    reconnects: int = Field(default=0, ge=0)
+    last_error: str = ""
+    decoded: int = Field(default=0, ge=0, description="frames decoded since the camera started on this extractor")
+    emitted: int = Field(default=0, ge=0, description="FrameEvents sent since the camera started on this extractor")
+
+    @property
+    def event_id(self) -> str:
+        return f"{self.camera_id}@{self.emitted_at}"
+
+
+class InferencePressure(Event):
+    """What inference made of one task's frames over a period (fw.pressure): the extractor's credit signal."""
+
+    kind = "inference_pressure"
+    task_id: str
+    period_ms: int = Field(gt=0)
+    received: int = Field(ge=0, description="frames that reached the scheduler")
+    dropped: int = Field(ge=0, description="superseded or stale: frames sampled for nothing")
 
     @property
     def event_id(self) -> str:
@@ -251,7 +301,8 @@ class DeadLetter(Event):
 
 
 ALL_EVENTS: tuple[type[Event], ...] = (FrameEvent, DetectionEvent, AlertEvent, FrameOutcome, ServiceHeartbeat,
-                                       TaskEvent, RetentionEvent, AlertStored, AlertPublished, CountWindow, DeadLetter)
+                                       TaskEvent, CameraStatus, InferencePressure, RetentionEvent, AlertStored,
+                                       AlertPublished, CountWindow, DeadLetter)
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:

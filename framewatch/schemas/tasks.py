@@ -108,6 +108,19 @@ class LineDirection(StrEnum):
     BOTH = "both"
 
 
+class DecodeMode(StrEnum):
+    """`auto` decodes key frames only when the sampling interval is at least a GOP; `all` always decodes every
+    frame (to compare costs, or for streams whose key frames are not a regular cadence)."""
+
+    AUTO = "auto"
+    ALL = "all"
+
+
+class RtspTransport(StrEnum):
+    TCP = "tcp"
+    UDP = "udp"
+
+
 class CameraTask(BaseModel):
     """One camera analysed by one rule. Unknown keys are kept aside and reported by `config check`."""
 
@@ -121,6 +134,14 @@ class CameraTask(BaseModel):
     output_path: str | None = None
     enabled: bool = True
     max_frame_count: int | None = Field(default=None, ge=0)
+    # ingest settings
+    rtsp_transport: RtspTransport = Field(default=RtspTransport.TCP, description="how rtsp:// sources carry RTP")
+    loop: bool = Field(default=False, description="a file source starts again at its end (demos, benchmarks)")
+    decode: DecodeMode = DecodeMode.AUTO
+    change_gate: bool = Field(default=False, description="skip sampled frames that differ too little from the last sent")
+    change_min_area: float = Field(default=0.005, gt=0, le=1,
+                                   description="share of the picture that must change for a frame to be sent")
+    change_heartbeat_sec: float = Field(default=10.0, gt=0, description="a frame is sent at least this often")
     # rule settings
     region: list[Point] | None = Field(default=None, description="polygon in normalised coordinates; whole frame if absent")
     line: tuple[Point, Point] | None = Field(default=None, description="trip line for line_crossing, two points")

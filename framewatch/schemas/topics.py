@@ -14,6 +14,7 @@ class TopicSpec:
     key: str
     compacted: bool = False
     retention_ms: int | None = None
+    partitions: int | None = None  # the config's topic_partitions when None
 
 
 HOUR_MS = 3600 * 1000
@@ -27,11 +28,14 @@ RETENTION = TopicSpec("fw.retention", events.RetentionEvent, "task_id", retentio
 PUBLISHED = TopicSpec("fw.published", events.AlertPublished, "alert_id", retention_ms=24 * HOUR_MS)
 COUNTS = TopicSpec("fw.counts", events.CountWindow, "task_id", retention_ms=7 * 24 * HOUR_MS)
 SERVICES = TopicSpec("fw.services", events.ServiceHeartbeat, "service_id", compacted=True)
-TASKS = TopicSpec("fw.tasks", events.TaskEvent, "task_id", compacted=True)
+# cameras are shared among extractors by fw.tasks' partitions: more partitions, a finer split
+TASKS = TopicSpec("fw.tasks", events.TaskEvent, "task_id", compacted=True, partitions=16)
+CAMERAS = TopicSpec("fw.cameras", events.CameraStatus, "camera_id", compacted=True)
+PRESSURE = TopicSpec("fw.pressure", events.InferencePressure, "task_id", retention_ms=HOUR_MS)
 DEAD_LETTERS = TopicSpec("fw.dead-letters", events.DeadLetter, "topic", retention_ms=30 * 24 * HOUR_MS)
 
 ALL_TOPICS = (FRAMES, DETECTIONS, ALERTS, ALERTS_STORED, PUBLISHED, FRAME_OUTCOMES, RETENTION, COUNTS, SERVICES,
-              TASKS, DEAD_LETTERS)
+              TASKS, CAMERAS, PRESSURE, DEAD_LETTERS)
 
 
 def by_name(name: str) -> TopicSpec | None:

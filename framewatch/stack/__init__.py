@@ -1,9 +1,10 @@
-"""The real local stack (Kafka, MinIO, PostgreSQL) started without Docker: `framewatch stack up|down|status|env`."""
+"""The real local stack (Kafka, MinIO, PostgreSQL, and mediamtx as the RTSP server cameras publish to) started without Docker: `framewatch stack up|down|status|env`."""
 
 from __future__ import annotations
 
 from framewatch.stack.base import LocalService, ServiceStatus, StackError, StackHome
 from framewatch.stack.kafka import Kafka
+from framewatch.stack.mediamtx import Mediamtx
 from framewatch.stack.minio import Minio
 from framewatch.stack.postgres import Postgres
 
@@ -13,7 +14,8 @@ __all__ = ["LocalStack", "ServiceStatus", "StackError", "StackHome"]
 class LocalStack:
     def __init__(self, home: StackHome | None = None) -> None:
         self.home = home or StackHome.default()
-        self.services: list[LocalService] = [Kafka(self.home), Minio(self.home), Postgres(self.home)]
+        self.services: list[LocalService] = [Kafka(self.home), Minio(self.home), Postgres(self.home),
+                                             Mediamtx(self.home)]
 
     def up(self) -> None:
         for service in self.services:

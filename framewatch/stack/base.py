@@ -44,15 +44,19 @@ class StackHome:
     def credentials(self) -> dict[str, str]:
         """Passwords for the local stack, generated once and kept (mode 0600) in the state folder."""
         path = self.state / "credentials.json"
-        if path.exists():
-            stored: dict[str, str] = json.loads(path.read_text())
+        stored: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+        wanted = {"minio_user": "framewatch", "minio_password": secrets.token_urlsafe(18),
+                  "postgres_user": "framewatch", "postgres_password": secrets.token_urlsafe(18),
+                  "camera_password": secrets.token_urlsafe(18)}
+        if wanted.keys() <= stored.keys():
             return stored
+        creds = {**wanted, **stored}  # a stack made before a part was added keeps its passwords
         path.parent.mkdir(parents=True, exist_ok=True)
-        creds = {"minio_user": "framewatch", "minio_password": secrets.token_urlsafe(18),
-                 "postgres_user": "framewatch", "postgres_password": secrets.token_urlsafe(18)}
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        part = path.with_suffix(".part")
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as out:
             json.dump(creds, out)
+        part.replace(path)
         return creds
 
 
@@ -75,11 +79,12 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
-def run_with_progress(cmd: list[str], what: str, env: dict[str, str] | None = None) -> None:
+def run_with_progress(cmd: list[str], what: str, env: dict[str, str] | None = None,
+                      cwd: Path | None = None) -> None:
     """Run an install step, streaming its output so a newcomer sees it working."""
     say(f"{what}: {' '.join(cmd)}")
     started = time.monotonic()
-    result = subprocess.run(cmd, env=env)
+    result = subprocess.run(cmd, env=env, cwd=cwd)
     if result.returncode != 0:
         raise StackError(f"{what} failed (exit {result.returncode}); see the output above")
     say(f"{what}: done in {time.monotonic() - started:.0f}s")

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -46,7 +47,8 @@ async def ensure_topics(config: Config) -> None:
     admin = await connect_admin(config)
     try:
         existing = set(await admin.list_topics())
-        wanted = [NewTopic(config.topic(s.name), config.framewatch.topic_partitions, 1, topic_configs=_topic_config(s))
+        wanted = [NewTopic(config.topic(s.name), s.partitions or config.framewatch.topic_partitions, 1,
+                           topic_configs=_topic_config(s))
                   for s in ALL_TOPICS if config.topic(s.name) not in existing]
         if config.ai_analysis.mq_topic not in existing:
             wanted.append(NewTopic(config.ai_analysis.mq_topic, config.framewatch.topic_partitions, 1))
@@ -80,3 +82,58 @@ class EventProducer:
 
     async def send(self, spec: TopicSpec, event: Event, key: str) -> None:
         await self._producer.send_and_wait(self.config.topic(spec.name), event.to_bytes(), key=key.encode())
+
+    async def send_tombstone(self, spec: TopicSpec, key: str) -> None:
+        """Deletes `key` from a compacted topic."""
+        await self._producer.send_and_wait(self.config.topic(spec.name), None, key=key.encode())
+
+
+async def read_records(config: Config, topic: str, last: int | None = None,
+                       timeout_s: float = 30.0) -> list[ConsumerRecord]:
+    """The records on a topic now (the `last` of each partition, or all), oldest first."""
+    admin = await connect_admin(config)
+    try:
+        count = (await partitions(admin, [topic])).get(topic, 0)
+    finally:
+        await admin.close()
+    if count == 0:
+        raise LookupError(f"topic {topic!r} does not exist at {config.kafka_bootstrap}")
+    consumer = AIOKafkaConsumer(bootstrap_servers=config.kafka_bootstrap, group_id=None, enable_auto_commit=False,
+                                isolation_level="read_committed")
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(count)]
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        begins = await consumer.beginning_offsets(tps)
+        for tp in tps:
+            consumer.seek(tp, begins[tp] if last is None else max(begins[tp], ends[tp] - last))
+        records: list[ConsumerRecord] = []
+        async with asyncio.timeout(timeout_s):
+            for tp in tps:
+                while await consumer.position(tp) < ends[tp]:
+                    batch = await consumer.getmany(tp, timeout_ms=1000)
+                    records.extend(m for m in batch.get(tp, []) if m.offset < ends[tp])
+        return sorted(records, key=lambda r: (r.timestamp, r.partition, r.offset))
+    finally:
+        await consumer.stop()
+
+
+async def latest(config: Config, spec: TopicSpec) -> dict[str, bytes | None]:
+    """A compacted topic as it stands: the last value of every key (None for a deleted one)."""
+    records = await read_records(config, config.topic(spec.name))
+    return {r.key.decode(): r.value for r in records if r.key is not None}
+
+
+async def follow(config: Config, spec: TopicSpec, from_beginning: bool = True) -> AsyncIterator[ConsumerRecord]:
+    """Every record of every partition, without a consumer group: for state each process needs whole (the
+    service registry, the task catalog) or a signal it only needs from now on (`from_beginning=False`)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=config.kafka_bootstrap, group_id=None, enable_auto_commit=False,
+                                auto_offset_reset="earliest" if from_beginning else "latest")
+    consumer.subscribe([config.topic(spec.name)])
+    await consumer.start()
+    try:
+        async for record in consumer:
+            yield record
+    finally:
+        await consumer.stop()

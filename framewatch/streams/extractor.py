@@ -1,42 +1,40 @@
-"""The extractor: for each camera task, sample frames, upload each JPEG, then emit its FrameEvent.
+"""The extractor: runs cameras (`streams/camera.py`) and decides which.
 
-An event is sent only once its object exists, so no event ever points to a missing object. A camera that fails
-ends with its error recorded and counted; the other cameras go on.
+`ExtractorService` (`framewatch extract`) is the deployment: it publishes its config's tasks to the compacted
+topic fw.tasks, joins the consumer group of all extractors over fw.tasks, and runs the cameras of the partitions
+Kafka assigns it. A second extractor splits the cameras; one that dies hands its cameras to the others when its
+session times out. It reports every camera on fw.cameras and stretches sampling intervals under pressure from
+inference (`streams/pressure.py`).
+
+`run_extractor` (`framewatch extract --once`, the demo and tests) runs the config's tasks directly, to the end of
+their sources.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
+import os
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
-import cv2
-from prometheus_client import Counter, Gauge, Histogram
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 
-from framewatch.schemas.config import Config, mask_url
-from framewatch.schemas.events import FrameEvent, now_ms
+from framewatch.schemas.config import Config
+from framewatch.schemas.events import CameraState, CameraStatus, DecodeError, TaskEvent, TaskOrigin
 from framewatch.schemas.tasks import CameraTask
-from framewatch.schemas.topics import FRAMES
-from framewatch.streams.bus import EventProducer, ensure_topics
-from framewatch.streams.objectstore import ObjectStore, StoreError
-from framewatch.streams.source import Sample, SourceError, samples
+from framewatch.schemas.topics import CAMERAS, TASKS
+from framewatch.streams.bus import EventProducer, ensure_topics, latest
+from framewatch.streams.camera import Camera, Uplink
+from framewatch.streams.objectstore import ObjectStore
+from framewatch.streams.pressure import Throttle
 
 log = logging.getLogger("framewatch.extractor")
 
-FRAMES_SAMPLED = Counter("framewatch_extractor_frames_sampled_total", "Frames sampled from sources", ["task"])
-FRAMES_EMITTED = Counter("framewatch_extractor_frames_emitted_total", "FrameEvents sent to fw.frames", ["task"])
-FRAMES_DROPPED = Counter("framewatch_extractor_frames_dropped_total", "Sampled frames not emitted", ["task", "reason"])
-UPLOAD_BYTES = Counter("framewatch_extractor_upload_bytes_total", "JPEG bytes uploaded", ["task"])
-UPLOAD_SECONDS = Histogram("framewatch_extractor_upload_seconds", "Time to upload one JPEG",
-                           buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
-CAPTURE_TO_EVENT = Histogram("framewatch_extractor_capture_to_event_seconds", "Capture to FrameEvent sent",
-                             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
-CAMERA_UP = Gauge("framewatch_extractor_camera_up", "1 while a camera is streaming", ["task"])
-CAMERA_ERRORS = Counter("framewatch_extractor_camera_errors_total", "Sources that failed", ["task", "reason"])
-
-UPLOAD_ATTEMPTS = 3
+STATUS_PERIOD_S = 5.0
+STOP_GRACE_S = 2.0
 
 
 @dataclass
@@ -44,6 +42,7 @@ class CameraReport:
     task_id: str
     emitted: int = 0
     dropped: int = 0
+    state: str = ""
     error: str | None = None
 
 
@@ -60,87 +59,151 @@ class ExtractReport:
         return [c for c in self.cameras if c.error]
 
 
-def frame_key(store: ObjectStore, task: CameraTask, captured_at: int, seq: int) -> str:
-    day = datetime.fromtimestamp(captured_at / 1000, tz=UTC).strftime("%Y%m%d")
-    return store.key("frames", task.output_path or task.id, day, f"{captured_at}-{seq:06d}.jpg")
-
-
-class Extractor:
-    def __init__(self, config: Config, store: ObjectStore, producer: EventProducer) -> None:
-        self.config = config
-        self.store = store
-        self.producer = producer
-
-    async def run(self) -> ExtractReport:
-        tasks = [t for t in self.config.frame_extractor.tasks if t.enabled]
-        reports = await asyncio.gather(*(self.run_camera(t) for t in tasks))
-        return ExtractReport(list(reports))
-
-    async def run_camera(self, task: CameraTask) -> CameraReport:
-        report = CameraReport(task.id)
-        interval = self.config.frame_extractor.interval_for(task)
-        CAMERA_UP.labels(task.id).set(1)
-        try:
-            seq = 0
-            async for sample in samples(task.rtsp_url, interval, self.config.frame_extractor.realtime):
-                FRAMES_SAMPLED.labels(task.id).inc()
-                if await self._emit(task, sample, seq):
-                    report.emitted += 1
-                else:
-                    report.dropped += 1
-                seq += 1
-        except SourceError as error:
-            report.error = str(error)
-            CAMERA_ERRORS.labels(task.id, "source").inc()
-            log.error("camera %s stopped: %s", task.id, error)
-        finally:
-            CAMERA_UP.labels(task.id).set(0)
-        log.info("camera %s (%s): %d frames emitted, %d dropped", task.id, mask_url(task.rtsp_url),
-                 report.emitted, report.dropped)
-        return report
-
-    async def _emit(self, task: CameraTask, sample: Sample, seq: int) -> bool:
-        ok, jpeg = await asyncio.to_thread(
-            cv2.imencode, ".jpg", sample.image, [cv2.IMWRITE_JPEG_QUALITY, self.config.frame_extractor.jpeg_quality])
-        if not ok:
-            FRAMES_DROPPED.labels(task.id, "encode").inc()
-            return False
-        key = frame_key(self.store, task, sample.captured_at, seq)
-        if not await self._upload(task, key, jpeg.tobytes()):
-            return False
-        height, width = sample.image.shape[:2]
-        event = FrameEvent(frame_id=FrameEvent.make_id(task.id, sample.captured_at, seq), task_id=task.id,
-                           camera_id=task.id, task_type=task.task_type, seq=seq, captured_at=sample.captured_at,
-                           bucket=self.store.bucket, object_key=key, width=width, height=height)
-        await self.producer.send(FRAMES, event, key=event.camera_id)
-        FRAMES_EMITTED.labels(task.id).inc()
-        CAPTURE_TO_EVENT.observe((now_ms() - sample.captured_at) / 1000)
-        return True
-
-    async def _upload(self, task: CameraTask, key: str, data: bytes) -> bool:
-        for attempt in range(1, UPLOAD_ATTEMPTS + 1):
-            started = time.perf_counter()
-            try:
-                await self.store.put(key, data)
-            except StoreError as error:
-                log.warning("camera %s: upload attempt %d/%d failed: %s", task.id, attempt, UPLOAD_ATTEMPTS, error)
-                await asyncio.sleep(0.2 * 2 ** attempt)
-                continue
-            UPLOAD_SECONDS.observe(time.perf_counter() - started)
-            UPLOAD_BYTES.labels(task.id).inc(len(data))
-            return True
-        FRAMES_DROPPED.labels(task.id, "upload").inc()
-        return False
-
-
-async def run_extractor(config: Config) -> ExtractReport:
-    """Create the topics and the bucket if missing, then run every enabled camera task to its end."""
+@asynccontextmanager
+async def open_uplink(config: Config) -> AsyncIterator[Uplink]:
+    """Topics and bucket created if missing, a started producer, the upload bound."""
     await ensure_topics(config)
-    store = ObjectStore(config.frame_extractor.minio)
+    store = ObjectStore(config.frame_extractor.minio, pool_size=config.frame_extractor.upload_concurrency)
     await store.ensure_bucket()
     producer = EventProducer(config)
     await producer.start()
     try:
-        return await Extractor(config, store, producer).run()
+        yield Uplink(store, producer, asyncio.Semaphore(config.frame_extractor.upload_concurrency))
     finally:
         await producer.stop()
+
+
+async def run_extractor(config: Config) -> ExtractReport:
+    """Every enabled task of the config, each to the end of its source (or to an error retrying cannot fix)."""
+    async with open_uplink(config) as uplink:
+        cameras = [Camera(t, config.frame_extractor, uplink) for t in config.frame_extractor.tasks if t.enabled]
+        await asyncio.gather(*(camera.run() for camera in cameras))
+    reports = []
+    for camera in cameras:
+        log.info("camera %s: %s, %d frames emitted, %d dropped", camera.task.id, camera.state.value,
+                 camera.emitted, camera.dropped)
+        error = camera.last_error if camera.state is CameraState.FAILED else None
+        reports.append(CameraReport(camera.task.id, camera.emitted, camera.dropped, camera.state.value, error))
+    return ExtractReport(reports)
+
+
+async def publish_config_tasks(config: Config, producer: EventProducer) -> None:
+    """The config's tasks onto fw.tasks, except those changed at run time by `framewatch tasks`, which win."""
+    current = await latest(config, TASKS)
+    for task in config.frame_extractor.tasks:
+        raw = current.get(task.id)
+        if raw is not None:
+            try:
+                known = TaskEvent.decode(raw)
+            except DecodeError:
+                known = None
+            if known is not None and known.origin is TaskOrigin.COMMAND:
+                if known.task != task:
+                    log.warning("task %s was changed with `framewatch tasks`; this config's version is not applied",
+                                task.id)
+                continue
+            if known is not None and known.task == task:
+                continue
+        await producer.send(TASKS, TaskEvent(task_id=task.id, task=task), key=task.id)
+
+
+@dataclass
+class Running:
+    camera: Camera
+    partition: int
+    runner: asyncio.Task[None]
+
+
+class ExtractorService(ConsumerRebalanceListener):
+    def __init__(self, config: Config, uplink: Uplink) -> None:
+        self.config = config
+        self.uplink = uplink
+        self.name = f"{socket.gethostname()}-{os.getpid()}"
+        self.throttle = Throttle(config.frame_extractor.max_throttle)
+        self.cameras: dict[str, Running] = {}
+        self.reported: dict[str, CameraStatus] = {}
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=config.kafka_bootstrap, group_id=config.topic("framewatch-extractors"),
+            enable_auto_commit=False, auto_offset_reset="earliest",
+            session_timeout_ms=10000, heartbeat_interval_ms=2000)  # a dead extractor's cameras move within ~10 s
+
+    async def run(self) -> None:
+        """Until cancelled."""
+        await publish_config_tasks(self.config, self.uplink.producer)
+        self.consumer.subscribe([self.config.topic(TASKS.name)], listener=self)
+        await self.consumer.start()
+        helpers = [asyncio.create_task(self.throttle.follow(self.config)), asyncio.create_task(self._report())]
+        try:
+            async for record in self.consumer:
+                await self._apply(record)
+        finally:
+            for helper in helpers:
+                helper.cancel()
+            await self.release(None)
+            await self.consumer.stop()
+
+    # -- ownership: the partitions of fw.tasks Kafka assigns this extractor ------------------------------------
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self.release({tp.partition for tp in revoked})
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        log.info("extractor %s owns fw.tasks partitions %s", self.name, sorted(tp.partition for tp in assigned))
+        if assigned:
+            await self.consumer.seek_to_beginning(*assigned)  # compacted: read whole, it is the tasks as they stand
+
+    async def release(self, partitions: set[int] | None) -> None:
+        """Stops the cameras of these partitions (all when None) before another extractor may start them."""
+        for task_id, running in list(self.cameras.items()):
+            if partitions is None or running.partition in partitions:
+                await self._stop(task_id)
+
+    async def _apply(self, record: ConsumerRecord) -> None:
+        task_id = record.key.decode() if record.key else ""
+        task: CameraTask | None = None
+        if record.value is not None:
+            try:
+                task = TaskEvent.decode(record.value).task
+            except DecodeError as error:
+                log.error("fw.tasks holds a bad record for %r (left as it was): %s", task_id, error)
+                return
+        running = self.cameras.get(task_id)
+        if running is not None and running.camera.task == task:
+            return
+        if running is not None:
+            await self._stop(task_id)
+        if task is not None and task.enabled:
+            self._start(task, record.partition)
+
+    def _start(self, task: CameraTask, partition: int) -> None:
+        camera = Camera(task, self.config.frame_extractor, self.uplink, self.throttle.factor)
+        runner = asyncio.create_task(camera.run(), name=f"camera-{task.id}")
+        self.cameras[task.id] = Running(camera, partition, runner)
+        log.info("camera %s started (fw.tasks partition %d)", task.id, partition)
+
+    async def _stop(self, task_id: str) -> None:
+        running = self.cameras.pop(task_id)
+        running.camera.stop()
+        with suppress(asyncio.CancelledError, TimeoutError):
+            await asyncio.wait_for(running.runner, STOP_GRACE_S)  # then cancelled: its reader may be mid-read
+        await self._send_status(running.camera)
+        self.reported.pop(task_id, None)
+        log.info("camera %s stopped", task_id)
+
+    # -- status on fw.cameras ----------------------------------------------------------------------------------
+
+    async def _report(self) -> None:
+        while True:
+            await asyncio.sleep(STATUS_PERIOD_S)
+            for running in list(self.cameras.values()):
+                await self._send_status(running.camera)
+
+    async def _send_status(self, camera: Camera) -> None:
+        status = camera.status(self.name, self.reported.get(camera.task.id))
+        self.reported[camera.task.id] = status
+        await self.uplink.producer.send(CAMERAS, status, key=status.camera_id)
+
+
+async def serve_extractor(config: Config) -> None:
+    async with open_uplink(config) as uplink:
+        await ExtractorService(config, uplink).run()

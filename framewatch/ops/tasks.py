@@ -1,0 +1,130 @@
+"""`framewatch tasks` and `framewatch cameras`: camera tasks changed at run time on fw.tasks, and how each camera
+is doing, from the statuses extractors publish on fw.cameras.
+
+A task written here is marked `command`: an extractor that starts with an older version in its config file does
+not overwrite it.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from typing import Any
+
+from pydantic import ValidationError
+
+from framewatch.schemas.config import Config, ConfigError, mask_url
+from framewatch.schemas.events import CameraState, CameraStatus, DecodeError, TaskEvent, TaskOrigin, now_ms
+from framewatch.schemas.tasks import CameraTask
+from framewatch.schemas.topics import CAMERAS, TASKS
+from framewatch.streams.bus import EventProducer, ensure_topics, latest
+
+STALE_STATUS_S = 15.0  # three missed reports: the extractor that ran the camera is gone
+
+
+def parse_setting(text: str) -> tuple[str, Any]:
+    """`key=value`, the value read as TOML (numbers, booleans, arrays), else taken as a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r}: expected key=value")
+    try:
+        return key.strip(), tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        return key.strip(), value
+
+
+def validated(values: dict[str, Any]) -> CameraTask:
+    try:
+        return CameraTask.model_validate(values)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'task'}: {e['msg'].removeprefix('Value error, ')}"
+                             for e in error.errors())
+        raise ConfigError(f"task {values.get('id')!r}: {problems}") from None
+
+
+async def current_tasks(config: Config) -> dict[str, TaskEvent]:
+    await ensure_topics(config)
+    tasks = {}
+    for task_id, raw in (await latest(config, TASKS)).items():
+        if raw is None:
+            continue
+        try:
+            tasks[task_id] = TaskEvent.decode(raw)
+        except DecodeError:
+            continue
+    return tasks
+
+
+async def _publish(config: Config, task_id: str, task: CameraTask | None) -> None:
+    producer = EventProducer(config)
+    await producer.start()
+    try:
+        if task is None:
+            await producer.send_tombstone(TASKS, key=task_id)
+        else:
+            await producer.send(TASKS, TaskEvent(task_id=task_id, task=task, origin=TaskOrigin.COMMAND), key=task_id)
+    finally:
+        await producer.stop()
+
+
+async def add_task(config: Config, values: dict[str, Any]) -> CameraTask:
+    task = validated(values)
+    if task.id in await current_tasks(config):
+        raise ConfigError(f"task {task.id!r} exists already; change it with `framewatch tasks update`")
+    await _publish(config, task.id, task)
+    return task
+
+
+async def _existing(config: Config, task_id: str) -> CameraTask:
+    known = (await current_tasks(config)).get(task_id)
+    if known is None or known.task is None:
+        raise LookupError(f"no task {task_id!r} on {config.topic(TASKS.name)}; `framewatch tasks list` shows them")
+    return known.task
+
+
+async def update_task(config: Config, task_id: str, changes: dict[str, Any]) -> CameraTask:
+    if "id" in changes and changes["id"] != task_id:
+        raise ConfigError("a task's id cannot change; add a new task and remove this one")
+    existing = await _existing(config, task_id)
+    task = validated({**existing.model_dump(exclude_unset=True), **changes})
+    await _publish(config, task_id, task)
+    return task
+
+
+async def remove_task(config: Config, task_id: str) -> None:
+    await _existing(config, task_id)
+    await _publish(config, task_id, None)
+
+
+def tasks_table(tasks: dict[str, TaskEvent]) -> list[str]:
+    lines = [f"{'task':24} {'type':16} {'enabled':7} {'interval':>8} {'origin':7}  source"]
+    for task_id, event in sorted(tasks.items()):
+        if (task := event.task) is None:
+            continue
+        interval = f"{task.interval_ms}ms" if task.interval_ms else "default"
+        lines.append(f"{task_id:24} {task.task_type.value:16} {'yes' if task.enabled else 'no':7} {interval:>8} "
+                     f"{event.origin.value:7}  {mask_url(task.rtsp_url)}")
+    return lines
+
+
+async def camera_statuses(config: Config) -> list[CameraStatus]:
+    await ensure_topics(config)
+    statuses = []
+    for raw in (await latest(config, CAMERAS)).values():
+        try:
+            statuses.append(CameraStatus.decode(raw))
+        except DecodeError:
+            continue
+    return sorted(statuses, key=lambda s: s.camera_id)
+
+
+def cameras_table(statuses: list[CameraStatus]) -> list[str]:
+    lines = [f"{'camera':24} {'state':10} {'fps in':>7} {'fps out':>7} {'interval':>8} {'last frame':>10} "
+             f"{'reconnects':>10}  {'extractor':24} last error"]
+    now = now_ms()
+    for s in statuses:
+        stale = (now - s.emitted_at) / 1000 > STALE_STATUS_S and s.state is not CameraState.STOPPED
+        state = "unknown" if stale else s.state.value  # its extractor stopped reporting
+        age = "-" if s.last_frame_at is None else f"{(now - s.last_frame_at) / 1000:.1f}s"
+        lines.append(f"{s.camera_id:24} {state:10} {s.fps_in:>7.1f} {s.fps_out:>7.1f} {s.interval_ms:>6}ms "
+                     f"{age:>10} {s.reconnects:>10}  {s.extractor:24} {s.last_error}")
+    return lines

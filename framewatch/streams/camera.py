@@ -1,0 +1,276 @@
+"""One camera on an extractor: a reader thread decodes, samples, gates and encodes; the event loop uploads each
+JPEG and only then emits its FrameEvent; a session that fails is retried with backoff until the camera is stopped.
+
+    reader thread: Source.frames ─► change gate ─► JPEG ─► Handoff (bounded, drops the oldest)
+    event loop:    Handoff ─► upload to frames/<output_path>/<day>/<ms>-<seq>.jpg ─► FrameEvent on fw.frames
+
+States (`CameraState`): connecting ─► streaming ─► backoff ─► connecting …; failed for errors retrying cannot fix
+(it waits for its task to change), ended when a file reaches its end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import cv2
+from prometheus_client import Counter, Gauge, Histogram
+
+from framewatch.schemas.config import FrameExtractorSettings, mask_url
+from framewatch.schemas.events import CameraState, CameraStatus, FrameEvent, now_ms
+from framewatch.schemas.tasks import CameraTask
+from framewatch.schemas.topics import FRAMES
+from framewatch.streams.bus import EventProducer
+from framewatch.streams.gate import ChangeGate
+from framewatch.streams.handoff import Handoff
+from framewatch.streams.objectstore import ObjectStore, StoreError
+from framewatch.streams.source import DueFrame, Source, SourceError, SourceSettings
+
+log = logging.getLogger("framewatch.extractor")
+
+FRAMES_DECODED = Counter("framewatch_extractor_frames_decoded_total", "Frames decoded from sources", ["task"])
+FRAMES_SAMPLED = Counter("framewatch_extractor_frames_sampled_total", "Frames due at the sampling interval",
+                         ["task"])
+FRAMES_GATED = Counter("framewatch_extractor_frames_gated_total", "Sampled frames the change gate held back",
+                       ["task"])
+FRAMES_EMITTED = Counter("framewatch_extractor_frames_emitted_total", "Frames uploaded, then sent to fw.frames",
+                         ["task"])
+FRAMES_DROPPED = Counter("framewatch_extractor_frames_dropped_total", "Sampled frames not emitted, by reason",
+                         ["task", "reason"])
+CORRUPT_PACKETS = Counter("framewatch_extractor_corrupt_packets_total", "Packets the decoder refused (skipped)",
+                          ["task"])
+UPLOAD_BYTES = Counter("framewatch_extractor_upload_bytes_total", "JPEG bytes uploaded", ["task"])
+UPLOAD_SECONDS = Histogram("framewatch_extractor_upload_seconds", "Time to upload one JPEG",
+                           buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+CAPTURE_TO_EVENT = Histogram("framewatch_extractor_capture_to_event_seconds", "Capture to FrameEvent sent",
+                             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+CAMERA_UP = Gauge("framewatch_extractor_camera_up", "1 while a camera is streaming", ["task"])
+CAMERA_STATE = Gauge("framewatch_extractor_camera_state", "1 for the state a camera is in", ["task", "state"])
+CAMERA_ERRORS = Counter("framewatch_extractor_camera_errors_total", "Source sessions that failed",
+                        ["task", "reason"])
+RECONNECTS = Counter("framewatch_extractor_reconnects_total", "Sessions started again after a failure", ["task"])
+SAMPLING_INTERVAL = Gauge("framewatch_extractor_sampling_interval_seconds",
+                          "Sampling interval in force (stretched while inference is behind)", ["task"])
+KEYFRAMES_ONLY = Gauge("framewatch_extractor_keyframes_only", "1 while only key frames are decoded", ["task"])
+
+UPLOAD_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class Sample:
+    jpeg: bytes
+    stream_ms: int
+    captured_at: int
+    width: int
+    height: int
+
+
+@dataclass
+class Uplink:
+    """Where samples go, shared by every camera of an extractor: the store, the producer, an upload bound."""
+
+    store: ObjectStore
+    producer: EventProducer
+    uploads: asyncio.Semaphore
+
+
+def frame_key(store: ObjectStore, task: CameraTask, captured_at: int, seq: int) -> str:
+    day = datetime.fromtimestamp(captured_at / 1000, tz=UTC).strftime("%Y%m%d")
+    return store.key("frames", task.output_path or task.id, day, f"{captured_at}-{seq:06d}.jpg")
+
+
+def encode_jpeg(due: DueFrame, quality: int) -> Sample | None:
+    image = due.frame.to_ndarray(format="bgr24")
+    ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        return None
+    return Sample(jpeg.tobytes(), due.stream_ms, due.captured_at, due.frame.width, due.frame.height)
+
+
+class Camera:
+    def __init__(self, task: CameraTask, settings: FrameExtractorSettings, uplink: Uplink,
+                 throttle: Callable[[str], float] = lambda task_id: 1.0) -> None:
+        self.task = task
+        self.settings = settings
+        self.uplink = uplink
+        self.throttle = throttle
+        self.state = CameraState.CONNECTING
+        self.last_error = ""
+        self.reconnects = 0
+        self.decoded = 0
+        self.emitted = 0
+        self.dropped = 0
+        self.last_frame_at: int | None = None
+        self.keyframes_only = False
+        self._seq = 0
+        self._stop = threading.Event()
+        self._stopped = asyncio.Event()
+
+    @property
+    def base_interval_ms(self) -> int:
+        return self.settings.interval_for(self.task)
+
+    def interval_ms(self) -> float:
+        return self.base_interval_ms * self.throttle(self.task.id)
+
+    def source_settings(self) -> SourceSettings:
+        return SourceSettings(self.task.rtsp_url, self.task.rtsp_transport, self.settings.open_timeout_sec,
+                              self.settings.read_timeout_sec, self.task.decode, self.settings.realtime,
+                              self.task.loop)
+
+    # -- the session loop ---------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Until stopped, a file ends, or an error retrying cannot fix; transient errors back off and retry."""
+        failures = 0
+        try:
+            while not self._stop.is_set():
+                self._set_state(CameraState.CONNECTING)
+                started = time.monotonic()
+                error = await self._session()
+                if self._stop.is_set():
+                    break
+                if error is None:
+                    self._set_state(CameraState.ENDED)
+                    return
+                self.last_error = str(error)
+                CAMERA_ERRORS.labels(self.task.id, "permanent" if error.permanent else "transient").inc()
+                if error.permanent:
+                    log.error("camera %s failed: %s (it waits for its task to change)", self.task.id, error)
+                    self._set_state(CameraState.FAILED)
+                    return
+                failures = 1 if time.monotonic() - started >= self.settings.reconnect_max_sec else failures + 1
+                delay = min(self.settings.reconnect_max_sec, self.settings.reconnect_min_sec * 2 ** (failures - 1))
+                delay *= random.uniform(0.5, 1.0)  # jitter: cameras that failed together do not return together
+                log.warning("camera %s: %s; reconnecting in %.1fs", self.task.id, error, delay)
+                self._set_state(CameraState.BACKOFF)
+                try:
+                    await asyncio.wait_for(self._stopped.wait(), delay)
+                except TimeoutError:
+                    self.reconnects += 1
+                    RECONNECTS.labels(self.task.id).inc()
+            self._set_state(CameraState.STOPPED)
+        finally:
+            self._stop.set()  # cancelled: the reader thread ends too
+            CAMERA_UP.labels(self.task.id).set(0)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._stopped.set()
+
+    async def _session(self) -> SourceError | None:
+        """One connection: the reader thread feeds the hand-off, this drains it; the reader's error, if any."""
+        loop = asyncio.get_running_loop()
+        settings = self.source_settings()
+        live = not settings.is_file or settings.realtime
+        handoff: Handoff[Sample] = Handoff(loop, self.settings.handoff_size, None if live else self._stop)
+        outcome: list[SourceError] = []
+        source = Source(settings, self.interval_ms, self._stop)
+        opened = lambda: loop.call_soon_threadsafe(self._set_state, CameraState.STREAMING)  # noqa: E731
+        reader = threading.Thread(target=self._read, args=(source, handoff, outcome, opened), daemon=True,
+                                  name=f"camera-{self.task.id}")
+        reader.start()
+        decoded_before = self.decoded
+        while (sample := await handoff.get()) is not None:
+            self._count_decoded(decoded_before + source.decoded)
+            self.keyframes_only = source.keyframes_only
+            if not self._stop.is_set():
+                await self._emit(sample)
+        self._count_decoded(decoded_before + source.decoded)
+        CORRUPT_PACKETS.labels(self.task.id).inc(source.corrupt)
+        return outcome[0] if outcome else None
+
+    def _read(self, source: Source, handoff: Handoff[Sample], outcome: list[SourceError],
+              opened: Callable[[], object]) -> None:
+        """The reader thread: decode, sample, gate, encode, hand off. Never blocks on the event loop."""
+        task = self.task
+        gate = ChangeGate(task.change_min_area, task.change_heartbeat_sec * 1000) if task.change_gate else None
+        try:
+            for due in source.frames(on_open=opened):
+                FRAMES_SAMPLED.labels(task.id).inc()
+                if gate is not None and not gate.admits(due.frame, due.stream_ms):
+                    FRAMES_GATED.labels(task.id).inc()
+                    continue
+                sample = encode_jpeg(due, self.settings.jpeg_quality)
+                if sample is None:
+                    FRAMES_DROPPED.labels(task.id, "encode").inc()
+                elif handoff.put(sample) is not None:
+                    FRAMES_DROPPED.labels(task.id, "handoff_full").inc()
+                    self.dropped += 1
+        except SourceError as error:
+            outcome.append(error)
+        except Exception as error:  # a bug or a PyAV surprise must not leave the camera silent
+            log.exception("camera %s: the reader stopped unexpectedly", task.id)
+            outcome.append(SourceError(f"{mask_url(task.rtsp_url)}: unexpected {type(error).__name__}: {error}"))
+        finally:
+            handoff.close()
+
+    def _count_decoded(self, total: int) -> None:
+        FRAMES_DECODED.labels(self.task.id).inc(total - self.decoded)
+        self.decoded = total
+
+    def _set_state(self, state: CameraState) -> None:
+        if state is CameraState.STREAMING:
+            self.last_error = ""
+        self.state = state
+        CAMERA_UP.labels(self.task.id).set(1 if state is CameraState.STREAMING else 0)
+        for each in CameraState:
+            CAMERA_STATE.labels(self.task.id, each.value).set(1 if each is state else 0)
+
+    # -- upload, then emit --------------------------------------------------------------------------------------
+
+    async def _emit(self, sample: Sample) -> None:
+        seq = self._seq
+        self._seq += 1
+        key = frame_key(self.uplink.store, self.task, sample.captured_at, seq)
+        if not await self._upload(key, sample.jpeg):
+            self.dropped += 1
+            return
+        event = FrameEvent(frame_id=FrameEvent.make_id(self.task.id, sample.captured_at, seq), task_id=self.task.id,
+                           camera_id=self.task.id, task_type=self.task.task_type, seq=seq,
+                           captured_at=sample.captured_at, bucket=self.uplink.store.bucket, object_key=key,
+                           width=sample.width, height=sample.height)
+        await self.uplink.producer.send(FRAMES, event, key=event.camera_id)
+        self.emitted += 1
+        self.last_frame_at = sample.captured_at
+        FRAMES_EMITTED.labels(self.task.id).inc()
+        CAPTURE_TO_EVENT.observe((now_ms() - sample.captured_at) / 1000)
+
+    async def _upload(self, key: str, data: bytes) -> bool:
+        for attempt in range(1, UPLOAD_ATTEMPTS + 1):
+            started = time.perf_counter()
+            try:
+                async with self.uplink.uploads:
+                    await self.uplink.store.put(key, data)
+            except StoreError as error:
+                log.warning("camera %s: upload attempt %d/%d failed: %s", self.task.id, attempt, UPLOAD_ATTEMPTS,
+                            error)
+                await asyncio.sleep(0.2 * 2 ** attempt)
+                continue
+            UPLOAD_SECONDS.observe(time.perf_counter() - started)
+            UPLOAD_BYTES.labels(self.task.id).inc(len(data))
+            return True
+        FRAMES_DROPPED.labels(self.task.id, "upload").inc()
+        return False
+
+    # -- what `framewatch cameras` shows ------------------------------------------------------------------------
+
+    def status(self, extractor: str, since: CameraStatus | None) -> CameraStatus:
+        """This camera now; rates over the time since the previous status (`since`)."""
+        fps_in = fps_out = 0.0
+        if since is not None:
+            period_s = max(0.001, (now_ms() - since.emitted_at) / 1000)
+            fps_in = max(0, self.decoded - since.decoded) / period_s
+            fps_out = max(0, self.emitted - since.emitted) / period_s
+        SAMPLING_INTERVAL.labels(self.task.id).set(self.interval_ms() / 1000)
+        KEYFRAMES_ONLY.labels(self.task.id).set(int(self.keyframes_only))
+        return CameraStatus(camera_id=self.task.id, extractor=extractor, state=self.state, fps_in=round(fps_in, 2),
+                            fps_out=round(fps_out, 2), interval_ms=max(1, round(self.interval_ms())),
+                            last_frame_at=self.last_frame_at, reconnects=self.reconnects, last_error=self.last_error,
+                            decoded=self.decoded, emitted=self.emitted)
