@@ -5,22 +5,25 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
+from framewatch.ops.camera import h264_clip
 from framewatch.ops.load import free_port, free_ports
 from framewatch.schemas.config import Config, load_config
-from framewatch.stack import LocalStack
+from framewatch.stack import LocalStack, StackHome
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_CLIP = ROOT / "samples" / "plaza-20s.mp4"
+VTEST = Path(os.environ.get("FRAMEWATCH_TEST_VIDEO", ROOT.parent / "shared" / "data" / "vtest.avi"))
 
 SAMPLE_JPEG = bytes(cv2.imencode(".jpg", np.full((48, 64, 3), 127, np.uint8))[1])
 
-__all__ = ["SAMPLE_JPEG", "ROOT", "SAMPLE_CLIP", "free_port", "free_ports", "write_config"]
+__all__ = ["SAMPLE_JPEG", "ROOT", "SAMPLE_CLIP", "VTEST", "free_port", "free_ports", "write_config"]
 
 
 @pytest.fixture(scope="session")
@@ -28,6 +31,21 @@ def stack_env() -> Iterator[dict[str, str]]:
     stack = LocalStack()
     stack.up()
     yield stack.env()
+
+
+@dataclass(frozen=True)
+class Clips:
+    moving: Path  # vtest.avi as an IP camera sends it: H.264, 25 fps, a key frame a second, no B-frames
+    still: Path  # its first frame for 10 s: a static scene
+
+
+@pytest.fixture(scope="session")
+def clips() -> Clips:
+    assert VTEST.is_file(), f"{VTEST} is missing: `make testdata` fetches it (FRAMEWATCH_TEST_VIDEO names another)"
+    folder = StackHome.default().cache / "clips"
+    folder.mkdir(parents=True, exist_ok=True)
+    return Clips(h264_clip(VTEST, folder / "vtest-25fps.mp4"),
+                 h264_clip(VTEST, folder / "vtest-still-10s.mp4", seconds=10, still=True))
 
 
 @pytest.fixture

@@ -23,7 +23,6 @@ Tolerance: a crossing's time within 1 s of the eye's. HOG is upscaled 1.4x so it
 from __future__ import annotations
 
 import asyncio
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,9 +36,8 @@ from framewatch.ops.load import namespaced_env
 from framewatch.schemas.events import FrameOutcome, Outcome
 from framewatch.schemas.topics import FRAME_OUTCOMES
 from framewatch.streams.bus import ensure_topics, read_records
-from tests.conftest import ROOT, free_port, write_config
+from tests.conftest import VTEST, free_port, write_config
 
-VTEST = Path(os.environ.get("FRAMEWATCH_TEST_VIDEO", ROOT.parent / "shared" / "data" / "vtest.avi"))
 
 LINE = """
 task_type = "绊线人数统计"

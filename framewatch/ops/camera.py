@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import subprocess
+import sys
 import threading
 import time
 from fractions import Fraction
@@ -89,6 +91,14 @@ def _publish_pass(clip: Path, out: av.container.OutputContainer, started: float,
             out.mux(packet)
             end = at + float(time_base * (packet.duration or 0))
         return end
+
+
+def start_publisher(clip: Path, urls: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    """A process publishing `clip` to each URL (stop it with terminate())."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "framewatch.ops.camera", "publish", str(clip), *urls],
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def main() -> None:

@@ -27,6 +27,9 @@ from framewatch.schemas.tasks import DecodeMode, RtspTransport
 # errors that retrying cannot fix: the camera refuses us, or what answers is not a video
 PERMANENT_ERRORS = (av.error.HTTPUnauthorizedError, av.error.HTTPForbiddenError, av.error.InvalidDataError,
                     av.error.ProtocolNotFoundError, av.error.PermissionError)
+# the stream's description says what it holds: probing a live stream for FFmpeg's default (about a second of
+# packets) delays the open and then delivers those frames in one burst, with capture times squeezed together
+LIVE_PROBE = {"analyzeduration": "100000", "probesize": "32768"}
 CORRUPT_PACKETS_IN_A_ROW = 25  # more than this many undecodable packets in a row: reconnect
 
 
@@ -81,7 +84,9 @@ def describe(error: av.FFmpegError, settings: SourceSettings) -> SourceError:
 def open_container(settings: SourceSettings) -> av.container.InputContainer:
     if settings.is_file and not Path(settings.path).is_file():
         raise SourceError(f"{settings.path}: no such video file", permanent=True)
-    options = {"rtsp_transport": settings.transport.value} if settings.url.startswith("rtsp://") else {}
+    options = dict(LIVE_PROBE) if settings.url.startswith(("rtsp://", "rtmp://")) else {}
+    if settings.url.startswith("rtsp://"):
+        options["rtsp_transport"] = settings.transport.value
     try:
         container = av.open(settings.path if settings.is_file else settings.url, options=options,
                             timeout=(settings.open_timeout_s, settings.read_timeout_s))
