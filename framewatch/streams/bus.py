@@ -14,6 +14,7 @@ from framewatch.schemas.events import Event
 from framewatch.schemas.topics import ALL_TOPICS, TopicSpec
 
 CONNECT_TIMEOUT_S = 10.0
+TOPIC_CREATION_CHECKS = 6
 
 
 class BrokerUnavailable(RuntimeError):
@@ -93,7 +94,10 @@ async def read_records(config: Config, topic: str, last: int | None = None,
     """The records on a topic now (the `last` of each partition, or all), oldest first."""
     admin = await connect_admin(config)
     try:
-        count = (await partitions(admin, [topic])).get(topic, 0)
+        for _ in range(TOPIC_CREATION_CHECKS):  # a topic just created takes a moment to show in the metadata
+            if count := (await partitions(admin, [topic])).get(topic, 0):
+                break
+            await asyncio.sleep(0.5)
     finally:
         await admin.close()
     if count == 0:

@@ -108,6 +108,7 @@ class Camera:
         self.dropped = 0
         self.last_frame_at: int | None = None
         self.keyframes_only = False
+        self.created_at = now_ms()
         self._seq = 0
         self._stop = threading.Event()
         self._stopped = asyncio.Event()
@@ -262,12 +263,12 @@ class Camera:
     # -- what `framewatch cameras` shows ------------------------------------------------------------------------
 
     def status(self, extractor: str, since: CameraStatus | None) -> CameraStatus:
-        """This camera now; rates over the time since the previous status (`since`)."""
-        fps_in = fps_out = 0.0
-        if since is not None:
-            period_s = max(0.001, (now_ms() - since.emitted_at) / 1000)
-            fps_in = max(0, self.decoded - since.decoded) / period_s
-            fps_out = max(0, self.emitted - since.emitted) / period_s
+        """This camera now; rates since the previous status (`since`), or since the camera started."""
+        since_ms, decoded, emitted = (self.created_at, 0, 0) if since is None else (
+            since.emitted_at, since.decoded, since.emitted)
+        period_s = max(0.001, (now_ms() - since_ms) / 1000)
+        fps_in = max(0, self.decoded - decoded) / period_s
+        fps_out = max(0, self.emitted - emitted) / period_s
         SAMPLING_INTERVAL.labels(self.task.id).set(self.interval_ms() / 1000)
         KEYFRAMES_ONLY.labels(self.task.id).set(int(self.keyframes_only))
         return CameraStatus(camera_id=self.task.id, extractor=extractor, state=self.state, fps_in=round(fps_in, 2),

@@ -108,6 +108,12 @@ async def publish_config_tasks(config: Config, producer: EventProducer) -> None:
 
 
 @dataclass
+class Replay:
+    end: int  # the partition's end offset when it was assigned
+    latest: dict[bytes | None, ConsumerRecord] = field(default_factory=dict)
+
+
+@dataclass
 class Running:
     camera: Camera
     partition: int
@@ -122,6 +128,7 @@ class ExtractorService(ConsumerRebalanceListener):
         self.throttle = Throttle(config.frame_extractor.max_throttle)
         self.cameras: dict[str, Running] = {}
         self.reported: dict[str, CameraStatus] = {}
+        self.replaying: dict[TopicPartition, Replay] = {}
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=config.kafka_bootstrap, group_id=config.topic("framewatch-extractors"),
             enable_auto_commit=False, auto_offset_reset="earliest",
@@ -134,8 +141,12 @@ class ExtractorService(ConsumerRebalanceListener):
         await self.consumer.start()
         helpers = [asyncio.create_task(self.throttle.follow(self.config)), asyncio.create_task(self._report())]
         try:
-            async for record in self.consumer:
-                await self._apply(record)
+            while True:
+                batches = await self.consumer.getmany(timeout_ms=1000)
+                for records in batches.values():
+                    for record in records:
+                        await self._take(record)
+                await self._end_replays()
         finally:
             for helper in helpers:
                 helper.cancel()
@@ -146,11 +157,30 @@ class ExtractorService(ConsumerRebalanceListener):
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         await self.release({tp.partition for tp in revoked})
+        self.replaying = {}
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        """A compacted topic is read whole: it is the tasks as they stand. Until a partition is read to its end,
+        only each task's last record is kept, so a task changed since its first version starts once, as it is."""
         log.info("extractor %s owns fw.tasks partitions %s", self.name, sorted(tp.partition for tp in assigned))
         if assigned:
-            await self.consumer.seek_to_beginning(*assigned)  # compacted: read whole, it is the tasks as they stand
+            await self.consumer.seek_to_beginning(*assigned)
+            ends = await self.consumer.end_offsets(assigned)
+            self.replaying = {tp: Replay(end) for tp, end in ends.items()}
+
+    async def _take(self, record: ConsumerRecord) -> None:
+        replay = self.replaying.get(TopicPartition(record.topic, record.partition))
+        if replay is None:
+            await self._apply(record)
+        else:
+            replay.latest[record.key] = record
+
+    async def _end_replays(self) -> None:
+        for tp, replay in list(self.replaying.items()):
+            if await self.consumer.position(tp) >= replay.end:
+                del self.replaying[tp]
+                for record in replay.latest.values():
+                    await self._apply(record)
 
     async def release(self, partitions: set[int] | None) -> None:
         """Stops the cameras of these partitions (all when None) before another extractor may start them."""
