@@ -3,12 +3,13 @@ one killed with SIGKILL, and `framewatch tasks` changes what runs while they run
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -45,15 +46,14 @@ class Extractors:
         return process
 
     def statuses(self) -> dict[str, CameraStatus]:
-        import asyncio
-
         return {s.camera_id: s for s in asyncio.run(camera_statuses(self.config))}
 
-    def wait_for(self, predicate: object, timeout_s: float, what: str) -> dict[str, CameraStatus]:
+    def wait_for(self, predicate: Callable[[dict[str, CameraStatus]], bool], timeout_s: float,
+                 what: str) -> dict[str, CameraStatus]:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             statuses = self.statuses()
-            if predicate(statuses):  # type: ignore[operator]
+            if predicate(statuses):
                 return statuses
             time.sleep(1)
         logs = "\n".join(p.tail() for p in self.processes)

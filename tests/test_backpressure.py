@@ -1,0 +1,64 @@
+"""Pressure from downstream, all real: a worker whose only algorithm service answers slowly drops a camera's
+frames; the extractor hears it on fw.pressure and samples that camera less often, and samples it at its configured
+rate again once the service is fast. The camera is added at run time, so the worker knows its rule from fw.tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from framewatch.ops.demo import ServiceProcess
+from framewatch.ops.load import start_fleet
+from framewatch.ops.tasks import camera_statuses
+from framewatch.schemas.config import Config
+from framewatch.schemas.events import CameraStatus
+from tests.conftest import ROOT, SAMPLE_CLIP, free_port
+
+
+def status_of(config: Config, camera: str) -> CameraStatus | None:
+    return {s.camera_id: s for s in asyncio.run(camera_statuses(config))}.get(camera)
+
+
+def wait_for_interval(config: Config, check: Callable[[int], bool], timeout_s: float, what: str) -> CameraStatus:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = status_of(config, "door")
+        if status is not None and check(status.interval_ms):
+            return status
+        time.sleep(1)
+    raise AssertionError(f"not within {timeout_s:.0f}s: {what}; last status {status_of(config, 'door')}")
+
+
+def metric(text: str, name: str) -> float:
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+
+def test_a_camera_is_slowed_while_inference_is_behind_and_recovers(tmp_path: Path,
+                                                                  stack_env: dict[str, str]) -> None:
+    with start_fleet(tmp_path, stack_env, instances=1, latency_ms=300, people=1) as fleet:
+        run = fleet.run
+        added = subprocess.run([sys.executable, "-m", "framewatch.cli", "tasks", "-c", str(run.config_path), "add",
+                                "door", "--type", "area_intrusion", "--url", str(SAMPLE_CLIP), "--interval-ms", "100",
+                                "--set", "loop=true"], capture_output=True, text=True, env=run.env, cwd=ROOT,
+                               timeout=60)
+        assert added.returncode == 0, added.stderr
+        extractor = ServiceProcess("extractor", ["extract", "-c", str(run.config_path)],
+                                   {**run.env, "FRAMEWATCH_EXTRACTOR_METRICS_PORT": str(free_port())}, run.log_dir)
+        try:
+            # 10 frames/s against a service that takes about 3: most would be superseded in the worker
+            slowed = wait_for_interval(run.config, lambda ms: ms >= 200, 40, "the camera slowed down")
+            assert slowed.fps_out < 10
+            fleet.control(0, latency_ms=10)
+            wait_for_interval(run.config, lambda ms: ms <= 110, 60, "the camera back at 100 ms")
+            metrics = httpx.get(run.metrics_url, timeout=5).text
+            assert metric(metrics, 'framewatch_rules_frames_total{status="evaluated"}') > 0
+            assert metric(metrics, 'framewatch_rules_frames_total{status="unknown_task"}') == 0
+        finally:
+            extractor.stop()
+        assert "Traceback" not in extractor.log_path.read_text()
