@@ -1,0 +1,221 @@
+"""Camera ingest benchmark: real RTSP cameras (mediamtx, fed vtest.avi as 25 fps 576p H.264 with a key frame a
+second) read by one extractor process, side by side in one run.
+
+    .venv/bin/python bench/ingest.py [--seconds 20] [--max-cameras 80] [--json out.json]
+
+Scenarios (each in a namespace and bucket of its own, against the local stack; figures over a window after a
+warm-up, from the extractor's own metrics and its process CPU time):
+  decode     8 cameras sampled every 1000 ms (one GOP): CPU seconds per sampled frame decoding every frame vs key
+             frames only; and every 200 ms, where every frame must be decoded
+  seed load  14 cameras every 200 ms (70 frames/s sampled, the seed's load): cores used, drops, capture-to-event p99
+  capacity   more and more cameras every 200 ms (5 fps each) until one extractor drops a frame, samples less than
+             it should, or its capture-to-event p99 reaches 500 ms: the largest number it sustains
+Everything shares this machine's cores: the RTSP server and the publisher, Kafka and MinIO are measured apart.
+Prints a readable table, then the figures as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from framewatch.ops.camera import h264_clip, start_publisher
+from framewatch.ops.demo import ServiceProcess
+from framewatch.ops.load import free_port, namespaced_env, print_figures
+from framewatch.schemas.config import Config, load_config
+from framewatch.stack import LocalStack, StackHome
+from framewatch.streams.objectstore import ObjectStore
+
+ROOT = Path(__file__).resolve().parents[1]
+PATHS = 4  # published streams; cameras read them in turn, so their key frames do not all come at once
+WARM_UP_S = 8.0
+P99_GOAL_S = 0.5
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def vtest() -> Path:
+    for candidate in (os.environ.get("FRAMEWATCH_TEST_VIDEO"), StackHome.default().cache / "vtest.avi",
+                      ROOT.parent / "shared" / "data" / "vtest.avi"):
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    raise SystemExit("vtest.avi not found: run `make testdata` first")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime, all threads
+
+
+@dataclass
+class Snapshot:
+    at: float
+    cpu_s: float
+    others_cpu_s: float
+    counters: dict[str, float]
+    latency: dict[float, float]  # capture-to-event histogram: upper bound -> cumulative count
+
+
+def scrape(port: int) -> tuple[dict[str, float], dict[float, float]]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+        text = answer.read().decode()
+    counters: dict[str, float] = {}
+    latency: dict[float, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "framewatch_extractor_capture_to_event_seconds_bucket":
+                latency[float(sample.labels["le"])] = sample.value
+            elif sample.name.startswith("framewatch_extractor_frames_") and sample.name.endswith("_total"):
+                key = sample.name.removeprefix("framewatch_extractor_frames_").removesuffix("_total")
+                counters[key] = counters.get(key, 0.0) + sample.value
+    return counters, latency
+
+
+def quantile(buckets: dict[float, float], q: float) -> float | None:
+    """From a cumulative histogram, interpolating within the bucket (as Prometheus' histogram_quantile)."""
+    total = buckets.get(float("inf"), 0.0)
+    if total == 0:
+        return None
+    rank, lower, below = q * total, 0.0, 0.0
+    for bound, count in sorted(buckets.items()):
+        if count >= rank:
+            if bound == float("inf"):
+                return lower
+            return lower + (bound - lower) * (rank - below) / max(count - below, 1e-9)
+        lower, below = bound, count
+    return lower
+
+
+class Bench:
+    def __init__(self, stack_env: dict[str, str], clip: Path, folder: Path) -> None:
+        self.stack_env = stack_env
+        self.folder = folder
+        self.server = stack_env["FRAMEWATCH_RTSP_SERVER"]
+        self.prefix = f"bench{os.getpid()}"
+        self.urls = [f"rtsp://{self.server}/cam-{self.prefix}-{i}" for i in range(PATHS)]
+        self.publisher = start_publisher(clip, self.urls, folder / "publisher.log")
+        self.others = [self.publisher.pid, *self._stack_pids()]
+        time.sleep(3)
+
+    def _stack_pids(self) -> list[int]:
+        return [s.pid for s in LocalStack().status() if s.pid is not None]
+
+    def close(self) -> None:
+        self.publisher.terminate()
+        self.publisher.wait(10)
+
+    def snapshot(self, pid: int, port: int) -> Snapshot:
+        counters, latency = scrape(port)
+        others = sum(cpu_seconds(p) for p in self.others if Path(f"/proc/{p}").exists())
+        return Snapshot(time.monotonic(), cpu_seconds(pid), others, counters, latency)
+
+    def run(self, name: str, cameras: int, interval_ms: int, decode: str, seconds: float) -> dict[str, Any]:
+        env = namespaced_env(self.stack_env, FRAMEWATCH_EXTRACTOR_METRICS_PORT=str(free_port()))
+        body = "".join(f'[[frame_extractor.tasks]]\nid = "c{i}"\ntask_type = "people_counting"\n'
+                       f'rtsp_url = "{self.urls[i % PATHS]}"\ninterval_ms = {interval_ms}\ndecode = "{decode}"\n'
+                       for i in range(cameras))
+        path = self.folder / f"{name}.toml"
+        path.write_text(body, encoding="utf-8")
+        config, _ = load_config(path, env)
+        port = config.framewatch.extractor_metrics_port
+        extractor = ServiceProcess(name, ["extract", "--once", "-c", str(path)], env, self.folder / "logs")
+        try:
+            time.sleep(WARM_UP_S)
+            first = self.snapshot(extractor.process.pid, port)
+            time.sleep(seconds)
+            last = self.snapshot(extractor.process.pid, port)
+        finally:
+            extractor.stop()
+        asyncio.run(empty_bucket(config))
+        return figures(cameras, interval_ms, first, last)
+
+
+def figures(cameras: int, interval_ms: int, first: Snapshot, last: Snapshot) -> dict[str, Any]:
+    window = last.at - first.at
+    delta = {k: last.counters.get(k, 0.0) - first.counters.get(k, 0.0) for k in last.counters}
+    latency = {le: count - first.latency.get(le, 0.0) for le, count in last.latency.items()}
+    sampled = delta.get("sampled", 0.0)
+    cpu = last.cpu_s - first.cpu_s
+    p99 = quantile(latency, 0.99)
+    expected = cameras * window * 1000 / interval_ms
+    return {
+        "cameras": cameras, "interval_ms": interval_ms, "window_s": round(window, 1),
+        "sampled_per_s": round(sampled / window, 1), "expected_per_s": round(expected / window, 1),
+        "decoded_per_s": round(delta.get("decoded", 0.0) / window, 1),
+        "emitted": int(delta.get("emitted", 0.0)), "dropped": int(delta.get("dropped", 0.0)),
+        "cores": round(cpu / window, 3), "cpu_ms_per_sampled_frame": round(1000 * cpu / max(sampled, 1), 2),
+        "others_cores": round((last.others_cpu_s - first.others_cpu_s) / window, 3),
+        "capture_to_event_p50_ms": None if (p := quantile(latency, 0.5)) is None else round(p * 1000),
+        "capture_to_event_p99_ms": None if p99 is None else round(p99 * 1000),
+        "sustained": (delta.get("dropped", 0.0) == 0 and sampled >= 0.97 * expected
+                      and p99 is not None and p99 < P99_GOAL_S),
+    }
+
+
+async def empty_bucket(config: Config) -> None:
+    store = ObjectStore(config.frame_extractor.minio)
+    await store.delete_many(await store.list_keys(""))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--max-cameras", type=int, default=80)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    stack = LocalStack()
+    stack.up()
+    folder = Path(tempfile.mkdtemp(prefix="framewatch-bench-ingest-"))
+    clip = h264_clip(vtest(), StackHome.default().cache / "clips" / "vtest-25fps.mp4")
+    bench = Bench(stack.env(), clip, folder)
+    try:
+        every = bench.run("decode-all", 8, 1000, "all", args.seconds)
+        keys = bench.run("decode-keyframes", 8, 1000, "auto", args.seconds)
+        dense = bench.run("decode-200ms", 8, 200, "auto", args.seconds)
+        seed = bench.run("seed-14x200ms", 14, 200, "auto", args.seconds)
+        sweep = []
+        cameras = 20
+        while cameras <= args.max_cameras:
+            sweep.append(bench.run(f"capacity-{cameras}", cameras, 200, "auto", args.seconds))
+            print(f"capacity {cameras} cameras: {sweep[-1]}", file=sys.stderr, flush=True)
+            if not sweep[-1]["sustained"]:
+                break
+            cameras += 10
+    finally:
+        bench.close()
+    sustained = max((s["cameras"] for s in sweep if s["sustained"]), default=0)
+    result = {"decode_all_1000ms": every, "decode_keyframes_1000ms": keys, "decode_200ms": dense,
+              "seed_14x200ms": seed, "capacity_sweep": sweep, "max_cameras_sustained_5fps": sustained}
+    print(f"\n{'figure':58} {'value':>10}   goal")
+    rows = [
+        ("CPU ms per sampled frame, 1 s interval, every frame decoded", every["cpu_ms_per_sampled_frame"], ""),
+        ("CPU ms per sampled frame, 1 s interval, key frames only", keys["cpu_ms_per_sampled_frame"], ""),
+        ("  ratio (every frame / key frames only)",
+         round(every["cpu_ms_per_sampled_frame"] / max(keys["cpu_ms_per_sampled_frame"], 0.01), 1), ""),
+        ("CPU ms per sampled frame, 200 ms interval", dense["cpu_ms_per_sampled_frame"], ""),
+        ("seed load 14 x 5 fps: extractor cores", seed["cores"], "< 1"),
+        ("seed load: sampled frames/s (expected 70)", seed["sampled_per_s"], "70"),
+        ("seed load: dropped", seed["dropped"], "0"),
+        ("seed load: capture to event p99 (ms)", seed["capture_to_event_p99_ms"], "< 500"),
+        ("cameras at 5 fps one extractor sustains", sustained, ">= 40"),
+    ]
+    rows += [(f"  {s['cameras']} cameras: cores / p99 ms / dropped / sampled of expected",
+              f"{s['cores']}/{s['capture_to_event_p99_ms']}/{s['dropped']}/{s['sampled_per_s']}:{s['expected_per_s']}",
+              "sustained" if s["sustained"] else "NOT sustained") for s in sweep]
+    for name, value, goal in rows:
+        print(f"{name:58} {value!s:>10}   {goal}")
+    print_figures(result, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
