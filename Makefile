@@ -41,7 +41,8 @@ $(VTEST):
 test: stack browser testdata
 	FRAMEWATCH_TEST_VIDEO=$(VTEST) $(BIN)/python -m pytest -q
 
-bench: stack
+bench: stack testdata
+	FRAMEWATCH_TEST_VIDEO=$(VTEST) $(BIN)/python bench/ingest.py
 	$(BIN)/python bench/inference.py
 	$(BIN)/python bench/sink.py
 	$(BIN)/python bench/rules.py
