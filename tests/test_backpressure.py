@@ -56,6 +56,9 @@ def test_a_camera_is_slowed_while_inference_is_behind_and_recovers(tmp_path: Pat
             assert slowed.fps_out < 10
             fleet.control(0, latency_ms=10)
             wait_for_interval(run.config, lambda ms: ms <= 110, 60, "the camera back at 100 ms")
+            cameras = httpx.get(run.stats_url.replace("/api/stats", "/api/cameras"), timeout=5).json()["cameras"]
+            door = next(c for c in cameras if c["camera_id"] == "door")
+            assert door["state"] == "streaming" and door["task_type"] == "area_intrusion" and door["inferred"] > 0
             metrics = httpx.get(run.metrics_url, timeout=5).text
             assert metric(metrics, 'framewatch_rules_frames_total{status="evaluated"}') > 0
             assert metric(metrics, 'framewatch_rules_frames_total{status="unknown_task"}') == 0

@@ -13,7 +13,7 @@ from typing import TypeVar
 import faust
 from mode import Service
 
-from framewatch.agents.catalog import TaskCatalog
+from framewatch.agents.catalog import camera_states, task_catalog
 from framewatch.agents.database import AlertStore
 from framewatch.agents.inference import ServiceClient
 from framewatch.agents.registry import ServiceRegistry
@@ -71,7 +71,8 @@ class Topology:
 
 
 class Resources(Service):
-    """What the agents share: the object store, the alert store, the service registry, the inference scheduler."""
+    """What the agents share: the object store, the alert store, the service registry, the inference scheduler,
+    the tasks and camera states as the extractors publish them."""
 
     def __init__(self, config: Config, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
@@ -79,7 +80,8 @@ class Resources(Service):
         self.store = ObjectStore(config.frame_extractor.minio)
         self.alerts = AlertStore(config.database.dsn.get_secret_value())
         self.registry = ServiceRegistry(config)
-        self.catalog = TaskCatalog(config)
+        self.catalog = task_catalog(config)  # fw.tasks
+        self.camera_states = camera_states(config)  # fw.cameras
         self.client = ServiceClient(config, self.store)
         self.scheduler = InferenceScheduler(config, self.registry, self.client)
 
@@ -88,10 +90,12 @@ class Resources(Service):
         await self.alerts.connect()
         await self.registry.start()
         await self.catalog.start()
+        await self.camera_states.start()
         await self.scheduler.start()
 
     async def on_stop(self) -> None:
         await self.scheduler.stop()
+        await self.camera_states.stop()
         await self.catalog.stop()
         await self.registry.stop()
         await self.client.close()
@@ -100,7 +104,7 @@ class Resources(Service):
     def task_settings(self, task_id: str) -> CameraTask | None:
         """A task's rule settings as fw.tasks has them, else as this worker's config declares them, else None."""
         try:
-            return self.catalog.get(task_id) or self.config.task(task_id)
+            return self.catalog.values.get(task_id) or self.config.task(task_id)
         except KeyError:
             return None
 

@@ -126,9 +126,15 @@ def attach_web(app: faust.App, resources: Resources) -> None:
 
     async def cameras(view: View, request: Request) -> Response:
         now_ms = time.time() * 1000
+        tasks = {**{t.id: t for t in resources.config.frame_extractor.tasks}, **resources.catalog.values}
         by_camera: dict[str, dict[str, Any]] = {
             t.id: {"camera_id": t.id, "task_type": t.task_type.value, "enabled": t.enabled, "alerts": 0}
-            for t in resources.config.frame_extractor.tasks}
+            for t in tasks.values()}
+        for camera_id, status in resources.camera_states.values.items():
+            by_camera.setdefault(camera_id, {"camera_id": camera_id, "alerts": 0}).update(
+                state=status.state.value, extractor=status.extractor, fps_in=status.fps_in, fps_out=status.fps_out,
+                interval_ms=status.interval_ms, reconnects=status.reconnects, last_error=status.last_error,
+                status_age_s=round((now_ms - status.emitted_at) / 1000, 1))
         for camera_id, seen in resources.scheduler.cameras.items():
             by_camera.setdefault(camera_id, {"camera_id": camera_id, "alerts": 0}).update(
                 frames=seen.frames, inferred=seen.inferred,

@@ -11,6 +11,7 @@ States (`CameraState`): connecting ─► streaming ─► backoff ─► connec
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import threading
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import cv2
+from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Gauge, Histogram
 
 from framewatch.schemas.config import FrameExtractorSettings, mask_url
@@ -173,7 +175,7 @@ class Camera:
         handoff: Handoff[Sample] = Handoff(loop, self.settings.handoff_size, None if live else self._stop)
         outcome: list[SourceError] = []
         source = Source(settings, self.interval_ms, self._stop)
-        opened = lambda: loop.call_soon_threadsafe(self._set_state, CameraState.STREAMING)  # noqa: E731
+        opened = functools.partial(loop.call_soon_threadsafe, self._set_state, CameraState.STREAMING)
         reader = threading.Thread(target=self._read, args=(source, handoff, outcome, opened), daemon=True,
                                   name=f"camera-{self.task.id}")
         reader.start()
@@ -181,6 +183,8 @@ class Camera:
         while (sample := await handoff.get()) is not None:
             self._count_decoded(decoded_before + source.decoded)
             self.keyframes_only = source.keyframes_only
+            KEYFRAMES_ONLY.labels(self.task.id).set(int(self.keyframes_only))
+            SAMPLING_INTERVAL.labels(self.task.id).set(self.interval_ms() / 1000)
             if not self._stop.is_set():
                 await self._emit(sample)
         self._count_decoded(decoded_before + source.decoded)
@@ -237,7 +241,13 @@ class Camera:
                            camera_id=self.task.id, task_type=self.task.task_type, seq=seq,
                            captured_at=sample.captured_at, bucket=self.uplink.store.bucket, object_key=key,
                            width=sample.width, height=sample.height)
-        await self.uplink.producer.send(FRAMES, event, key=event.camera_id)
+        try:
+            await self.uplink.producer.send(FRAMES, event, key=event.camera_id)
+        except KafkaError as error:  # the object stays behind: the reconciliation sweep deletes such orphans
+            log.warning("camera %s: frame %s not sent: %r", self.task.id, event.frame_id, error)
+            FRAMES_DROPPED.labels(self.task.id, "kafka").inc()
+            self.dropped += 1
+            return
         self.emitted += 1
         self.last_frame_at = sample.captured_at
         FRAMES_EMITTED.labels(self.task.id).inc()
@@ -269,8 +279,6 @@ class Camera:
         period_s = max(0.001, (now_ms() - since_ms) / 1000)
         fps_in = max(0, self.decoded - decoded) / period_s
         fps_out = max(0, self.emitted - emitted) / period_s
-        SAMPLING_INTERVAL.labels(self.task.id).set(self.interval_ms() / 1000)
-        KEYFRAMES_ONLY.labels(self.task.id).set(int(self.keyframes_only))
         return CameraStatus(camera_id=self.task.id, extractor=extractor, state=self.state, fps_in=round(fps_in, 2),
                             fps_out=round(fps_out, 2), interval_ms=max(1, round(self.interval_ms())),
                             last_frame_at=self.last_frame_at, reconnects=self.reconnects, last_error=self.last_error,

@@ -21,6 +21,7 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError
 
 from framewatch.schemas.config import Config
 from framewatch.schemas.events import CameraState, CameraStatus, DecodeError, TaskEvent, TaskOrigin
@@ -140,6 +141,8 @@ class ExtractorService(ConsumerRebalanceListener):
         self.consumer.subscribe([self.config.topic(TASKS.name)], listener=self)
         await self.consumer.start()
         helpers = [asyncio.create_task(self.throttle.follow(self.config)), asyncio.create_task(self._report())]
+        for helper in helpers:
+            helper.add_done_callback(_log_failure)
         try:
             while True:
                 batches = await self.consumer.getmany(timeout_ms=1000)
@@ -230,8 +233,17 @@ class ExtractorService(ConsumerRebalanceListener):
 
     async def _send_status(self, camera: Camera) -> None:
         status = camera.status(self.name, self.reported.get(camera.task.id))
+        try:
+            await self.uplink.producer.send(CAMERAS, status, key=status.camera_id)
+        except KafkaError as error:
+            log.warning("camera %s: status not sent: %r", status.camera_id, error)
+            return
         self.reported[camera.task.id] = status
-        await self.uplink.producer.send(CAMERAS, status, key=status.camera_id)
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.error("extractor: %s stopped: %r", task.get_coro(), error)
 
 
 async def serve_extractor(config: Config) -> None:
