@@ -50,8 +50,9 @@ def test_stack_status_and_env(stack_env: dict[str, str]) -> None:
     status = subprocess.run([sys.executable, "-m", "framewatch.cli", "stack", "status"], capture_output=True,
                             text=True, cwd=ROOT, timeout=60)
     assert status.returncode == 0, status.stdout + status.stderr
-    assert {line.split()[0] for line in status.stdout.splitlines()[1:]} == {"kafka", "minio", "postgres"}
+    assert {line.split()[0] for line in status.stdout.splitlines()[1:]} == {"kafka", "minio", "postgres", "mediamtx"}
     assert all(line.endswith("up") for line in status.stdout.splitlines()[1:])
     env = subprocess.run([sys.executable, "-m", "framewatch.cli", "stack", "env"], capture_output=True, text=True,
                          cwd=ROOT, timeout=60)
     assert f"export FRAMEWATCH_KAFKA_BOOTSTRAP={stack_env['FRAMEWATCH_KAFKA_BOOTSTRAP']}" in env.stdout
+    assert f"export FRAMEWATCH_RTSP_SERVER={stack_env['FRAMEWATCH_RTSP_SERVER']}" in env.stdout

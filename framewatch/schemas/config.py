@@ -74,7 +74,7 @@ class FrameExtractorSettings(Section):
     reconnect_max_sec: float = Field(default=30.0, gt=0, description="the longest wait between reconnects")
     upload_concurrency: int = Field(default=16, ge=1, description="uploads in flight at once, all cameras")
     handoff_size: int = Field(default=4, ge=1, description="samples waiting for upload per camera; oldest dropped")
-    max_throttle: float = Field(default=10.0, ge=1, description="most a camera's interval is stretched under pressure")
+    max_throttle: float = Field(default=10.0, ge=1, description="most a camera's interval stretches under pressure")
     minio: MinioSettings = MinioSettings()
     tasks: list[CameraTask] = []
 

@@ -138,7 +138,7 @@ class CameraTask(BaseModel):
     rtsp_transport: RtspTransport = Field(default=RtspTransport.TCP, description="how rtsp:// sources carry RTP")
     loop: bool = Field(default=False, description="a file source starts again at its end (demos, benchmarks)")
     decode: DecodeMode = DecodeMode.AUTO
-    change_gate: bool = Field(default=False, description="skip sampled frames that differ too little from the last sent")
+    change_gate: bool = Field(default=False, description="skip sampled frames too like the last one sent")
     change_min_area: float = Field(default=0.005, gt=0, le=1,
                                    description="share of the picture that must change for a frame to be sent")
     change_heartbeat_sec: float = Field(default=10.0, gt=0, description="a frame is sent at least this often")

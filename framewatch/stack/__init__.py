@@ -1,4 +1,5 @@
-"""The real local stack (Kafka, MinIO, PostgreSQL, and mediamtx as the RTSP server cameras publish to) started without Docker: `framewatch stack up|down|status|env`."""
+"""The real local stack, started without Docker: Kafka, MinIO, PostgreSQL, and mediamtx (the RTSP server test
+cameras publish to). `framewatch stack up|down|status|env`."""
 
 from __future__ import annotations
 

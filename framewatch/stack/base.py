@@ -115,6 +115,11 @@ class LocalService(ABC):
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
+    @property
+    def binary(self) -> str:
+        """Where a server built from source (MinIO, mediamtx) is cached."""
+        return str(self.home.cache / "bin" / self.name)
+
     @abstractmethod
     def install(self) -> None:
         """Fetch or build what the service needs, once, into the cache."""

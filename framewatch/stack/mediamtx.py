@@ -58,14 +58,10 @@ class Mediamtx(LocalService):
     name = "mediamtx"
     port = 18554
 
-    @property
-    def binary(self) -> str:
-        return str(self.home.cache / "bin" / "mediamtx")
-
     def install(self) -> None:
         if os.path.exists(self.binary):
             return
-        go = require_tool("go", "install Go 1.24+ to build mediamtx (https://go.dev/dl or Debian: apt-get install golang)")
+        go = require_tool("go", "install Go 1.24+ to build mediamtx (https://go.dev/dl, or Debian's golang)")
         module = f"{MEDIAMTX_MODULE}@{MEDIAMTX_VERSION}"
         downloaded = subprocess.run([go, "mod", "download", "-json", module], capture_output=True, text=True,
                                     env={**os.environ, "GOFLAGS": "-mod=mod"})

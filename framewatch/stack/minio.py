@@ -15,10 +15,6 @@ class Minio(LocalService):
     port = 19000
     console_port = 19001
 
-    @property
-    def binary(self) -> str:
-        return str(self.home.cache / "bin" / "minio")
-
     def install(self) -> None:
         if os.path.exists(self.binary):
             return

@@ -1,7 +1,7 @@
 """One camera on an extractor: a reader thread decodes, samples, gates and encodes; the event loop uploads each
 JPEG and only then emits its FrameEvent; a session that fails is retried with backoff until the camera is stopped.
 
-    reader thread: Source.frames ─► change gate ─► JPEG ─► Handoff (bounded, drops the oldest)
+    reader thread: Source.frames ─► change gate ─► JPEG ─► Handoff (bounded, drops its oldest)
     event loop:    Handoff ─► upload to frames/<output_path>/<day>/<ms>-<seq>.jpg ─► FrameEvent on fw.frames
 
 States (`CameraState`): connecting ─► streaming ─► backoff ─► connecting …; failed for errors retrying cannot fix

@@ -16,7 +16,8 @@ T = TypeVar("T")
 
 
 class Handoff(Generic[T]):
-    def __init__(self, loop: asyncio.AbstractEventLoop, size: int, wait_for_room: threading.Event | None = None) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, size: int,
+                 wait_for_room: threading.Event | None = None) -> None:
         """`wait_for_room`: the reader waits while the hand-off is full, until this event (its stop) is set."""
         self._loop = loop
         self._items: deque[T] = deque()
