@@ -15,8 +15,17 @@ THUMBNAIL_WIDTH = 160
 PIXEL_DELTA = 20  # grey levels: above sensor noise and compression, below a person on pavement
 
 
+def luma(frame: av.VideoFrame) -> np.ndarray:
+    """The grey picture: a YUV frame's Y plane as it lies in memory, else a conversion (which costs far more)."""
+    if not frame.format.name.startswith(("yuv", "nv")):
+        return frame.to_ndarray(format="gray")
+    plane = frame.planes[0]
+    rows = np.frombuffer(memoryview(plane), np.uint8).reshape(frame.height, plane.line_size)
+    return rows[:, :frame.width]
+
+
 def thumbnail(frame: av.VideoFrame) -> np.ndarray:
-    grey = frame.to_ndarray(format="gray")
+    grey = luma(frame)
     height = max(1, round(THUMBNAIL_WIDTH * frame.height / frame.width))
     small = cv2.resize(grey, (THUMBNAIL_WIDTH, height), interpolation=cv2.INTER_AREA)
     return cv2.GaussianBlur(small, (3, 3), 0)
