@@ -99,12 +99,13 @@ class PrivateRtspServer:
     """A mediamtx of this test's own, to kill without disturbing the others."""
 
     def __init__(self, folder: Path) -> None:
-        first = free_ports(5)
+        first = free_ports(6)
         self.port = first + first % 2  # its RTP port (port + 2) must be even
         self.log = folder / "mediamtx.log"
         self.config = folder / "mediamtx.yml"
         self.config.write_text(MEDIAMTX_CONFIG.format(host="127.0.0.1", port=self.port, rtp=self.port + 2,
-                                                      rtcp=self.port + 3, viewer="viewer", password="unused"))
+                                                      rtcp=self.port + 3, hls=self.port + 4, viewer="viewer",
+                                                      password="unused"))
         self.binary = Mediamtx(StackHome.default()).binary
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -160,7 +161,7 @@ def serving(folder: Path) -> Iterator[str]:
         server.shutdown()
 
 
-async def test_bad_sources_get_a_state_and_a_clear_error_and_the_good_ones_go_on(
+async def test_bad_sources_get_a_state_and_a_clear_error_and_the_good_ones_go_on(  # and RTSP over UDP, and HLS
         isolated_env: dict[str, str], stack_env: dict[str, str], clips: Clips, rtsp: str, namespace: str,
         tmp_path: Path) -> None:
     web = tmp_path / "web"
@@ -169,8 +170,10 @@ async def test_bad_sources_get_a_state_and_a_clear_error_and_the_good_ones_go_on
     truncated = tmp_path / "cut.mp4"
     truncated.write_bytes(clips.moving.read_bytes()[: clips.moving.stat().st_size // 3])
     secure = f"{rtsp}/secure-{namespace}"
+    public = f"cam-{namespace}-public"
     viewer = stack_env["FRAMEWATCH_RTSP_VIEWER"]
-    with serving(web) as http_root, publishing(clips.moving, [secure], tmp_path / "publisher.log"):
+    with serving(web) as http_root, publishing(clips.moving, [secure, f"{rtsp}/{public}"],
+                                               tmp_path / "publisher.log"):
         config = camera_config(tmp_path, isolated_env, {
             "unreachable": f'rtsp_url = "rtsp://127.0.0.1:{free_port()}/stream"',
             "wrong_path": f'rtsp_url = "{rtsp}/cam-{namespace}-nothing-here"',
@@ -179,10 +182,13 @@ async def test_bad_sources_get_a_state_and_a_clear_error_and_the_good_ones_go_on
             "text": f'rtsp_url = "{http_root}/camera.mjpg"',
             "truncated": f'rtsp_url = "{truncated}"',
             "good": f'rtsp_url = "{SAMPLE_CLIP}"\ninterval_ms = 500\nloop = true',
+            "udp": f'rtsp_url = "{rtsp}/{public}"\nrtsp_transport = "udp"',
+            "hls": f'rtsp_url = "http://{stack_env["FRAMEWATCH_HLS_SERVER"]}/{public}/index.m3u8"',
         }, extra="[frame_extractor]\nreconnect_min_sec = 0.5\nreconnect_max_sec = 2\n")
         async with running(config) as cameras:
             await wait_until(lambda: cameras["unreachable"].reconnects >= 2 and cameras["wrong_path"].reconnects >= 2
-                             and cameras["authorized"].emitted >= 5 and cameras["unauthorized"].state.value == "failed",
+                             and all(cameras[c].emitted >= 5 for c in ("authorized", "udp", "hls"))
+                             and cameras["unauthorized"].state.value == "failed",
                              30, "every camera settled")
             states = {name: (camera.state.value, camera.last_error) for name, camera in cameras.items()}
             assert cameras["good"].emitted >= 5
@@ -194,7 +200,7 @@ async def test_bad_sources_get_a_state_and_a_clear_error_and_the_good_ones_go_on
     assert states["text"][0] == "failed" and "not a playable video" in states["text"][1]
     assert states["truncated"] == ("failed", f"{truncated}: not a playable video (Invalid data found when "
                                              "processing input)")
-    assert states["authorized"] == ("streaming", "") and states["good"] == ("streaming", "")
+    assert {states[c] for c in ("authorized", "good", "udp", "hls")} == {("streaming", "")}
     assert all(viewer.split(":")[1] not in error for _, error in states.values())
 
 

@@ -138,6 +138,18 @@ def test_bad_task_changes_are_refused_with_the_field_named(extractors: Extractor
     assert result.returncode == 2
     assert "task 'door': interval_ms: Input should be greater than 0" in result.stderr
     assert "secret" not in result.stderr + result.stdout
+    added = subprocess.run([sys.executable, "-m", "framewatch.cli", "tasks", "-c", str(extractors.path), "add",
+                            "door", "--type", "区域入侵", "--url", "rtsp://user:secret@10.0.0.9/1",
+                            "--set", "enabled=false"],
+                           capture_output=True, text=True, env=extractors.env, cwd=ROOT, timeout=60)
+    assert added.returncode == 0 and "rtsp://***@10.0.0.9/1" in added.stdout
+    tail = subprocess.run([sys.executable, "-m", "framewatch.cli", "topics", "-c", str(extractors.path), "tail",
+                           extractors.config.topic("fw.tasks")], capture_output=True, text=True, env=extractors.env,
+                          cwd=ROOT, timeout=60)
+    assert tail.returncode == 0 and "rtsp://***@10.0.0.9/1" in tail.stdout
+    listing = extractors.cli("tasks", "list")
+    assert "rtsp://***@10.0.0.9/1" in listing
+    assert "secret" not in added.stdout + added.stderr + tail.stdout + listing
     missing = subprocess.run([sys.executable, "-m", "framewatch.cli", "tasks", "-c", str(extractors.path),
                               "update", "nobody", "--set", "interval_ms=100"],
                              capture_output=True, text=True, env=extractors.env, cwd=ROOT, timeout=60)

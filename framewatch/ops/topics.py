@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from framewatch.schemas.config import Config
+from framewatch.schemas.config import Config, mask_url
 from framewatch.schemas.events import DecodeError
 from framewatch.schemas.topics import by_name
 from framewatch.streams.bus import connect_admin, partitions, read_records
@@ -48,14 +48,25 @@ async def list_topics(config: Config) -> list[TopicInfo]:
         await admin.close()
 
 
+def without_credentials(data: Any) -> Any:
+    """Camera URLs (a task on fw.tasks holds its camera's) with their credentials masked, at any depth."""
+    if isinstance(data, dict):
+        return {k: mask_url(v) if k == "rtsp_url" and isinstance(v, str) else without_credentials(v)
+                for k, v in data.items()}
+    if isinstance(data, list):
+        return [without_credentials(v) for v in data]
+    return data
+
+
 def decode_record(topic: str, raw: bytes | None) -> Any:
-    """A record as JSON-ready data: validated against its topic's schema where framewatch knows the topic."""
+    """A record as JSON-ready data: validated against its topic's schema where framewatch knows the topic, camera
+    credentials masked."""
     if raw is None:
         return None
     spec = by_name(topic)
     if spec is not None:
         try:
-            return spec.record.decode(raw).model_dump(mode="json")
+            return without_credentials(spec.record.decode(raw).model_dump(mode="json"))
         except DecodeError as error:
             return {"undecodable": str(error), "raw": raw.decode("utf-8", "replace")}
     try:

@@ -1,4 +1,5 @@
-"""mediamtx, the RTSP server the tests and benchmarks publish cameras to, built once from the Go module proxy.
+"""mediamtx, the RTSP server (which also serves each stream as HLS) the tests and benchmarks publish cameras to,
+built once from the Go module proxy.
 
 `go install` refuses the module (the proxy does not list its versions, and its build embeds files that its
 `go generate` downloads from GitHub), so the pinned release is downloaded as a module, copied, given the two
@@ -25,7 +26,12 @@ writeTimeout: 10s
 api: no
 metrics: no
 rtmp: no
-hls: no
+hls: yes
+hlsAddress: {host}:{hls}
+hlsVariant: mpegts
+hlsAlwaysRemux: yes
+hlsSegmentCount: 3
+hlsSegmentDuration: 1s
 webrtc: no
 srt: no
 rtsp: yes
@@ -57,6 +63,7 @@ class Mediamtx(LocalService):
 
     name = "mediamtx"
     port = 18554
+    hls_port = 18888
 
     def install(self) -> None:
         if os.path.exists(self.binary):
@@ -84,13 +91,14 @@ class Mediamtx(LocalService):
 
     def prepare(self) -> None:
         self.config_path.write_text(CONFIG.format(host=self.host, port=self.port, rtp=self.port + 2,
-                                                  rtcp=self.port + 3, viewer=VIEWER,
+                                                  rtcp=self.port + 3, hls=self.hls_port, viewer=VIEWER,
                                                   password=self.home.credentials()["camera_password"]))
 
     def command(self) -> list[str]:
         return [self.binary, str(self.config_path)]
 
     def env(self) -> dict[str, str]:
-        """Where cameras are published (rtsp://HOST:PORT/<path>) and the viewer's credentials (user:password)."""
-        return {"FRAMEWATCH_RTSP_SERVER": self.address,
+        """Where cameras are published (rtsp://HOST:PORT/<path>, also served as HLS at
+        http://HOST:HLS_PORT/<path>/index.m3u8) and the viewer's credentials (user:password)."""
+        return {"FRAMEWATCH_RTSP_SERVER": self.address, "FRAMEWATCH_HLS_SERVER": f"{self.host}:{self.hls_port}",
                 "FRAMEWATCH_RTSP_VIEWER": f"{VIEWER}:{self.home.credentials()['camera_password']}"}

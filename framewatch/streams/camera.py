@@ -4,8 +4,8 @@ JPEG and only then emits its FrameEvent; a session that fails is retried with ba
     reader thread: Source.frames ─► change gate ─► JPEG ─► Handoff (bounded, drops its oldest)
     event loop:    Handoff ─► upload to frames/<output_path>/<day>/<ms>-<seq>.jpg ─► FrameEvent on fw.frames
 
-States (`CameraState`): connecting ─► streaming ─► backoff ─► connecting …; failed for errors retrying cannot fix
-(it waits for its task to change), ended when a file reaches its end.
+States (`CameraState`): connecting ─► streaming ─► backoff ─► connecting …; failed for errors retrying cannot
+fix (it waits for its task to change), ended when a file reaches its end.
 """
 
 from __future__ import annotations
