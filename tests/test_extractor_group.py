@@ -99,6 +99,10 @@ def test_two_extractors_split_the_cameras_and_one_takes_over_when_the_other_dies
         lambda s: streaming_since(s, CAMERAS, killed_at) and all(s[c].extractor == survivor for c in CAMERAS),
         TAKEOVER_S, f"the survivor running {moved} too")
     assert all(statuses[c].fps_out > 0 for c in CAMERAS)
+    table = extractors.cli("cameras").splitlines()
+    assert table[0].split()[:3] == ["camera", "state", "fps"]
+    rows = {line.split()[0]: line.split() for line in table[1:]}
+    assert all(rows[c][1] == "streaming" and rows[c][-1] == survivor for c in CAMERAS), table
 
 
 def test_tasks_changed_at_run_time_start_and_stop_cameras(extractors: Extractors) -> None:
