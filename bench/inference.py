@@ -29,6 +29,7 @@ from framewatch.ops.load import (
     TopicFollower,
     inferred_per_s,
     print_figures,
+    print_table,
     start_fleet,
 )
 from framewatch.schemas.events import DetectionEvent, FrameOutcome, Outcome, now_ms
@@ -104,8 +105,7 @@ def main() -> int:
     with start_fleet(folder / "one", env, 1, latency_ms=LATENCY_MS) as one:
         squeezed = asyncio.run(overload(one, args.seconds * 2))
     figures = {"fleet_6x140ms": fleet, "overload_13.7_to_1": squeezed}
-    print(f"\n{'figure':44} {'value':>10}   goal")
-    rows = [
+    print_table([
         ("detector utilisation (achieved / capacity)", fleet["utilisation"], ">= 0.95"),
         ("achieved frames/s (capacity 42.9)", fleet["achieved_fps"], ""),
         ("pipeline overhead at 30 frames/s, p50 (ms)", fleet["overhead_at_30fps_ms_p50"], "seed best: 12"),
@@ -118,9 +118,7 @@ def main() -> int:
          f"{squeezed['inferred']}/{squeezed['dropped']}/{squeezed['failed']}", ""),
         ("overload frames without an outcome", squeezed["unaccounted"], "0"),
         ("overload most frames waiting", squeezed["most_waiting"], "<= 14 cameras"),
-    ]
-    for name, value, goal in rows:
-        print(f"{name:44} {value!s:>10}   {goal}")
+    ])
     print_figures(figures, args.json)
     return 0
 

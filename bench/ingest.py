@@ -31,7 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from framewatch.ops.camera import h264_clip, start_publisher
 from framewatch.ops.demo import ServiceProcess
-from framewatch.ops.load import free_port, namespaced_env, print_figures
+from framewatch.ops.load import free_port, namespaced_env, print_figures, print_table
 from framewatch.schemas.config import Config, load_config
 from framewatch.stack import LocalStack, StackHome
 from framewatch.streams.objectstore import ObjectStore
@@ -196,7 +196,6 @@ def main() -> int:
     sustained = max((s["cameras"] for s in sweep if s["sustained"]), default=0)
     result = {"decode_all_1000ms": every, "decode_keyframes_1000ms": keys, "decode_200ms": dense,
               "seed_14x200ms": seed, "capacity_sweep": sweep, "max_cameras_sustained_5fps": sustained}
-    print(f"\n{'figure':58} {'value':>10}   goal")
     rows = [
         ("CPU ms per sampled frame, 1 s interval, every frame decoded", every["cpu_ms_per_sampled_frame"], ""),
         ("CPU ms per sampled frame, 1 s interval, key frames only", keys["cpu_ms_per_sampled_frame"], ""),
@@ -212,8 +211,7 @@ def main() -> int:
     rows += [(f"  {s['cameras']} cameras: cores / p99 ms / dropped / sampled of expected",
               f"{s['cores']}/{s['capture_to_event_p99_ms']}/{s['dropped']}/{s['sampled_per_s']}:{s['expected_per_s']}",
               "sustained" if s["sustained"] else "NOT sustained") for s in sweep]
-    for name, value, goal in rows:
-        print(f"{name:58} {value!s:>10}   {goal}")
+    print_table(rows)
     print_figures(result, args.json)
     return 0
 

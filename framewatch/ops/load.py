@@ -218,6 +218,14 @@ def start_fleet(folder: Path, stack_env: dict[str, str], instances: int, config:
         run.stop()
 
 
+def print_table(rows: list[tuple[str, Any, str]]) -> None:
+    """A benchmark's figures for reading: name, value, goal."""
+    width = max(len(name) for name, _, _ in rows)
+    print(f"\n{'figure':{width}} {'value':>10}   goal")
+    for name, value, goal in rows:
+        print(f"{name:{width}} {value!s:>10}   {goal}")
+
+
 def print_figures(figures: dict[str, Any], json_path: Path | None) -> None:
     """A benchmark's figures as JSON, on stdout and, when asked, in a file."""
     text = json.dumps(figures, indent=2)
