@@ -125,8 +125,13 @@ def test_tasks_changed_at_run_time_start_and_stop_cameras(extractors: Extractors
     assert line.split()[2:5] == ["no", "1000ms", "command"]
     assert next(x for x in listing.splitlines() if x.startswith("cam-0 ")).split()[4] == "config"
 
-    # a restarted extractor publishes its config again, but the disabled task stays disabled
+    # SIGTERM stops the cameras and says so; a restarted extractor publishes its config again, but the disabled
+    # task stays disabled
+    stopping = now_ms()
     extractors.processes[0].stop()
+    statuses = extractors.statuses()
+    assert all(statuses[c].state is CameraState.STOPPED and statuses[c].emitted_at >= stopping
+               for c in [*CAMERAS, "gate-2"] if c != "cam-3"), statuses
     extractors.start()
     restarted = now_ms()
     statuses = extractors.wait_for(lambda s: streaming_since(s, ["cam-0", "gate-2"], restarted), 60,

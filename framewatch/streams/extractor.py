@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
@@ -247,5 +248,14 @@ def _log_failure(task: asyncio.Task[None]) -> None:
 
 
 async def serve_extractor(config: Config) -> None:
+    """Until SIGTERM or SIGINT, which stop the cameras (their last statuses say so) and leave the group, so the
+    other extractors take the cameras over at once instead of after the session timeout."""
+    main = asyncio.current_task()
+    assert main is not None
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, main.cancel)
     async with open_uplink(config) as uplink:
-        await ExtractorService(config, uplink).run()
+        with suppress(asyncio.CancelledError):
+            await ExtractorService(config, uplink).run()
+    log.info("extractor stopped")
