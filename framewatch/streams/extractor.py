@@ -111,8 +111,13 @@ async def publish_config_tasks(config: Config, producer: EventProducer) -> None:
 
 @dataclass
 class Replay:
-    end: int  # the partition's end offset when it was assigned
+    end: int | None = None  # the partition's end offset when it was assigned, once known
     latest: dict[bytes | None, ConsumerRecord] = field(default_factory=dict)
+
+    def keep(self, record: ConsumerRecord) -> None:
+        known = self.latest.get(record.key)
+        if known is None or record.offset > known.offset:  # a record fetched before the seek may come late
+            self.latest[record.key] = record
 
 
 @dataclass
@@ -130,7 +135,8 @@ class ExtractorService(ConsumerRebalanceListener):
         self.throttle = Throttle(config.frame_extractor.max_throttle)
         self.cameras: dict[str, Running] = {}
         self.reported: dict[str, CameraStatus] = {}
-        self.replaying: dict[TopicPartition, Replay] = {}
+        self.replaying: dict[TopicPartition, Replay] = {}  # assigned, being read to their end
+        self.owned: set[TopicPartition] = set()  # assigned and read to their end: records apply as they come
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=config.kafka_bootstrap, group_id=config.topic("framewatch-extractors"),
             enable_auto_commit=False, auto_offset_reset="earliest",
@@ -161,28 +167,33 @@ class ExtractorService(ConsumerRebalanceListener):
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         await self.release({tp.partition for tp in revoked})
+        self.owned -= set(revoked)
         self.replaying = {}
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         """A compacted topic is read whole: it is the tasks as they stand. Until a partition is read to its end,
         only each task's last record is kept, so a task changed since its first version starts once, as it is."""
         log.info("extractor %s owns fw.tasks partitions %s", self.name, sorted(tp.partition for tp in assigned))
+        self.replaying = {tp: Replay() for tp in assigned}  # first: records come while this listener awaits
         if assigned:
             await self.consumer.seek_to_beginning(*assigned)
-            ends = await self.consumer.end_offsets(assigned)
-            self.replaying = {tp: Replay(end) for tp, end in ends.items()}
+            for tp, end in (await self.consumer.end_offsets(assigned)).items():
+                self.replaying[tp].end = end
 
     async def _take(self, record: ConsumerRecord) -> None:
-        replay = self.replaying.get(TopicPartition(record.topic, record.partition))
-        if replay is None:
+        tp = TopicPartition(record.topic, record.partition)
+        if tp in self.owned:
             await self._apply(record)
-        else:
-            replay.latest[record.key] = record
+        elif (replay := self.replaying.get(tp)) is not None:
+            replay.keep(record)
+        # else: fetched before the listener ran for its partition (aiokafka fetches for a new assignment before it
+        # calls on_partitions_assigned); the seek there reads it again
 
     async def _end_replays(self) -> None:
         for tp, replay in list(self.replaying.items()):
-            if await self.consumer.position(tp) >= replay.end:
+            if replay.end is not None and await self.consumer.position(tp) >= replay.end:
                 del self.replaying[tp]
+                self.owned.add(tp)
                 for record in replay.latest.values():
                     await self._apply(record)
 
