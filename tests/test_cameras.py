@@ -20,8 +20,7 @@ from framewatch.ops.camera import start_publisher
 from framewatch.schemas.config import Config, load_config
 from framewatch.schemas.events import CameraState, FrameEvent
 from framewatch.stack import StackHome
-from framewatch.stack.mediamtx import CONFIG as MEDIAMTX_CONFIG
-from framewatch.stack.mediamtx import Mediamtx
+from framewatch.stack.mediamtx import Mediamtx, server_config
 from framewatch.streams.bus import read_records
 from framewatch.streams.camera import Camera
 from framewatch.streams.extractor import open_uplink
@@ -103,9 +102,7 @@ class PrivateRtspServer:
         self.port = first + first % 2  # its RTP port (port + 2) must be even
         self.log = folder / "mediamtx.log"
         self.config = folder / "mediamtx.yml"
-        self.config.write_text(MEDIAMTX_CONFIG.format(host="127.0.0.1", port=self.port, rtp=self.port + 2,
-                                                      rtcp=self.port + 3, hls=self.port + 4, viewer="viewer",
-                                                      password="unused"))
+        self.config.write_text(server_config("127.0.0.1", self.port, self.port + 4, "unused"))
         self.binary = Mediamtx(StackHome.default()).binary
         self.process: subprocess.Popen[bytes] | None = None
 

@@ -58,6 +58,12 @@ paths:
 """
 
 
+def server_config(host: str, port: int, hls_port: int, viewer_password: str) -> str:
+    """The server's YAML: RTSP on `port` (RTP and RTCP on the next even pair), HLS on `hls_port`."""
+    return CONFIG.format(host=host, port=port, rtp=port + 2, rtcp=port + 3, hls=hls_port, viewer=VIEWER,
+                         password=viewer_password)
+
+
 class Mediamtx(LocalService):
     """Anyone may publish; paths starting with `cam` are readable by anyone, others only by the viewer account."""
 
@@ -90,9 +96,8 @@ class Mediamtx(LocalService):
         return self.data / "mediamtx.yml"
 
     def prepare(self) -> None:
-        self.config_path.write_text(CONFIG.format(host=self.host, port=self.port, rtp=self.port + 2,
-                                                  rtcp=self.port + 3, hls=self.hls_port, viewer=VIEWER,
-                                                  password=self.home.credentials()["camera_password"]))
+        self.config_path.write_text(server_config(self.host, self.port, self.hls_port,
+                                                  self.home.credentials()["camera_password"]))
 
     def command(self) -> list[str]:
         return [self.binary, str(self.config_path)]
