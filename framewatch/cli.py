@@ -9,6 +9,7 @@ import logging
 import os
 import socket
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 from framewatch.schemas.config import Config, ConfigError, load_config, mask_url, masked
@@ -210,6 +211,40 @@ def cmd_schemas(args: argparse.Namespace) -> int:
     return 0
 
 
+def _moment_ms(text: str | None) -> int | None:
+    """ms since the epoch, or an ISO 8601 time (UTC unless it says otherwise)."""
+    if text is None:
+        return None
+    if text.isdigit():
+        return int(text)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(f"{text!r}: expected ms since the epoch or an ISO 8601 time") from None
+    return int((moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp() * 1000)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from framewatch.ops import replay, scoring
+    from framewatch.ops.tasks import parse_setting
+    from framewatch.stack import StackHome
+
+    if (args.video is None) == (not args.from_topic):
+        raise ConfigError("replay: give a VIDEO file, or --from-topic for the detections stored on fw.detections")
+    config = _config(args)
+    task = replay.pick_task(config, args.task, dict(parse_setting(s) for s in args.settings))
+    truth = scoring.load_truth(Path(args.truth)) if args.truth else None
+    cache = None if args.no_cache else StackHome.default().cache / "replay"
+    try:
+        result = asyncio.run(replay.replay(config, task, Path(args.video) if args.video else None, args.detector,
+                                           cache, _moment_ms(args.since), _moment_ms(args.until)))
+    except replay.ReplayError as error:
+        raise ConfigError(str(error)) from None
+    scores = scoring.score(truth, result.scored()) if truth is not None else None
+    print(replay.report(result, scores, args.json))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from framewatch.ops.demo import run_demo
 
@@ -302,6 +337,22 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["export"])
     p.add_argument("dir")
     p.set_defaults(func=cmd_schemas)
+
+    p = with_config(sub.add_parser("replay", help="a video (or stored detections) through the detector and a task's "
+                                   "rule, every frame in order; the alerts, scored against a truth file"))
+    p.add_argument("video", nargs="?", help="the recorded video (any file PyAV reads)")
+    p.add_argument("--task", help="the config's task to evaluate (needed when it has several)")
+    p.add_argument("--detector", action="append", default=[], metavar="URL",
+                   help="an algorithm service's endpoint (repeatable; default: the config's [[ai_analysis.services]])")
+    p.add_argument("--settings", "--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a rule setting to try instead of the config's, the value in TOML; cached detections are reused")
+    p.add_argument("--from-topic", action="store_true", help="the task's detections stored on fw.detections instead")
+    p.add_argument("--since", help="--from-topic: the first capture time (ms since the epoch or ISO 8601)")
+    p.add_argument("--until", help="--from-topic: the last capture time")
+    p.add_argument("--truth", help="a ground-truth JSON file: print precision, recall and time error per rule")
+    p.add_argument("--json", action="store_true", help="the alerts (and scores) as JSON")
+    p.add_argument("--no-cache", action="store_true", help="ask the detector again even if this video was run before")
+    p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("demo", help="run the whole pipeline on the bundled sample clip")
     p.add_argument("--stop-stack", action="store_true", help="stop the local stack afterwards")

@@ -17,6 +17,7 @@ from framewatch.agents.scheduler import InferenceScheduler
 from framewatch.detector.misbehaving import Behaviour, Fault, MisbehavingService, serve
 from framewatch.schemas.config import Config, StaticService
 from framewatch.schemas.events import DetectionEvent, FrameEvent, FrameOutcome, now_ms
+from framewatch.schemas.tasks import Freshness
 from framewatch.streams.objectstore import ObjectStore
 from tests.conftest import free_port
 from tests.test_events import frame
@@ -31,10 +32,15 @@ def fake(name: str, **behaviour: Any) -> MisbehavingService:
 SEQ = itertools.count(1)
 
 
-def camera_frame(camera: str, age_ms: int = 0) -> FrameEvent:
+def camera_frame(camera: str, age_ms: int = 0, freshness: Freshness = Freshness.LATEST) -> FrameEvent:
     seq, captured = next(SEQ), now_ms() - age_ms
     return frame().model_copy(update={"task_id": camera, "camera_id": camera, "captured_at": captured, "seq": seq,
-                                      "frame_id": FrameEvent.make_id(camera, captured, seq)})
+                                      "frame_id": FrameEvent.make_id(camera, captured, seq), "freshness": freshness})
+
+
+def recorded_frames(camera: str, count: int) -> list[FrameEvent]:
+    """Frames of a recorded video read faster than real time: all of them older than any live frame limit."""
+    return [camera_frame(camera, age_ms=60_000 - i * 100, freshness=Freshness.ALL) for i in range(count)]
 
 
 class Harness:
@@ -157,6 +163,52 @@ async def test_a_lone_frame_waits_at_most_batch_wait(fleet: Fleet, harness: Make
     [result] = await h.ended(lone, timeout_s=2)
     assert isinstance(result, DetectionEvent) and result.batch_size == 1
     assert result.dispatched_at is not None and 90 <= result.dispatched_at - lone.captured_at < 1000
+
+
+async def test_lossless_frames_are_all_inferred_and_handed_on_in_order(fleet: Fleet, harness: MakeHarness) -> None:
+    # three requests at once with jittered latency: answers overtake each other, results must not
+    [service] = await fleet(fake("s", latency_ms=30, jitter_ms=60, capacity=3))
+    h = await harness([service], max_frame_age_ms=500)
+    frames = recorded_frames("recording", 15)
+    await h.submit(*frames)
+    results = await h.ended(*frames)
+    assert {outcome(r) for r in results} == {("inferred", "s")}  # none stale, none superseded
+    assert [r.frame.frame_id for r in h.results] == [f.frame_id for f in frames]
+    assert service.requests == 15
+
+
+async def test_a_full_room_holds_lossless_frames_back_instead_of_dropping(fleet: Fleet, harness: MakeHarness) -> None:
+    [service] = await fleet(fake("s", latency_ms=100))
+    h = await harness([service], max_queue_size=3)
+    frames = recorded_frames("recording", 8)
+    submitting = asyncio.create_task(h.submit(*frames))
+    await asyncio.sleep(0.05)
+    assert not submitting.done() and h.scheduler.queued == 3  # one in flight, three waiting, the rest held back
+    await submitting
+    assert {outcome(r) for r in await h.ended(*frames)} == {("inferred", "s")}
+
+
+async def test_a_live_camera_keeps_its_turn_beside_a_recording(fleet: Fleet, harness: MakeHarness) -> None:
+    [service] = await fleet(fake("s", latency_ms=40))
+    h = await harness([service])
+    recording = recorded_frames("recording", 10)
+    await h.submit(*recording)
+    live = camera_frame("live")
+    await h.submit(live)
+    await h.ended(live, *recording)
+    order = [r.frame.camera_id for r in h.results]
+    assert order.index("live") <= 2, order  # served in turn, not after the recording's whole backlog
+
+
+async def test_a_failed_lossless_frame_is_retried_elsewhere_in_its_place(fleet: Fleet,
+                                                                         harness: MakeHarness) -> None:
+    bad, good = await fleet(fake("bad", fault=Fault.HTTP_500), fake("good", latency_ms=10))
+    h = await harness([bad, good])
+    frames = recorded_frames("recording", 6)
+    await h.submit(*frames)
+    results = await h.ended(*frames)
+    assert {outcome(r) for r in results} == {("inferred", "good")}
+    assert [r.frame.frame_id for r in h.results] == [f.frame_id for f in frames]
 
 
 @pytest.mark.parametrize("fault,reason", [

@@ -62,7 +62,8 @@ def refusal_reason(error: ServiceError) -> str:
 
 
 class ServiceClient:
-    def __init__(self, config: Config, store: ObjectStore) -> None:
+    def __init__(self, config: Config, store: ObjectStore | None = None) -> None:
+        """`store` presigns the image URLs of `infer`; a client that only `send`s inline images needs none."""
         settings = config.ai_analysis
         self.store = store
         self._regions = {task.id: task.region for task in config.frame_extractor.tasks}
@@ -83,21 +84,27 @@ class ServiceClient:
             await self._http.close()
 
     def request(self, frames: list[FrameEvent]) -> InferRequest:
+        if self.store is None:
+            raise ValueError("this client has no object store to presign image URLs with")
         return InferRequest(frames=[InferFrame(
             frame_id=frame.frame_id, task_type=frame.task_type,
             image_url=self.store.presign(frame.object_key, expiry_sec=IMAGE_URL_EXPIRY_S),
             region=self._regions.get(frame.task_id)) for frame in frames])
 
     async def infer(self, service: RegisteredService, frames: list[FrameEvent]) -> BatchAnswer:
-        url = service.heartbeat.endpoint.rstrip("/") + INFER_PATH
+        return await self.send(service.heartbeat.endpoint, self.request(frames))
+
+    async def send(self, endpoint: str, request: InferRequest) -> BatchAnswer:
+        """One request as it is (`framewatch replay` sends inline images); raises `InferenceFailure`."""
+        url = endpoint.rstrip("/") + INFER_PATH
         started = time.perf_counter()
-        body = await self._post(url, self.request(frames))
+        body = await self._post(url, request)
         round_trip_ms = (time.perf_counter() - started) * 1000
         if body.error is not None:
             raise InferenceFailure(refusal_reason(body.error), f"{url}: {body.error.code} {body.error.message}")
         by_id: dict[str, FrameResult] = {r.frame_id: r for r in body.results}
         results: dict[str, list[Detection] | InferenceFailure] = {}
-        for frame in frames:
+        for frame in request.frames:
             result = by_id.get(frame.frame_id)
             if result is None:
                 results[frame.frame_id] = InferenceFailure("malformed", f"{url}: no result for frame {frame.frame_id}")

@@ -1,8 +1,10 @@
 """The inference scheduler: detector time goes to the freshest frame of each camera, and never idles.
 
-Frames wait in one bounded room, at most one per task (camera stream): a newer frame replaces the waiting one
-in place (latest wins, the camera keeps its turn), a frame older than `max_frame_age_ms` is dropped, and cameras
-are served in turn, so they share capacity fairly. Whenever a service has room (its declared capacity, its
+Frames wait in one bounded room, in a line per task (camera stream). A task that wants the freshest frame
+(`Freshness.LATEST`, live cameras) has at most one waiting: a newer frame replaces it in place (latest wins, the
+camera keeps its turn), and a frame older than `max_frame_age_ms` is dropped. A task that wants every frame
+(`Freshness.ALL`, recorded video) keeps them all, however old; its results leave in the order its frames came, and
+a full room holds the stream back instead of dropping. Cameras are served in turn, so they share capacity fairly. Whenever a service has room (its declared capacity, its
 breaker, and `max_concurrent_infer` for the whole worker), the dispatcher sends it the next frame, plus, when the
 service takes batches, more frames of the same task type from other cameras, waiting at most `batch_wait_ms` for
 a batch to fill. A failed frame is retried once, on another service. Every frame submitted ends exactly once
@@ -33,6 +35,7 @@ from framewatch.schemas.events import (
     Outcome,
     now_ms,
 )
+from framewatch.schemas.tasks import Freshness
 
 log = logging.getLogger("framewatch.scheduler")
 
@@ -54,6 +57,8 @@ BREAKER = Gauge("framewatch_inference_breaker_state", "Circuit breaker: 0 closed
 WAITING = Gauge("framewatch_inference_waiting", "Frames waiting for a service")
 WAITING_MAX = Gauge("framewatch_inference_waiting_max", "Most frames ever waiting at once")
 SUCCESS_RATIO = Gauge("framewatch_inference_success_ratio", "Share of the last 200 requests without a fault")
+TASK_FRESHNESS = Gauge("framewatch_inference_task_freshness", "1 for the freshness mode of a task's last frame "
+                       "(latest: superseded and stale frames dropped; all: every frame, in order)", ["task", "mode"])
 
 MAX_ATTEMPTS = 2
 WAIT_FOR_SERVICE_S = 5.0
@@ -62,16 +67,24 @@ IDLE_TICK_S = 0.05
 Done = Callable[[DetectionEvent | FrameOutcome], Awaitable[None]]
 
 
+Result = DetectionEvent | FrameOutcome
+
+
 @dataclass(eq=False)
 class Waiting:
     frame: FrameEvent
     done: Done
     queued_at: float
     tried: set[str] = field(default_factory=set)
+    result: Result | None = None  # an in-order frame's end, held until the frames before it have ended
 
     @property
     def key(self) -> str:
         return self.frame.task_id
+
+    @property
+    def lossless(self) -> bool:
+        return self.frame.freshness is Freshness.ALL
 
 
 @dataclass
@@ -79,6 +92,7 @@ class CameraSeen:
     frames: int = 0
     inferred: int = 0
     last_captured_at: int = 0
+    freshness: Freshness = Freshness.LATEST  # of its last frame
 
 
 @dataclass
@@ -114,7 +128,9 @@ class InferenceScheduler(Service):
         self.breaker_settings = BreakerSettings(failures_to_open=settings.breaker_failures,
                                                 error_rate=settings.breaker_error_rate,
                                                 open_sec=settings.breaker_open_sec)
-        self.waiting: OrderedDict[str, Waiting] = OrderedDict()
+        self.waiting: OrderedDict[str, deque[Waiting]] = OrderedDict()  # the line: a task's turn, its frames
+        self.queued = 0
+        self._in_order: dict[str, deque[Waiting]] = {}  # frames of lossless tasks not yet handed on, in order
         self.loads: dict[str, ServiceLoad] = {}
         self.in_flight = 0
         self.waiting_max = 0
@@ -122,7 +138,7 @@ class InferenceScheduler(Service):
         self.pressure: dict[str, TaskPressure] = {}
         self._wake = asyncio.Event()
         self._space = asyncio.Event()
-        self._finished: asyncio.Queue[tuple[Done, DetectionEvent | FrameOutcome]] = asyncio.Queue()
+        self._finished: asyncio.Queue[tuple[Done, Result]] = asyncio.Queue()
         self._requests: set[asyncio.Task[None]] = set()
         self._recent: deque[bool] = deque(maxlen=200)
         self._expired_at = 0.0
@@ -130,27 +146,67 @@ class InferenceScheduler(Service):
     # -- the way in ---------------------------------------------------------------------------------------------
 
     async def submit(self, frame: FrameEvent, done: Done) -> None:
-        """Queue a frame; waits only while the room is full of other cameras' frames."""
+        """Queue a frame. Waits while the room is full: of other cameras' frames, or, for a lossless task, of
+        any frames (that wait is the backpressure that holds a recorded video's stream back)."""
         item = Waiting(frame, done, time.monotonic())
         seen = self.cameras.setdefault(frame.camera_id, CameraSeen())
         seen.frames += 1
         seen.last_captured_at = max(seen.last_captured_at, frame.captured_at)
+        if seen.freshness is not frame.freshness or seen.frames == 1:
+            seen.freshness = frame.freshness
+            for mode in Freshness:
+                TASK_FRESHNESS.labels(frame.task_id, mode.value).set(int(mode is frame.freshness))
         self.pressure.setdefault(frame.task_id, TaskPressure()).received += 1
-        if self._too_old(frame):
-            self._drop(item, "stale")
-            return
-        while item.key not in self.waiting and len(self.waiting) >= self.max_waiting:
-            self._space.clear()
-            await self._space.wait()
-        waiting = self.waiting.get(item.key)
-        if waiting is not None and waiting.frame.captured_at > frame.captured_at:
-            self._drop(item, "superseded")
-            return
-        if waiting is not None:
-            self._drop(waiting, "superseded")
-        self.waiting[item.key] = item
+        if item.lossless:
+            await self._submit_in_order(item)
+        else:
+            await self._submit_latest(item)
         self._gauge_waiting()
         self._wake.set()
+
+    async def _submit_latest(self, item: Waiting) -> None:
+        if self._too_old(item):
+            self._drop(item, "stale")
+            return
+        while item.key not in self.waiting and self.queued >= self.max_waiting:
+            await self._room()
+        line = self.waiting.get(item.key)
+        waiting = line[-1] if line else None
+        if line is None or waiting is None or waiting.lossless:
+            self._enqueue(item)
+        elif waiting.frame.captured_at > item.frame.captured_at:
+            self._drop(item, "superseded")
+        else:
+            line[-1] = item  # in place: the camera keeps its turn
+            self._drop(waiting, "superseded")
+
+    async def _submit_in_order(self, item: Waiting) -> None:
+        while self.queued >= self.max_waiting:
+            await self._room()
+        self._in_order.setdefault(item.key, deque()).append(item)
+        self._enqueue(item)
+
+    async def _room(self) -> None:
+        self._space.clear()
+        await self._space.wait()
+
+    def _enqueue(self, item: Waiting, first: bool = False) -> None:
+        line = self.waiting.get(item.key)
+        if line is None:
+            line = self.waiting[item.key] = deque()
+        if first:
+            line.appendleft(item)
+            self.waiting.move_to_end(item.key, last=False)  # it has waited longest: first in line
+        else:
+            line.append(item)
+        self.queued += 1
+
+    def _dequeue(self, item: Waiting) -> None:
+        line = self.waiting[item.key]
+        line.remove(item)
+        self.queued -= 1
+        if not line:
+            del self.waiting[item.key]
 
     # -- the dispatcher -----------------------------------------------------------------------------------------
 
@@ -184,11 +240,12 @@ class InferenceScheduler(Service):
         for key in list(self.waiting):
             if not ready or self.in_flight >= self.max_in_flight:
                 break  # nothing can go before a request returns: the rest of the line need not be looked at
-            item = self.waiting.get(key)
-            if item is None:  # it left with an earlier batch of this pass
+            line = self.waiting.get(key)
+            if not line:  # it left with an earlier batch of this pass
                 continue
-            if self._too_old(item.frame):
-                del self.waiting[key]
+            item = line[0]
+            if self._too_old(item):
+                self._dequeue(item)
                 self._gauge_waiting()
                 self._drop(item, "stale")
                 continue
@@ -227,7 +284,7 @@ class InferenceScheduler(Service):
         batch = [first]
         if service.heartbeat.max_batch == 1:
             return batch
-        for item in self.waiting.values():
+        for item in (item for line in self.waiting.values() for item in line):
             if len(batch) == service.heartbeat.max_batch:
                 break
             if (item is not first and item.frame.task_type == first.frame.task_type
@@ -243,8 +300,10 @@ class InferenceScheduler(Service):
         IN_FLIGHT.labels(service.service_id).set(load.in_flight)
         BREAKER.labels(service.service_id).set(load.breaker.state)
         for item in batch:
-            del self.waiting[item.key]
+            self._dequeue(item)
             item.tried.add(service.service_id)
+            if item.key in self.waiting:
+                self.waiting.move_to_end(item.key)  # the task's next frame waits for its next turn
         self._gauge_waiting()
         task = asyncio.create_task(self._request(service, batch))
         self._requests.add(task)
@@ -317,15 +376,14 @@ class InferenceScheduler(Service):
         FAILURES.labels(service_id, failure.reason).inc()
         if len(item.tried) >= MAX_ATTEMPTS or not self._retryable(item):
             self._end(item, Outcome.FAILED, failure.reason)
-        elif item.key in self.waiting:
+        elif item.key in self.waiting and not item.lossless:
             self._drop(item, "superseded")
         else:
-            self.waiting[item.key] = item
-            self.waiting.move_to_end(item.key, last=False)  # it has waited longest: first in line
+            self._enqueue(item, first=True)
             self._gauge_waiting()
 
     def _retryable(self, item: Waiting) -> bool:
-        return not self._too_old(item.frame) and any(
+        return not self._too_old(item) and any(
             s.service_id not in item.tried for s in self.registry.alive(item.frame.task_type))
 
     # -- ends ---------------------------------------------------------------------------------------------------
@@ -334,17 +392,17 @@ class InferenceScheduler(Service):
         """Drops stale frames and fails those whose task type no live service has served for a while."""
         self._expired_at = now
         served = {t for s in self.registry.alive() for t in s.heartbeat.task_types}
-        for item in list(self.waiting.values()):
-            if self._too_old(item.frame):
-                del self.waiting[item.key]
+        for item in [item for line in self.waiting.values() for item in line]:
+            if self._too_old(item):
+                self._dequeue(item)
                 self._drop(item, "stale")
             elif item.frame.task_type not in served and now - item.queued_at >= WAIT_FOR_SERVICE_S:
-                del self.waiting[item.key]
+                self._dequeue(item)
                 self._end(item, Outcome.FAILED, "no_service")
         self._gauge_waiting()
 
-    def _too_old(self, frame: FrameEvent) -> bool:
-        return now_ms() - frame.captured_at > self.max_age_ms
+    def _too_old(self, item: Waiting) -> bool:
+        return not item.lossless and now_ms() - item.frame.captured_at > self.max_age_ms
 
     def _drop(self, item: Waiting, reason: str) -> None:
         self.pressure.setdefault(item.frame.task_id, TaskPressure()).dropped += 1
@@ -359,11 +417,19 @@ class InferenceScheduler(Service):
         FRAMES_DONE.labels(outcome.value, reason).inc()
         self._finish(item, FrameOutcome(frame=item.frame, outcome=outcome, reason=reason))
 
-    def _finish(self, item: Waiting, result: DetectionEvent | FrameOutcome) -> None:
-        self._finished.put_nowait((item.done, result))
+    def _finish(self, item: Waiting, result: Result) -> None:
+        if not item.lossless:
+            self._finished.put_nowait((item.done, result))
+            return
+        item.result = result
+        in_order = self._in_order[item.key]
+        while in_order and (head_result := in_order[0].result) is not None:
+            self._finished.put_nowait((in_order.popleft().done, head_result))
+        if not in_order:
+            del self._in_order[item.key]
 
     def _gauge_waiting(self) -> None:
-        size = len(self.waiting)
+        size = self.queued
         WAITING.set(size)
         if size > self.waiting_max:
             self.waiting_max = size

@@ -85,7 +85,7 @@ def attach_web(app: faust.App, resources: Resources) -> None:
             "requests": total("framewatch_inference_requests_total"),
             "responses": total("framewatch_inference_responses_total"),
             "failures": total("framewatch_inference_failures_total"),
-            "queue_size": len(scheduler.waiting),
+            "queue_size": scheduler.queued,
             "queue_max": scheduler.waiting_max,
             "max_size": scheduler.max_waiting,
             "in_flight": scheduler.in_flight,
@@ -99,6 +99,7 @@ def attach_web(app: faust.App, resources: Resources) -> None:
             "frames_deleted": total("framewatch_retention_deleted_total"),
             "frames_evaluated": total("framewatch_rules_frames_total"),
             "alerts_raised": total("framewatch_rules_alerts_total"),
+            "freshness": {camera: seen.freshness.value for camera, seen in scheduler.cameras.items()},
         }
         return view.json(stats)
 
@@ -137,7 +138,7 @@ def attach_web(app: faust.App, resources: Resources) -> None:
                 status_age_s=round((now_ms - status.emitted_at) / 1000, 1))
         for camera_id, seen in resources.scheduler.cameras.items():
             by_camera.setdefault(camera_id, {"camera_id": camera_id, "alerts": 0}).update(
-                frames=seen.frames, inferred=seen.inferred,
+                frames=seen.frames, inferred=seen.inferred, freshness=seen.freshness.value,
                 last_frame_age_s=round((now_ms - seen.last_captured_at) / 1000, 1))
         for row in await resources.alerts.cameras():
             entry = by_camera.setdefault(row["camera_id"], {"camera_id": row["camera_id"], "alerts": 0})

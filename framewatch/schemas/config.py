@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from framewatch.schemas.tasks import CameraTask, TaskType, TaskTypes
+from framewatch.schemas.tasks import CameraTask, Freshness, TaskType, TaskTypes, is_file_source
 
 
 class ConfigError(ValueError):
@@ -100,6 +100,12 @@ class FrameExtractorSettings(Section):
 
     def interval_for(self, task: CameraTask) -> int:
         return task.interval_ms or self.interval_ms
+
+    def freshness_for(self, task: CameraTask) -> Freshness:
+        """The task's own, else every frame for a file read as fast as it decodes, else the freshest."""
+        if task.freshness is not None:
+            return task.freshness
+        return Freshness.ALL if is_file_source(task.rtsp_url) and not self.realtime else Freshness.LATEST
 
 
 class StaticService(Section):

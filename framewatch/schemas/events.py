@@ -16,7 +16,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from framewatch.schemas.geometry import Point, foot
-from framewatch.schemas.tasks import CameraTask, TaskType
+from framewatch.schemas.tasks import CameraTask, Freshness, TaskType
 
 SCHEMA_VERSION: Literal[1] = 1
 ID_NAMESPACE = uuid.UUID("6f1c0e62-4c55-4d0e-9a57-1f1f3e0f7a11")
@@ -81,6 +81,8 @@ class FrameEvent(Event):
     object_key: str
     width: int = Field(gt=0)
     height: int = Field(gt=0)
+    freshness: Freshness = Field(default=Freshness.LATEST, description="all: infer and evaluate it, in order, "
+                                 "however late; latest: a newer frame of the camera may supersede it")
 
     @property
     def event_id(self) -> str:

@@ -116,6 +116,19 @@ class DecodeMode(StrEnum):
     ALL = "all"
 
 
+class Freshness(StrEnum):
+    """Which frames inference spends its time on. `latest`: the freshest of each camera; older waiting frames are
+    superseded and frames past `max_frame_age_ms` dropped (live cameras). `all`: every sampled frame is inferred
+    and evaluated, in order, and a full queue holds the stream back instead (recorded video)."""
+
+    LATEST = "latest"
+    ALL = "all"
+
+
+def is_file_source(url: str) -> bool:
+    return "://" not in url or url.startswith("file://")
+
+
 class RtspTransport(StrEnum):
     TCP = "tcp"
     UDP = "udp"
@@ -138,6 +151,8 @@ class CameraTask(BaseModel):
     rtsp_transport: RtspTransport = Field(default=RtspTransport.TCP, description="how rtsp:// sources carry RTP")
     loop: bool = Field(default=False, description="a file source starts again at its end (demos, benchmarks)")
     decode: DecodeMode = DecodeMode.AUTO
+    freshness: Freshness | None = Field(default=None, description="latest or all; by default all for files read "
+                                        "with realtime = false, latest otherwise")
     change_gate: bool = Field(default=False, description="skip sampled frames too like the last one sent")
     change_min_area: float = Field(default=0.005, gt=0, le=1,
                                    description="share of the picture that must change for a frame to be sent")

@@ -254,7 +254,8 @@ class Camera:
         event = FrameEvent(frame_id=FrameEvent.make_id(self.task.id, sample.captured_at, seq), task_id=self.task.id,
                            camera_id=self.task.id, task_type=self.task.task_type, seq=seq,
                            captured_at=sample.captured_at, bucket=self.uplink.store.bucket, object_key=key,
-                           width=sample.width, height=sample.height)
+                           width=sample.width, height=sample.height,
+                           freshness=self.settings.freshness_for(self.task))
         try:
             await self.uplink.producer.send(FRAMES, event, key=event.camera_id)
         except KafkaError as error:  # the object stays behind: the reconciliation sweep deletes such orphans

@@ -22,7 +22,7 @@ import av.error
 
 from framewatch.schemas.config import mask_url
 from framewatch.schemas.events import now_ms
-from framewatch.schemas.tasks import DecodeMode, RtspTransport
+from framewatch.schemas.tasks import DecodeMode, RtspTransport, is_file_source
 
 # errors that retrying cannot fix: the camera refuses us, or what answers is not a video
 PERMANENT_ERRORS = (av.error.HTTPUnauthorizedError, av.error.HTTPForbiddenError, av.error.InvalidDataError,
@@ -54,7 +54,7 @@ class SourceSettings:
 
     @property
     def is_file(self) -> bool:
-        return "://" not in self.url or self.url.startswith("file://")
+        return is_file_source(self.url)
 
     @property
     def path(self) -> str:
