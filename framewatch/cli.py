@@ -234,7 +234,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     config = _config(args)
     task = replay.pick_task(config, args.task, dict(parse_setting(s) for s in args.settings))
     truth = scoring.load_truth(Path(args.truth)) if args.truth else None
-    cache = None if args.no_cache else StackHome.default().cache / "replay"
+    cache = None if args.no_cache else Path(args.cache_dir) if args.cache_dir else StackHome.default().cache / "replay"
     try:
         result = asyncio.run(replay.replay(config, task, Path(args.video) if args.video else None, args.detector,
                                            cache, _moment_ms(args.since), _moment_ms(args.until)))
@@ -352,6 +352,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--truth", help="a ground-truth JSON file: print precision, recall and time error per rule")
     p.add_argument("--json", action="store_true", help="the alerts (and scores) as JSON")
     p.add_argument("--no-cache", action="store_true", help="ask the detector again even if this video was run before")
+    p.add_argument("--cache-dir", help="where detections are cached (default: the stack's cache folder, replay/)")
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("demo", help="run the whole pipeline on the bundled sample clip")

@@ -144,6 +144,7 @@ class VideoDetections:
         self.interval_ms = config.frame_extractor.interval_for(task)
         self.client = ServiceClient(config)
         self.frames: dict[int, DetectedFrame] = {}
+        self.unreachable = ""  # a detector that refused connections on every attempt: the replay stops
 
     async def run(self) -> list[DetectedFrame]:
         loop = asyncio.get_running_loop()
@@ -161,6 +162,8 @@ class VideoDetections:
         try:
             while True:
                 detector = await slots.get()
+                if self.unreachable:
+                    raise ReplayError(self.unreachable)
                 batch: list[tuple[int, Sample]] = []
                 while len(batch) < detector.max_batch and (sample := await handoff.get()) is not None:
                     batch.append(sample)
@@ -170,6 +173,8 @@ class VideoDetections:
                 requests.add(request)
                 request.add_done_callback(requests.discard)
             await asyncio.gather(*requests)
+            if self.unreachable:
+                raise ReplayError(self.unreachable)
         finally:
             stop.set()
             await self.client.close()
@@ -209,6 +214,8 @@ class VideoDetections:
                 answer = await self.client.send(detector.endpoint, request)
             except InferenceFailure as failure:
                 if attempt == ATTEMPTS - 1:
+                    if failure.reason == "connect":
+                        self.unreachable = f"the detector cannot be reached: {failure}"
                     return {frame.frame_id: failure for frame in request.frames}
                 await asyncio.sleep(0.5 * 2 ** attempt)
                 continue

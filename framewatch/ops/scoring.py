@@ -11,7 +11,8 @@ Times are seconds into the clip. `rules` names the rules the file labels, each o
 `until_s`; the whole clip by default): alerts of a rule outside its span, or of a rule the file does not label,
 are not scored. An event is found by an alert of its rule within `tolerance_s` of `at_s` whose evidence holds
 every key of the event's `evidence`, and, when the event has a `box` (x1, y1, x2, y2, normalised), whose box
-centre lies in it. Each alert finds at most one event and each event is found at most once, the closest first.
+centre lies in it. Each alert finds at most one event and each event is found at most once: the pairing that
+finds the most events.
 """
 
 from __future__ import annotations
@@ -121,21 +122,37 @@ def _fits(event: TruthEvent, alert: ScoredAlert) -> bool:
     return True
 
 
+def _closest_first(event: TruthEvent, alerts: list[ScoredAlert]) -> list[int]:
+    """The alerts that fit the event, closest in time first."""
+    return sorted((j for j, a in enumerate(alerts) if _fits(event, a)), key=lambda j: abs(alerts[j].at_s - event.at_s))
+
+
+def _matching(fits: list[list[int]]) -> dict[int, int]:
+    """The most events found, each alert finding at most one (augmenting paths; an event tries its closest alert
+    first). Returns alert index -> event index."""
+    owner: dict[int, int] = {}
+
+    def place(event: int, seen: set[int]) -> bool:
+        for alert in fits[event]:
+            if alert not in seen:
+                seen.add(alert)
+                if alert not in owner or place(owner[alert], seen):
+                    owner[alert] = event
+                    return True
+        return False
+
+    for event in range(len(fits)):
+        place(event, set())
+    return owner
+
+
 def score(truth: Truth, alerts: list[ScoredAlert]) -> list[RuleScore]:
     """One score per rule the truth labels, over the span it labels."""
     scores = []
     for rule, span in truth.rules.items():
         events = [e for e in truth.events if e.rule == rule]
         candidates = [a for a in alerts if a.rule == rule and span.covers(a.at_s)]
-        pairs = sorted(((abs(a.at_s - e.at_s), i, j) for i, e in enumerate(events) for j, a in enumerate(candidates)
-                        if _fits(e, a)))
-        found: set[int] = set()
-        used: set[int] = set()
-        errors = []
-        for error, i, j in pairs:
-            if i not in found and j not in used:
-                found.add(i)
-                used.add(j)
-                errors.append(round(error, 3))
-        scores.append(RuleScore(rule, len(candidates), len(events), len(found), errors))
+        owner = _matching([_closest_first(e, candidates) for e in events])
+        errors = [round(abs(candidates[j].at_s - events[i].at_s), 3) for j, i in owner.items()]
+        scores.append(RuleScore(rule, len(candidates), len(events), len(owner), errors))
     return scores
