@@ -39,7 +39,7 @@ $(VTEST):
 	@mv $@.part $@
 
 test: stack browser testdata
-	FRAMEWATCH_TEST_VIDEO=$(VTEST) $(BIN)/python -m pytest -q
+	FRAMEWATCH_TEST_VIDEO=$(VTEST) $(BIN)/python -m pytest -q --durations=15
 
 bench: stack testdata
 	FRAMEWATCH_TEST_VIDEO=$(VTEST) $(BIN)/python bench/ingest.py

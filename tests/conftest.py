@@ -70,3 +70,10 @@ def stack_config(isolated_env: dict[str, str]) -> Config:
     config, _ = load_config(None, isolated_env)
     return config
 
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that needs the local stack is an integration test: `pytest -m "not integration"` is the fast unit run."""
+    for item in items:
+        if "stack_env" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.integration)

@@ -97,7 +97,6 @@ def replay(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=600, cwd=ROOT)
 
 
-@pytest.mark.integration
 def test_a_clip_is_replayed_scored_and_tried_again_with_other_settings(detector: str, stack_env: dict[str, str],
                                                                         tmp_path: Path) -> None:
     cache = ["--cache-dir", str(tmp_path / "cache")]

@@ -40,8 +40,6 @@ from framewatch.schemas.topics import FRAME_OUTCOMES
 from framewatch.streams.bus import ensure_topics, read_records
 from tests.conftest import ROOT, VTEST, free_port, write_config
 
-pytestmark = pytest.mark.integration
-
 TRUTH = ROOT / "samples" / "truth" / "vtest.json"
 LINE = """
 task_type = "绊线人数统计"
