@@ -171,8 +171,8 @@ def cmd_services(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     import mode.loop
-    from faust import Worker
 
+    from framewatch.agents.app import Worker
     from framewatch.agents.pipeline import build_worker
     from framewatch.streams.bus import ensure_topics
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 from framewatch.agents.database import AlertStore
@@ -18,10 +19,22 @@ from framewatch.schemas.events import (
     now_ms,
 )
 from framewatch.streams.objectstore import ObjectStore
-from tests.conftest import SAMPLE_JPEG
+from tests.conftest import SAMPLE_JPEG, free_port
 from tests.test_events import frame
 
 SEQ = itertools.count(1)
+
+
+class Acks:
+    """Records which frames' outcomes were acknowledged, in order."""
+
+    def __init__(self) -> None:
+        self.frames: list[FrameEvent] = []
+
+    def ack(self, frame: FrameEvent) -> Callable[[], Awaitable[None]]:
+        async def acknowledge() -> None:
+            self.frames.append(frame)
+        return acknowledge
 
 
 async def stored_frame(store: ObjectStore, task_id: str, age_ms: int = 0) -> FrameEvent:
@@ -38,8 +51,11 @@ async def test_kept_frames_stay_within_max_frame_count_and_age(stack_config: Con
     retention = Retention(store, save_only_with_detection=False, limit_for=lambda task: 3, max_age_s=60, grace_s=0)
     old = await stored_frame(store, "cam-a", age_ms=120_000)
     fresh = [await stored_frame(store, "cam-a") for _ in range(5)]
-    retention.on_outcomes([FrameOutcome(frame=f, outcome=Outcome.NO_ALERT) for f in [old, *fresh]])
-    events = await retention.delete_due()
+    acked = Acks()
+    for f in [old, *fresh]:
+        await retention.on_outcome(FrameOutcome(frame=f, outcome=Outcome.NO_ALERT), acked.ack(f))
+    assert acked.frames == [old, *fresh]  # kept frames are acknowledged at once
+    events = [d.event for d in await retention.delete_due() if d.event is not None]
     assert sorted((e.object_key, e.reason) for e in events) == sorted(
         [(old.object_key, "max_frame_count"), (fresh[0].object_key, "max_frame_count"),
          (fresh[1].object_key, "max_frame_count")])
@@ -51,12 +67,35 @@ async def test_frames_without_detection_go_after_the_grace(stack_config: Config)
     await store.ensure_bucket()
     retention = Retention(store, save_only_with_detection=True, limit_for=lambda task: 0, max_age_s=0, grace_s=0.3)
     ended = await stored_frame(store, "cam-b")
-    retention.on_outcomes([FrameOutcome(frame=ended, outcome=Outcome.DROPPED, reason="stale")])
+    acked = Acks()
+    outcome = FrameOutcome(frame=ended, outcome=Outcome.DROPPED, reason="stale")
+    await retention.on_outcome(outcome, acked.ack(ended))
+    await retention.on_outcome(outcome, acked.ack(ended))  # delivered twice: both deliveries are acknowledged
     assert await retention.delete_due() == []  # still within its grace
+    assert acked.frames == []  # nothing is acknowledged before the object is gone
     await asyncio.sleep(0.35)
-    [event] = await retention.delete_due()
-    assert (event.object_key, event.reason) == (ended.object_key, "dropped:stale")
+    [deleted] = await retention.delete_due()
+    assert deleted.event is not None
+    assert (deleted.event.object_key, deleted.event.reason) == (ended.object_key, "dropped:stale")
     assert not await store.exists(ended.object_key)
+    for ack in deleted.acks:
+        await ack()
+    assert acked.frames == [ended, ended]
+
+
+async def test_a_store_that_is_down_keeps_deletions_pending_and_unacknowledged(stack_config: Config) -> None:
+    store = ObjectStore(stack_config.frame_extractor.minio)
+    await store.ensure_bucket()
+    ended = await stored_frame(store, "cam-e")
+    down = ObjectStore(stack_config.frame_extractor.minio.model_copy(update={"endpoint": f"127.0.0.1:{free_port()}"}))
+    retention = Retention(down, save_only_with_detection=True, limit_for=lambda task: 0, max_age_s=0, grace_s=0)
+    await retention.on_outcome(FrameOutcome(frame=ended, outcome=Outcome.NO_ALERT), Acks().ack(ended))
+    assert await retention.delete_due() == []
+    assert len(retention._pending) == 1 and await store.exists(ended.object_key)  # retried in RETRY_S
+    retention.store = store  # the store is back
+    retention._pending[0] = (0.0, retention._pending[0][1])
+    [deleted] = await retention.delete_due()
+    assert deleted.event is not None and deleted.acks and not await store.exists(ended.object_key)
 
 
 async def test_sweep_deletes_orphan_frames_only(stack_config: Config) -> None:

@@ -54,7 +54,6 @@ OPEN_INCIDENTS = Gauge("framewatch_rules_open_incidents", "Incidents open per ca
 
 COUNTS_BATCH = 100
 
-RETENTION_BATCH = 500
 RETENTION_WITHIN_S = 0.25
 PRESSURE_PERIOD_S = 2.0
 
@@ -177,9 +176,14 @@ def build_worker(config: Config) -> tuple[faust.App, Topology, Resources]:
 
     @app.agent(topology.frame_outcomes)
     async def retain(stream: faust.StreamT[bytes]) -> None:
-        async for batch in stream.take(RETENTION_BATCH, within=RETENTION_WITHIN_S):
-            retention.on_outcomes(
-                [o for raw in batch if (o := await topology.decode(FrameOutcome, raw, topology.frame_outcomes))])
+        """Schedules each ended frame's deletion; its outcome is acked once the object is gone (a worker that
+        dies first reads the outcome again and deletes it then)."""
+        outcomes = cast(faust.Stream[bytes], stream).noack()
+        async for event in outcomes.events():
+            if (outcome := await topology.decode(FrameOutcome, event.value, topology.frame_outcomes)) is None:
+                await outcomes.ack(event)
+                continue
+            await retention.on_outcome(outcome, partial(outcomes.ack, event))
 
     housekeeping = Housekeeping(config, resources.store, resources.alerts)
 
@@ -199,7 +203,10 @@ def build_worker(config: Config) -> tuple[faust.App, Topology, Resources]:
     @app.timer(RETENTION_WITHIN_S)
     async def delete_ended_frames() -> None:
         for deleted in await retention.delete_due():
-            await topology.send(topology.retention, deleted, key=deleted.task_id)
+            if deleted.event is not None:
+                await topology.send(topology.retention, deleted.event, key=deleted.event.task_id)
+            for ack in deleted.acks:
+                await ack()
 
     attach_web(app, resources)
     return app, topology, resources

@@ -6,8 +6,11 @@ stay within the task's `max_frame_count` and `max_frame_age_sec`: the oldest go 
 
 Deletion waits `grace_s` after the outcome. A frame can be delivered twice (a replay after a crash or a
 rebalance) and end differently each time, e.g. dropped as stale on the second delivery while the first one's
-alert is still on its way through the rules; the grace lets that alert copy the image first. Deletions still
-pending when the worker dies are left to the reconciliation sweep.
+alert is still on its way through the rules; the grace lets that alert copy the image first.
+
+An outcome is acknowledged only once its frame's object is deleted (or kept), so a worker that dies with
+deletions pending reads those outcomes again and deletes the objects then. A store that is down keeps the
+deletions pending, retried every `RETRY_S`, with their outcomes unacknowledged.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from prometheus_client import Counter, Gauge
@@ -38,12 +41,26 @@ PENDING = Gauge("framewatch_retention_pending", "Frame objects waiting out the g
 KEPT = Gauge("framewatch_retention_kept", "Frame objects kept (bounded by max_frame_count and max_frame_age_sec)")
 
 GRACE_S = 5.0
+RETRY_S = 2.0
+
+Ack = Callable[[], Awaitable[object]]
+
+
+async def no_ack() -> None:
+    """A deletion with no outcome waiting on it (a kept frame evicted by the task's bounds)."""
 
 
 @dataclass(frozen=True)
 class Deletion:
     frame: FrameEvent
     reason: str
+    ack: Ack = no_ack  # acknowledges the outcome that asked for it, once the object is gone
+
+
+@dataclass(frozen=True)
+class Deleted:
+    event: RetentionEvent | None  # None: the store refused to delete it
+    acks: list[Ack]
 
 
 class Retention:
@@ -60,15 +77,16 @@ class Retention:
         self._pending: deque[tuple[float, Deletion]] = deque()
         self._kept: dict[str, deque[FrameEvent]] = {}
 
-    def on_outcomes(self, outcomes: list[FrameOutcome]) -> None:
-        """Schedules the deletion of every ended frame's object, or keeps it within the task's bounds."""
-        for outcome in outcomes:
-            if not self.save_only_with_detection or (outcome.outcome is Outcome.ALERT
-                                                     and outcome.reason == IMAGE_NOT_COPIED):
-                self._keep(outcome.frame)
-            else:
-                reason = f"{outcome.outcome.value}:{outcome.reason}" if outcome.reason else outcome.outcome.value
-                self._schedule(Deletion(outcome.frame, reason))
+    async def on_outcome(self, outcome: FrameOutcome, ack: Ack) -> None:
+        """Schedules the deletion of an ended frame's object (`ack` is called once it is gone), or keeps the
+        frame within the task's bounds (and calls `ack` now)."""
+        if not self.save_only_with_detection or (outcome.outcome is Outcome.ALERT
+                                                 and outcome.reason == IMAGE_NOT_COPIED):
+            self._keep(outcome.frame)
+            await ack()
+        else:
+            reason = f"{outcome.outcome.value}:{outcome.reason}" if outcome.reason else outcome.outcome.value
+            self._schedule(Deletion(outcome.frame, reason, ack))
         PENDING.set(len(self._pending))
 
     def _keep(self, frame: FrameEvent) -> None:
@@ -79,8 +97,8 @@ class Retention:
             self._schedule(Deletion(kept.popleft(), "max_frame_count"))
         KEPT.set(sum(len(k) for k in self._kept.values()))
 
-    def _schedule(self, deletion: Deletion) -> None:
-        self._pending.append((time.monotonic() + self.grace_s, deletion))
+    def _schedule(self, deletion: Deletion, after_s: float | None = None) -> None:
+        self._pending.append((time.monotonic() + (self.grace_s if after_s is None else after_s), deletion))
 
     def _expire_kept(self) -> None:
         if not self.max_age_s:
@@ -91,31 +109,39 @@ class Retention:
                 self._schedule(Deletion(kept.popleft(), "max_age"))
         KEPT.set(sum(len(k) for k in self._kept.values()))
 
-    async def delete_due(self) -> list[RetentionEvent]:
-        """Deletes, in one request, the objects whose grace has passed; never raises."""
+    async def delete_due(self) -> list[Deleted]:
+        """Deletes, in one request, the objects whose grace has passed; never raises. What it returns is deleted:
+        record it, then call its acks. An object the store refused to delete is acknowledged all the same (and
+        left to the reconciliation sweep); a store that cannot be reached keeps everything pending."""
         self._expire_kept()
         now = time.monotonic()
-        due: dict[str, Deletion] = {}
+        due: dict[str, list[Deletion]] = {}
         while self._pending and self._pending[0][0] <= now:
             deletion = self._pending.popleft()[1]
-            due[deletion.frame.object_key] = deletion
-        PENDING.set(len(self._pending))
+            due.setdefault(deletion.frame.object_key, []).append(deletion)
         if not due:
             return []
         try:
             refused = await self.store.delete_many(list(due))
         except StoreError as error:
             DELETE_FAILURES.inc(len(due))
-            log.warning("%d frames not deleted (the reconciliation sweep will find them): %s", len(due), error)
+            log.warning("%d frames not deleted yet, retrying in %.0fs: %s", len(due), RETRY_S, error)
+            for deletions in due.values():
+                for deletion in deletions:
+                    self._schedule(deletion, after_s=RETRY_S)
             return []
+        finally:
+            PENDING.set(len(self._pending))
         for key, reason in refused.items():
             DELETE_FAILURES.inc()
             log.warning("frame object %s not deleted: %s", key, reason)
-        events = []
-        for key, deletion in due.items():
-            if key in refused:
-                continue
-            DELETED.labels(deletion.reason.split(":")[0]).inc()
-            events.append(RetentionEvent(bucket=deletion.frame.bucket, object_key=key,
-                                         task_id=deletion.frame.task_id, reason=deletion.reason))
-        return events
+        deleted = []
+        for key, deletions in due.items():
+            first = deletions[0]
+            event = None
+            if key not in refused:
+                DELETED.labels(first.reason.split(":")[0]).inc()
+                event = RetentionEvent(bucket=first.frame.bucket, object_key=key, task_id=first.frame.task_id,
+                                       reason=first.reason)
+            deleted.append(Deleted(event, [d.ack for d in deletions]))
+        return deleted

@@ -258,15 +258,24 @@ class Camera:
                            freshness=self.settings.freshness_for(self.task))
         try:
             await self.uplink.producer.send(FRAMES, event, key=event.camera_id)
-        except KafkaError as error:  # the object stays behind: the reconciliation sweep deletes such orphans
+        except KafkaError as error:
             log.warning("camera %s: frame %s not sent: %r", self.task.id, event.frame_id, error)
             FRAMES_DROPPED.labels(self.task.id, "kafka").inc()
             self.not_sent += 1
+            await self._forget(key)
             return
         self.emitted += 1
         self.last_frame_at = sample.captured_at
         FRAMES_EMITTED.labels(self.task.id).inc()
         CAPTURE_TO_EVENT.observe((now_ms() - sample.captured_at) / 1000)
+
+    async def _forget(self, key: str) -> None:
+        """Deletes the object of a frame that was never announced (no outcome will ever delete it); one the store
+        does not delete now is left to the reconciliation sweep."""
+        try:
+            await self.uplink.store.delete(key)
+        except StoreError as error:
+            log.warning("camera %s: unsent frame %s left for the sweep: %s", self.task.id, key, error)
 
     async def _upload(self, key: str, data: bytes) -> bool:
         for attempt in range(1, UPLOAD_ATTEMPTS + 1):

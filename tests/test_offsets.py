@@ -1,0 +1,65 @@
+"""Faust commits a partition's offsets only below every record still in flight.
+
+Faust's own arithmetic (`faust/transport/consumer.py`, `Consumer._new_offset`) checks for a gap at the head of the
+acked offsets only while the partition has a committed offset other than 0, and then one offset too far: with
+offset 5 committed (the next to read) and 6 acked while 5 is still in flight, it commits 7. The infer agent acks out
+of order (frames of several cameras share a partition and finish in any order), so a crash or rebalance after such
+a commit loses the frame in flight; the worker's consumer (`agents/app.py`) commits below it.
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+from faust.transport.conductor import Conductor
+from faust.transport.consumer import Consumer
+from faust.types import TP
+from faust.types.tuples import Message
+
+from framewatch.agents.pipeline import build_worker
+from framewatch.schemas.config import load_config
+
+
+async def consumer_of_frames() -> tuple[Consumer, TP]:
+    config, _ = load_config(None, {"FRAMEWATCH_NAMESPACE": "offsets"})
+    app, topology, _ = build_worker(config)
+    conductor = cast(Conductor, app.topics)
+    conductor.add(topology.frames)
+    await conductor._update_indices()  # what starting the agents does: acks are enabled for fw.frames
+    return cast(Consumer, app.consumer), TP(topology.frames.get_topic_name(), 0)
+
+
+def delivered(consumer: Consumer, tp: TP, *offsets: int) -> list[Message]:
+    messages = [Message(tp.topic, tp.partition, offset, 0.0, 0, None, None, b"cam", b"{}", None, tp=tp)
+                for offset in offsets]
+    for message in messages:
+        consumer.track_message(message)
+    return messages
+
+
+async def test_no_commit_past_a_record_in_flight_before_the_first_commit() -> None:
+    consumer, tp = await consumer_of_frames()
+    first, second, third = delivered(consumer, tp, 0, 1, 2)
+    consumer.ack(second)
+    consumer.ack(third)
+    assert consumer._new_offset(tp) is None  # Faust's own: 3, past offset 0
+    consumer.ack(first)
+    assert consumer._new_offset(tp) == 3
+
+
+async def test_no_commit_past_the_next_offset_while_it_is_in_flight() -> None:
+    consumer, tp = await consumer_of_frames()
+    consumer._committed_offset[tp] = 5  # the next to read, as Kafka keeps it
+    head, after = delivered(consumer, tp, 5, 6)
+    consumer.ack(after)
+    assert consumer._new_offset(tp) is None  # Faust's own: 7, past offset 5
+    consumer.ack(head)
+    assert consumer._new_offset(tp) == 7
+
+
+async def test_contiguous_acks_commit_as_before() -> None:
+    consumer, tp = await consumer_of_frames()
+    messages = delivered(consumer, tp, 10, 11, 12, 13)
+    for message in messages[:3]:
+        consumer.ack(message)
+    assert consumer._new_offset(tp) == 13  # 13 is in flight: the commit stops right below it
