@@ -11,6 +11,7 @@ import os
 import signal
 import tempfile
 import threading
+import time
 from typing import TypeVar
 
 import faust
@@ -18,6 +19,7 @@ from faust.transport.drivers import aiokafka as kafka_driver
 from faust.types import TP
 from faust.types.transports import TransportT
 from mode import Service
+from prometheus_client import Counter, Gauge
 
 from framewatch.agents.catalog import camera_states, task_catalog
 from framewatch.agents.database import AlertStore
@@ -34,6 +36,12 @@ from framewatch.streams.objectstore import ObjectStore
 log = logging.getLogger("framewatch.worker")
 
 STOP_DEADLINE_S = 25.0  # a supervisor (systemd, Kubernetes) usually kills at 30 s
+WAIT_EMPTY_S = 15.0  # within the stop deadline, and well within the 10 s session timeout's rebalance patience
+
+REBALANCE_STALL_S = 120.0  # a rebalance that lasts this long will not end by itself: exit, to be restarted
+REBALANCING = Gauge("framewatch_worker_rebalancing", "1 while the worker's consumer group is rebalancing")
+REBALANCE_WAITS_ABANDONED = Counter("framewatch_worker_rebalance_waits_abandoned_total",
+                                    "Rebalances or stops that handed partitions over with records still in flight")
 
 E = TypeVar("E", bound=Event)
 
@@ -123,7 +131,9 @@ class InFlightSafeConsumer(kafka_driver.Consumer):
     Faust's own `_new_offset` checks for a gap at the head of the acked offsets only while the partition has a
     committed offset other than 0, and then one offset too far (with 5 committed and 6 acked while 5 is in flight
     it commits 7). The infer agent acks out of order, so that commit would lose the frame in flight at a crash or
-    rebalance (tests/test_offsets.py)."""
+    rebalance (tests/test_worker_consumer.py)."""
+
+    wait_empty_s = WAIT_EMPTY_S
 
     def _new_offset(self, tp: TP) -> int | None:
         acked = self._acked[tp]
@@ -134,6 +144,25 @@ class InFlightSafeConsumer(kafka_driver.Consumer):
 
     def _oldest_in_flight(self, tp: TP) -> int | None:
         return min((message.offset for message in self._unacked_messages if message.tp == tp), default=None)
+
+    async def wait_empty(self) -> None:
+        """Faust's, with a deadline: a rebalance (or a stop) waits for the records in flight at most
+        `wait_empty_s`, then hands the partitions over anyway (whoever takes them reads those records again).
+        Faust's own waits for ever, and swallows the cancellation that would end it: one record that is never
+        acknowledged (its result could not be sent while the broker was away) kept a worker out of its group."""
+        deadline = time.monotonic() + self.wait_empty_s
+        while not self.should_stop and self._unacked_messages:
+            if time.monotonic() >= deadline:
+                REBALANCE_WAITS_ABANDONED.inc()
+                log.warning("%d records still in flight after %.0fs: handing their partitions over anyway",
+                            len(self._unacked_messages), self.wait_empty_s)
+                break
+            await self.commit()
+            if not self._unacked_messages:
+                break
+            await self._wait_for_ack(timeout=1)
+            self._clean_unacked_messages()
+        await self.commit_and_end_transactions()
 
 
 class KafkaTransport(kafka_driver.Transport):
@@ -156,6 +185,28 @@ class Worker(faust.Worker):
             deadline.daemon = True
             deadline.start()
         super()._schedule_shutdown(received)
+
+
+class RebalanceWatch:
+    """Ends the process (status 3) when its consumer has been rebalancing for `limit_s`: a consumer that cannot
+    rejoin its group would otherwise stall silently while the process looks alive; its supervisor restarts it."""
+
+    def __init__(self, limit_s: float = REBALANCE_STALL_S) -> None:
+        self.limit_s = limit_s
+        self.since: float | None = None
+
+    def observe(self, rebalancing: bool) -> None:
+        REBALANCING.set(int(rebalancing))
+        now = time.monotonic()
+        if not rebalancing:
+            self.since = None
+        elif self.since is None:
+            self.since = now
+        elif now - self.since >= self.limit_s:
+            log.error("the worker has been rebalancing for %.0fs and cannot rejoin its group: exiting (status 3) "
+                      "so that its supervisor starts it afresh", now - self.since)
+            logging.shutdown()
+            os._exit(3)
 
 
 def _stop_now() -> None:

@@ -18,7 +18,7 @@ from typing import cast
 import faust
 from prometheus_client import Counter, Gauge, Histogram
 
-from framewatch.agents.app import Resources, Topology, create_app
+from framewatch.agents.app import RebalanceWatch, Resources, Topology, create_app
 from framewatch.agents.housekeeping import Housekeeping
 from framewatch.agents.publisher import AlertPublisher
 from framewatch.agents.relocation import IMAGE_NOT_COPIED, Relocator
@@ -56,6 +56,7 @@ COUNTS_BATCH = 100
 
 RETENTION_WITHIN_S = 0.25
 PRESSURE_PERIOD_S = 2.0
+WATCH_PERIOD_S = 5.0
 
 
 def outcome_of(frame: FrameEvent, result: Evaluation, relocation_reasons: list[str]) -> FrameOutcome:
@@ -207,6 +208,12 @@ def build_worker(config: Config) -> tuple[faust.App, Topology, Resources]:
                 await topology.send(topology.retention, deleted.event, key=deleted.event.task_id)
             for ack in deleted.acks:
                 await ack()
+
+    rebalance_watch = RebalanceWatch()
+
+    @app.timer(WATCH_PERIOD_S)
+    async def watch_rebalance() -> None:
+        rebalance_watch.observe(app.rebalancing)
 
     attach_web(app, resources)
     return app, topology, resources

@@ -1,18 +1,27 @@
-"""Faust commits a partition's offsets only below every record still in flight.
+"""Faust commits a partition's offsets only below every record still in flight, and a rebalance waits for the
+records in flight a bounded time.
 
 Faust's own arithmetic (`faust/transport/consumer.py`, `Consumer._new_offset`) checks for a gap at the head of the
 acked offsets only while the partition has a committed offset other than 0, and then one offset too far: with
 offset 5 committed (the next to read) and 6 acked while 5 is still in flight, it commits 7. The infer agent acks out
 of order (frames of several cameras share a partition and finish in any order), so a crash or rebalance after such
 a commit loses the frame in flight; the worker's consumer (`agents/app.py`) commits below it.
+
+Faust's `wait_empty`, which every rebalance and stop awaits, waits for ever while one record is unacknowledged
+(and swallows the cancellation that would end it); the worker's gives up after `wait_empty_s`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
+import sys
+import time
 from typing import cast
 
 from faust.transport.conductor import Conductor
 from faust.transport.consumer import Consumer
+from faust.transport.drivers import aiokafka as kafka_driver
 from faust.types import TP
 from faust.types.tuples import Message
 
@@ -63,3 +72,30 @@ async def test_contiguous_acks_commit_as_before() -> None:
     for message in messages[:3]:
         consumer.ack(message)
     assert consumer._new_offset(tp) == 13  # 13 is in flight: the commit stops right below it
+
+
+async def test_a_rebalance_waits_for_a_record_in_flight_a_bounded_time() -> None:
+    consumer, tp = await consumer_of_frames()
+    [stuck] = delivered(consumer, tp, 0)
+    faust_own = asyncio.ensure_future(kafka_driver.Consumer.wait_empty(consumer))
+    await asyncio.sleep(2)
+    assert not faust_own.done()  # Faust's own would wait for as long as the record is in flight
+    consumer._stopped.set()  # (only a stop ends it: it swallows cancellation)
+    await faust_own
+    consumer._stopped.clear()
+
+    [stuck] = delivered(consumer, tp, 1)
+    consumer.wait_empty_s = 1.0  # type: ignore[attr-defined]
+    started = time.monotonic()
+    await consumer.wait_empty()
+    assert 1.0 <= time.monotonic() - started < 3.0
+    assert not stuck.acked  # handed over unacknowledged: whoever takes the partition reads it again
+
+
+def test_a_worker_rebalancing_for_too_long_exits_for_its_supervisor_to_restart_it() -> None:
+    script = ("import time\nfrom framewatch.agents.app import RebalanceWatch\nwatch = RebalanceWatch(limit_s=0.2)\n"
+              "watch.observe(True)\nwatch.observe(False)\nwatch.observe(True)\ntime.sleep(0.1)\nwatch.observe(True)\n"
+              "time.sleep(0.2)\nwatch.observe(True)\nprint('still here')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3 and "still here" not in done.stdout
+    assert "rebalancing for 0s and cannot rejoin its group: exiting (status 3)" in done.stderr
