@@ -74,6 +74,7 @@ class Cluster:
         self.extractors: dict[str, Member] = {}
         self.retired: list[Member] = []
         self.log: list[str] = []
+        self.stop_seconds: dict[str, float] = {}  # of the members stopped with SIGTERM
         self._sampling = threading.Event()
 
     def _spawn(self, name: str, args: list[str], port_variable: str) -> Member:
@@ -91,7 +92,10 @@ class Cluster:
 
     def stop(self, members: dict[str, Member], name: str, sig: int) -> None:
         member = members.pop(name)
+        started = time.monotonic()
         member.process.stop(sig)
+        if sig == signal.SIGTERM:
+            self.stop_seconds[member.name] = round(time.monotonic() - started, 1)
         self.retired.append(member)
         self.log.append(f"{time.strftime('%X')} {signal.Signals(sig).name} {member.name}")
 
@@ -257,6 +261,7 @@ def test_nothing_is_lost_or_duplicated_while_processes_and_the_broker_die(cluste
             break
         time.sleep(3)
     settled_s = time.monotonic() - load_ended
+    stopped_in = dict(cluster.stop_seconds)
     images = asyncio.run(missing_images(config, list(state.stored.values())))
     print(f"chaos: {len(state.frames)} frames, {len(state.alerts)} alerts on fw.alerts, {len(state.stored)} stored, "
           f"{sum(state.published.values())} published, settled in {settled_s:.0f}s; events: {cluster.log}")
@@ -266,6 +271,7 @@ def test_nothing_is_lost_or_duplicated_while_processes_and_the_broker_die(cluste
     assert images == []
     assert {a: n for a, n in state.published.items() if n != 1} == {}
     assert set(state.published) == state.alerts
+    assert all(s < 28 for s in stopped_in.values()), stopped_in  # SIGTERM: gone within 25 s, in any state
     assert every_outcome_at is not None and frames_gone_at is not None
     assert frames_gone_at - every_outcome_at <= GRACE_S + 30  # storage bounded: the last outcomes' objects go
     for member in [*cluster.retired, *cluster.workers.values()]:

@@ -10,7 +10,6 @@ import logging
 import os
 import signal
 import tempfile
-import threading
 import time
 from typing import TypeVar
 
@@ -31,11 +30,11 @@ from framewatch.schemas.config import Config
 from framewatch.schemas.events import DeadLetter, DecodeError, Event
 from framewatch.schemas.tasks import CameraTask
 from framewatch.schemas.topics import TopicSpec
+from framewatch.streams.deadline import exit_unless_stopped_within
 from framewatch.streams.objectstore import ObjectStore
 
 log = logging.getLogger("framewatch.worker")
 
-STOP_DEADLINE_S = 25.0  # a supervisor (systemd, Kubernetes) usually kills at 30 s
 WAIT_EMPTY_S = 15.0  # within the stop deadline, and well within the 10 s session timeout's rebalance patience
 
 REBALANCE_STALL_S = 120.0  # a rebalance that lasts this long will not end by itself: exit, to be restarted
@@ -175,15 +174,13 @@ class WorkerApp(faust.App):
 
 
 class Worker(faust.Worker):
-    """Faust's worker, stopped within `STOP_DEADLINE_S` of SIGTERM or SIGINT whatever it waits on (a consumer that
+    """Faust's worker, stopped within 25 s of SIGTERM or SIGINT whatever it waits on (a consumer that
     cannot reach the broker waits for minutes): past it, the process exits with status 1, logging why. Records
     not yet acknowledged are read again by whoever takes the partitions over."""
 
     def _schedule_shutdown(self, received: signal.Signals) -> None:
         if not self._signal_stop_time:
-            deadline = threading.Timer(STOP_DEADLINE_S, _stop_now)
-            deadline.daemon = True
-            deadline.start()
+            exit_unless_stopped_within("the worker")
         super()._schedule_shutdown(received)
 
 
@@ -209,12 +206,6 @@ class RebalanceWatch:
             os._exit(3)
 
 
-def _stop_now() -> None:
-    log.error("the worker did not stop within %.0fs of the signal: exiting now", STOP_DEADLINE_S)
-    logging.shutdown()
-    os._exit(1)
-
-
 def create_app(config: Config) -> faust.App:
     namespace = config.framewatch.namespace
     app = WorkerApp(
@@ -224,6 +215,7 @@ def create_app(config: Config) -> faust.App:
         datadir=config.framewatch.data_dir or tempfile.mkdtemp(prefix="framewatch-worker-"),
         web_port=config.framewatch.worker_web_port,
         web_host=config.framewatch.bind_host,
+        web_bind=config.framewatch.bind_host,  # where it listens (web_host only names it): loopback by default
         topic_partitions=config.framewatch.topic_partitions,
         topic_replication_factor=1,
         topic_allow_declare=True,

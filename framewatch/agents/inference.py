@@ -61,6 +61,17 @@ def refusal_reason(error: ServiceError) -> str:
     return "service_error"
 
 
+async def read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body, or its first `limit` bytes when it is longer (`content.read(n)` returns what has arrived
+    so far: an answer that comes in several pieces would be cut)."""
+    body = bytearray()
+    async for piece in response.content.iter_any():
+        body += piece
+        if len(body) >= limit:
+            break
+    return bytes(body[:limit])
+
+
 class ServiceClient:
     def __init__(self, config: Config, store: ObjectStore | None = None) -> None:
         """`store` presigns the image URLs of `infer`; a client that only `send`s inline images needs none."""
@@ -120,7 +131,7 @@ class ServiceClient:
             async with self.http.post(url, data=request.model_dump_json(),
                                       headers={"content-type": "application/json"}) as response:
                 status = response.status
-                content = await response.content.read(MAX_RESPONSE_BYTES + 1)
+                content = await read_at_most(response, MAX_RESPONSE_BYTES + 1)
         except aiohttp.ClientConnectorError as error:
             raise InferenceFailure("connect", f"{url}: {error}") from None
         except (TimeoutError, aiohttp.ServerTimeoutError):

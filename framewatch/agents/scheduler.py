@@ -60,7 +60,12 @@ SUCCESS_RATIO = Gauge("framewatch_inference_success_ratio", "Share of the last 2
 TASK_FRESHNESS = Gauge("framewatch_inference_task_freshness", "1 for the freshness mode of a task's last frame "
                        "(latest: superseded and stale frames dropped; all: every frame, in order)", ["task", "mode"])
 
+HAND_ON_FAILURES = Counter("framewatch_inference_hand_on_failures_total",
+                           "Results that could not be sent on at the first try (retried until they are)")
+
 MAX_ATTEMPTS = 2
+HAND_ON_RETRY_S = 0.5
+HAND_ON_RETRY_MAX_S = 5.0
 WAIT_FOR_SERVICE_S = 5.0
 IDLE_TICK_S = 0.05
 
@@ -222,13 +227,22 @@ class InferenceScheduler(Service):
 
     @Service.task
     async def _finisher(self) -> None:
-        """Every frame's end goes out through here, in order, so the dispatcher never waits on Kafka."""
+        """Every frame's end goes out through here, in order, so the dispatcher never waits on Kafka. A hand-on
+        that fails (the broker is away) is tried again until it succeeds: a frame left unacknowledged would freeze
+        its partition's commits."""
         while not self.should_stop:
             done, result = await self._finished.get()
-            try:
-                await done(result)
-            except Exception:
-                log.exception("could not hand on the result of frame %s", result.frame.frame_id)
+            backoff = HAND_ON_RETRY_S
+            while not self.should_stop:
+                try:
+                    await done(result)
+                    break
+                except Exception as error:
+                    HAND_ON_FAILURES.inc()
+                    log.warning("could not hand on the result of frame %s, retrying in %.1fs: %r",
+                                result.frame.frame_id, backoff, error)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, HAND_ON_RETRY_MAX_S)
 
     def _dispatch_ready(self) -> float:
         """Send every request that can go now; returns how long to sleep before looking again."""

@@ -29,6 +29,7 @@ from framewatch.schemas.events import CameraState, CameraStatus, DecodeError, Ta
 from framewatch.schemas.tasks import CameraTask
 from framewatch.schemas.topics import CAMERAS, TASKS
 from framewatch.streams.bus import EventProducer, ensure_topics, latest
+from framewatch.streams.deadline import exit_unless_stopped_within
 from framewatch.streams.camera import Camera, Uplink
 from framewatch.streams.objectstore import ObjectStore
 from framewatch.streams.pressure import Throttle
@@ -264,8 +265,12 @@ async def serve_extractor(config: Config) -> None:
     main = asyncio.current_task()
     assert main is not None
     loop = asyncio.get_running_loop()
+    def stop() -> None:
+        exit_unless_stopped_within("the extractor")
+        main.cancel()
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, main.cancel)
+        loop.add_signal_handler(signum, stop)
     async with open_uplink(config) as uplink:
         with suppress(asyncio.CancelledError):
             await ExtractorService(config, uplink).run()

@@ -1,0 +1,76 @@
+"""The algorithm-service client reads whole answers, however they arrive, and refuses answers that are too large."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import orjson
+import pytest
+from aiohttp import web
+
+from framewatch.agents.inference import InferenceFailure, ServiceClient
+from framewatch.schemas.config import Config
+from framewatch.schemas.contract import INFER_PATH, MAX_RESPONSE_BYTES, InferFrame, InferRequest
+from framewatch.schemas.tasks import TaskType
+from tests.conftest import free_port
+
+Serve = Callable[[bytes, int], Awaitable[str]]
+
+
+@pytest.fixture
+async def answering() -> AsyncIterator[Serve]:
+    """A service that answers any request with `body`, sent in pieces of `piece` bytes 10 ms apart."""
+    runners: list[web.AppRunner] = []
+
+    async def serve(body: bytes, piece: int) -> str:
+        async def infer(request: web.Request) -> web.StreamResponse:
+            response = web.StreamResponse(headers={"content-type": "application/json"})
+            await response.prepare(request)
+            for start in range(0, len(body), piece):
+                await response.write(body[start:start + piece])
+                await asyncio.sleep(0.01)
+            await response.write_eof()
+            return response
+
+        app = web.Application(client_max_size=1 << 20)
+        app.router.add_post(INFER_PATH, infer)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        runners.append(runner)
+        return f"http://127.0.0.1:{port}"
+
+    yield serve
+    for runner in runners:
+        await runner.cleanup()
+
+
+def request() -> InferRequest:
+    return InferRequest(frames=[InferFrame(frame_id="f1", task_type=TaskType.AREA_INTRUSION, image_b64="AAAA")])
+
+
+async def test_an_answer_in_many_pieces_is_read_whole(answering: Serve) -> None:
+    detections = [{"label": "person", "score": 0.9, "box": [0.1, 0.1, 0.2, 0.3], "track_id": f"t{i}"}
+                  for i in range(301)]
+    body = orjson.dumps({"results": [{"frame_id": "f1", "detections": detections}]})
+    assert len(body) > 20_000
+    client = ServiceClient(Config())
+    try:
+        answer = await client.send(await answering(body, 4096), request())
+    finally:
+        await client.close()
+    found = answer.results["f1"]
+    assert isinstance(found, list) and len(found) == 301
+
+
+async def test_an_answer_over_the_limit_is_too_large(answering: Serve) -> None:
+    body = b'{"results": [], "padding": "' + b"x" * (MAX_RESPONSE_BYTES + 10) + b'"}'
+    client = ServiceClient(Config())
+    try:
+        with pytest.raises(InferenceFailure, match="answer over") as failure:
+            await client.send(await answering(body, 256 * 1024), request())
+    finally:
+        await client.close()
+    assert failure.value.reason == "too_large"
