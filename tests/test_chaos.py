@@ -25,9 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import asyncpg
 import httpx
-import orjson
 import pytest
 from aiokafka import TopicPartition
 
@@ -40,6 +38,7 @@ from framewatch.stack import LocalStack
 from framewatch.streams.bus import connect_admin, ensure_topics, read_records
 from framewatch.streams.objectstore import ObjectStore
 from tests.conftest import SAMPLE_CLIP, write_config
+from tests.test_alert_path import missing_images, published, stored
 
 CAMERAS = 16
 SECONDS = float(os.environ.get("FRAMEWATCH_CHAOS_SECONDS", "180"))
@@ -211,17 +210,9 @@ async def ledger(config: Config) -> Ledger:
     outcomes = collections.Counter(FrameOutcome.decode(r.value).frame.frame_id
                                    for r in await read_records(config, config.topic(FRAME_OUTCOMES.name)))
     alerts = {AlertEvent.decode(r.value).alert_id for r in await read_records(config, config.topic(ALERTS.name))}
-    connection = await asyncpg.connect(config.database.dsn.get_secret_value())
-    try:
-        rows = await connection.fetch("SELECT alert_id::text, image_key FROM alerts WHERE task_id LIKE $1",
-                                      f"{config.framewatch.namespace}-%")
-    finally:
-        await connection.close()
-    published = collections.Counter(orjson.loads(r.value)["alert_id"]
-                                    for r in await read_records(config, config.ai_analysis.mq_topic) if r.value)
     store = ObjectStore(config.frame_extractor.minio)
-    return Ledger(frames, outcomes, alerts, {r["alert_id"]: r["image_key"] for r in rows}, published,
-                  await store.list_keys(store.key("frames") + "/"), await unprocessed(config))
+    return Ledger(frames, outcomes, alerts, await stored(config, f"{config.framewatch.namespace}-"),
+                  await published(config), await store.list_keys(store.key("frames") + "/"), await unprocessed(config))
 
 
 async def unprocessed(config: Config) -> dict[int, int]:
@@ -279,7 +270,3 @@ def test_nothing_is_lost_or_duplicated_while_processes_and_the_broker_die(cluste
         if len(late) >= 12:  # lived two minutes or more: its memory after the first 40 s stays flat
             assert late[-1] - late[0] < 40, (member.name, member.rss_mb)
 
-
-async def missing_images(config: Config, keys: list[str]) -> list[str]:
-    store = ObjectStore(config.frame_extractor.minio)
-    return [key for key in keys if not await store.exists(key)]

@@ -122,6 +122,11 @@ def test_a_clip_is_replayed_scored_and_tried_again_with_other_settings(detector:
     assert other.returncode == 0, other.stderr
     assert json.loads(other.stdout)["alerts"] == []
     assert detector_requests(detector) == asked
+
+    # no --detector: the services that announce themselves on fw.services, as a worker finds them
+    found = replay(str(SAMPLE_CLIP), "-c", str(DEMO), "--json", "--no-cache", env=stack_env)
+    assert found.returncode == 0, found.stderr
+    assert json.loads(found.stdout)["frames"] == 40 and detector_requests(detector) >= asked + 40
     gone = "http://127.0.0.1:9"
     refused = replay(str(SAMPLE_CLIP), "-c", str(DEMO), "--detector", gone, *cache, env=stack_env)
     assert refused.returncode == 2, refused.stdout  # another endpoint: not what was cached
@@ -131,7 +136,8 @@ def test_a_clip_is_replayed_scored_and_tried_again_with_other_settings(detector:
 def test_replay_refuses_what_it_cannot_run_with_a_clear_error(tmp_path: Path) -> None:
     missing = replay(str(tmp_path / "nope.mp4"), "-c", str(DEMO), "--detector", "http://127.0.0.1:9", env={})
     assert missing.returncode == 2 and "nope.mp4: no such video file" in missing.stderr
-    no_service = replay(str(SAMPLE_CLIP), "-c", str(DEMO), env={})
+    no_broker = {"FRAMEWATCH_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}"}
+    no_service = replay(str(SAMPLE_CLIP), "-c", str(DEMO), env=no_broker)
     assert no_service.returncode == 2 and "no algorithm service for area_intrusion" in no_service.stderr
     bad_setting = replay(str(SAMPLE_CLIP), "-c", str(DEMO), "--settings", "dwell_sec=-1", env={})
     assert bad_setting.returncode == 2 and "dwell_sec" in bad_setting.stderr

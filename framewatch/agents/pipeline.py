@@ -198,7 +198,7 @@ def build_worker(config: Config) -> tuple[faust.App, Topology, Resources]:
         """Per task, what inference received and dropped: the extractor slows cameras whose frames are dropped."""
         for task_id, seen in resources.scheduler.take_pressure().items():
             report = InferencePressure(task_id=task_id, period_ms=int(PRESSURE_PERIOD_S * 1000),
-                                       received=seen.received, dropped=seen.dropped)
+                                       received=seen.received, dropped=seen.dropped, ended=seen.ended)
             await topology.send(topology.pressure, report, key=task_id)
 
     @app.timer(RETENTION_WITHIN_S)

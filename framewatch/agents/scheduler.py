@@ -102,10 +102,12 @@ class CameraSeen:
 
 @dataclass
 class TaskPressure:
-    """Since the last report: frames of a task that arrived, and those dropped (superseded or stale)."""
+    """Since the last report: frames of a task that arrived, that were dropped (superseded or stale), and that
+    left inference by any way (the credit a lossless camera waits for)."""
 
     received: int = 0
     dropped: int = 0
+    ended: int = 0
 
 
 @dataclass(eq=False)
@@ -432,6 +434,7 @@ class InferenceScheduler(Service):
         self._finish(item, FrameOutcome(frame=item.frame, outcome=outcome, reason=reason))
 
     def _finish(self, item: Waiting, result: Result) -> None:
+        self.pressure.setdefault(item.frame.task_id, TaskPressure()).ended += 1
         if not item.lossless:
             self._finished.put_nowait((item.done, result))
             return

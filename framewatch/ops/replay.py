@@ -31,10 +31,18 @@ from framewatch.rules.engine import evaluate
 from framewatch.rules.state import RuleState
 from framewatch.schemas.config import Config, StaticService
 from framewatch.schemas.contract import InferFrame, InferRequest
-from framewatch.schemas.events import AlertEvent, CountWindow, Detection, DetectionEvent, FrameEvent
+from framewatch.schemas.events import (
+    AlertEvent,
+    CountWindow,
+    Detection,
+    DetectionEvent,
+    FrameEvent,
+    ServiceHeartbeat,
+    now_ms,
+)
 from framewatch.schemas.tasks import CameraTask, Freshness
-from framewatch.schemas.topics import DETECTIONS
-from framewatch.streams.bus import read_records
+from framewatch.schemas.topics import DETECTIONS, SERVICES
+from framewatch.streams.bus import BrokerUnavailable, latest, read_records
 from framewatch.streams.camera import Sample, encode_jpeg
 from framewatch.streams.handoff import Handoff
 from framewatch.streams.source import Source, SourceError, SourceSettings
@@ -94,15 +102,29 @@ class ReplayResult:
 # -- detections of a video ----------------------------------------------------------------------------------------
 
 
-def detectors_for(config: Config, task: CameraTask, endpoints: list[str]) -> list[Detector]:
-    """The services named on the command line, else the config's static services for the task type."""
+async def detectors_for(config: Config, task: CameraTask, endpoints: list[str]) -> list[Detector]:
+    """The services named on the command line, else the config's static services for the task type, else those
+    that announce themselves on fw.services (as a worker finds them)."""
     if endpoints:
         return [Detector(f"replay-{i}", url) for i, url in enumerate(endpoints)]
     declared: list[StaticService] = [s for s in config.ai_analysis.services if task.task_type in s.task_types]
-    if not declared:
-        raise ReplayError(f"no algorithm service for {task.task_type.value}: pass --detector URL or declare one in "
-                          "[[ai_analysis.services]]")
-    return [Detector(s.id, s.endpoint, s.capacity, s.max_batch) for s in declared]
+    if declared:
+        return [Detector(s.id, s.endpoint, s.capacity, s.max_batch) for s in declared]
+    if announced := await announced_detectors(config, task):
+        return announced
+    raise ReplayError(f"no algorithm service for {task.task_type.value}: pass --detector URL, declare one in "
+                      "[[ai_analysis.services]], or start one that announces itself (framewatch detector)")
+
+
+async def announced_detectors(config: Config, task: CameraTask) -> list[Detector]:
+    """The services that heartbeated on fw.services within `heartbeat_timeout_sec` and serve the task type."""
+    try:
+        heartbeats = [ServiceHeartbeat.decode(raw) for raw in (await latest(config, SERVICES)).values() if raw]
+    except (BrokerUnavailable, LookupError):
+        return []
+    horizon = now_ms() - int(config.ai_analysis.heartbeat_timeout_sec * 1000)
+    return [Detector(h.service_id, h.endpoint, h.capacity, h.max_batch) for h in heartbeats
+            if h.emitted_at >= horizon and task.task_type in h.task_types]
 
 
 def video_digest(video: Path) -> str:
@@ -351,7 +373,7 @@ async def replay(config: Config, task: CameraTask, video: Path | None, endpoints
     if video is None:
         frames = await stored_detections(config, task, since_ms, until_ms)
         return evaluate_frames(config, task, frames, frames[0].captured_at)
-    frames = await detect_video(config, task, video, detectors_for(config, task, endpoints), cache_folder)
+    frames = await detect_video(config, task, video, await detectors_for(config, task, endpoints), cache_folder)
     return evaluate_frames(config, task, frames, origin_ms=0)
 
 

@@ -248,6 +248,7 @@ class InferencePressure(Event):
     period_ms: int = Field(gt=0)
     received: int = Field(ge=0, description="frames that reached the scheduler")
     dropped: int = Field(ge=0, description="superseded or stale: frames sampled for nothing")
+    ended: int = Field(default=0, ge=0, description="frames whose inference ended (inferred, dropped or failed)")
 
     @property
     def event_id(self) -> str:

@@ -4,6 +4,9 @@ JPEG and only then emits its FrameEvent; a session that fails is retried with ba
     reader thread: Source.frames ─► change gate ─► JPEG ─► Handoff (bounded, drops its oldest)
     event loop:    Handoff ─► upload to frames/<output_path>/<day>/<ms>-<seq>.jpg ─► FrameEvent on fw.frames
 
+A camera whose every frame must be analysed (`freshness = "all"`) waits, before each upload, while it is too far
+ahead of inference (streams/pressure.py); its reader thread then waits on the full hand-off, and decoding pauses.
+
 States (`CameraState`): connecting ─► streaming ─► backoff ─► connecting …; failed for errors retrying cannot
 fix (it waits for its task to change), ended when a file reaches its end.
 """
@@ -28,12 +31,13 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from framewatch.schemas.config import FrameExtractorSettings, mask_url
 from framewatch.schemas.events import CameraState, CameraStatus, FrameEvent, now_ms
-from framewatch.schemas.tasks import CameraTask
+from framewatch.schemas.tasks import CameraTask, Freshness
 from framewatch.schemas.topics import FRAMES
 from framewatch.streams.bus import EventProducer
 from framewatch.streams.gate import ChangeGate
 from framewatch.streams.handoff import Handoff
 from framewatch.streams.objectstore import ObjectStore, StoreError
+from framewatch.streams.pressure import LOSSLESS_AHEAD, Throttle
 from framewatch.streams.source import DueFrame, Source, SourceError, SourceSettings
 
 log = logging.getLogger("framewatch.extractor")
@@ -62,6 +66,10 @@ RECONNECTS = Counter("framewatch_extractor_reconnects_total", "Sessions started 
 SAMPLING_INTERVAL = Gauge("framewatch_extractor_sampling_interval_seconds",
                           "Sampling interval in force (stretched while inference is behind)", ["task"])
 KEYFRAMES_ONLY = Gauge("framewatch_extractor_keyframes_only", "1 while only key frames are decoded", ["task"])
+FRAMES_AHEAD = Gauge("framewatch_extractor_frames_ahead", "Frames of a lossless camera sent and not yet through "
+                     "inference", ["task"])
+HELD_BACK = Counter("framewatch_extractor_held_back_seconds_total", "Time a lossless camera waited for inference",
+                    ["task"])
 
 UPLOAD_ATTEMPTS = 3
 
@@ -106,11 +114,14 @@ def encode_jpeg(due: DueFrame, quality: int) -> Sample | None:
 
 class Camera:
     def __init__(self, task: CameraTask, settings: FrameExtractorSettings, uplink: Uplink,
-                 throttle: Callable[[str], float] = lambda task_id: 1.0) -> None:
+                 pressure: Throttle | None = None) -> None:
+        """`pressure`: what inference reports (fw.pressure); without it the camera is neither throttled nor held
+        back."""
         self.task = task
         self.settings = settings
         self.uplink = uplink
-        self.throttle = throttle
+        self.pressure = pressure
+        self.lossless = settings.freshness_for(task) is Freshness.ALL
         self.state = CameraState.CONNECTING
         self.last_error = ""
         self.reconnects = 0
@@ -134,7 +145,7 @@ class Camera:
         return self.settings.interval_for(self.task)
 
     def interval_ms(self) -> float:
-        return self.base_interval_ms * self.throttle(self.task.id)
+        return self.base_interval_ms * (self.pressure.factor(self.task.id) if self.pressure else 1.0)
 
     def source_settings(self) -> SourceSettings:
         return SourceSettings(self.task.rtsp_url, self.task.rtsp_transport, self.settings.open_timeout_sec,
@@ -244,7 +255,24 @@ class Camera:
 
     # -- upload, then emit --------------------------------------------------------------------------------------
 
+    async def _wait_for_inference(self) -> None:
+        """A lossless camera sends on only while it is less than LOSSLESS_AHEAD frames ahead of inference."""
+        if self.pressure is None or not self.lossless:
+            return
+        ahead = self.pressure.ahead(self.task.id, self.emitted)
+        FRAMES_AHEAD.labels(self.task.id).set(ahead)
+        if ahead < LOSSLESS_AHEAD:
+            return
+        started = time.monotonic()
+        room = asyncio.create_task(self.pressure.room(self.task.id, self.emitted))
+        stopped = asyncio.create_task(self._stopped.wait())
+        await asyncio.wait([room, stopped], return_when=asyncio.FIRST_COMPLETED)
+        room.cancel()
+        stopped.cancel()
+        HELD_BACK.labels(self.task.id).inc(time.monotonic() - started)
+
     async def _emit(self, sample: Sample) -> None:
+        await self._wait_for_inference()
         seq = self._seq
         self._seq += 1
         key = frame_key(self.uplink.store, self.task, sample.captured_at, seq)
@@ -255,7 +283,7 @@ class Camera:
                            camera_id=self.task.id, task_type=self.task.task_type, seq=seq,
                            captured_at=sample.captured_at, bucket=self.uplink.store.bucket, object_key=key,
                            width=sample.width, height=sample.height,
-                           freshness=self.settings.freshness_for(self.task))
+                           freshness=Freshness.ALL if self.lossless else Freshness.LATEST)
         try:
             await self.uplink.producer.send(FRAMES, event, key=event.camera_id)
         except KafkaError as error:

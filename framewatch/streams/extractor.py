@@ -77,10 +77,17 @@ async def open_uplink(config: Config) -> AsyncIterator[Uplink]:
 
 
 async def run_extractor(config: Config) -> ExtractReport:
-    """Every enabled task of the config, each to the end of its source (or to an error retrying cannot fix)."""
+    """Every enabled task of the config, each to the end of its source (or to an error retrying cannot fix),
+    throttled or held back by what inference reports."""
     async with open_uplink(config) as uplink:
-        cameras = [Camera(t, config.frame_extractor, uplink) for t in config.frame_extractor.tasks if t.enabled]
-        await asyncio.gather(*(camera.run() for camera in cameras))
+        pressure = Throttle(config.frame_extractor.max_throttle)
+        listening = asyncio.create_task(pressure.follow(config))
+        cameras = [Camera(t, config.frame_extractor, uplink, pressure)
+                   for t in config.frame_extractor.tasks if t.enabled]
+        try:
+            await asyncio.gather(*(camera.run() for camera in cameras))
+        finally:
+            listening.cancel()
     reports = []
     for camera in cameras:
         log.info("camera %s: %s, %d frames emitted, %d dropped", camera.task.id, camera.state.value,
@@ -222,7 +229,7 @@ class ExtractorService(ConsumerRebalanceListener):
             self._start(task, record.partition)
 
     def _start(self, task: CameraTask, partition: int) -> None:
-        camera = Camera(task, self.config.frame_extractor, self.uplink, self.throttle.factor)
+        camera = Camera(task, self.config.frame_extractor, self.uplink, self.throttle)
         runner = asyncio.create_task(camera.run(), name=f"camera-{task.id}")
         self.cameras[task.id] = Running(camera, partition, runner)
         log.info("camera %s started (fw.tasks partition %d)", task.id, partition)

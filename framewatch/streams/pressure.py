@@ -4,11 +4,20 @@ The inference agent reports, per task and every few seconds, how many frames it 
 drop (superseded by a newer frame of the same camera, or stale) on fw.pressure. A camera whose frames were dropped
 samples at the rate inference kept up with; one whose frames all went through probes back towards its configured
 rate, 15 % per report. Frames sampled for nothing would otherwise cost an upload, a Kafka record and a delete each.
+
+A camera that wants every frame analysed (`freshness = "all"`) is never throttled (inference drops none of its
+frames); it is held back instead: it sends a frame only while it is less than `LOSSLESS_AHEAD` frames ahead of
+what inference has finished, as the reports count it, so a recording waits for the detectors instead of filling
+fw.frames and the object store. Reports stop when inference has nothing more of the camera (or no worker runs, or
+a report was missed): after `SILENT_S` without one, the count starts again from what was sent, so a camera is
+never held for ever; it trickles on at `LOSSLESS_AHEAD` frames per `SILENT_S` while no worker reports.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 
 from prometheus_client import Gauge
 
@@ -24,17 +33,42 @@ THROTTLE = Gauge("framewatch_extractor_throttle", "Factor stretching a camera's 
 
 DROPS_TOLERATED = 0.05  # a share of dropped frames that is noise, not pressure
 RECOVERY_STEP = 0.85
+LOSSLESS_AHEAD = 32  # frames a lossless camera may have sent beyond what inference has finished
+SILENT_S = 5.0  # two report periods and a half without a report of a task: inference has all its frames
 
 
 class Throttle:
     def __init__(self, max_factor: float) -> None:
         self.max_factor = max_factor
         self.factors: dict[str, float] = {}
+        self.finished: dict[str, int] = {}  # per task, frames whose inference ended since we listened
+        self.reported_at: dict[str, float] = {}
+        self._reported = asyncio.Event()
 
     def factor(self, task_id: str) -> float:
         return self.factors.get(task_id, 1.0)
 
+    def ahead(self, task_id: str, sent: int) -> int:
+        """How many of the `sent` frames inference has not finished yet."""
+        return max(0, sent - self.finished.get(task_id, 0))
+
+    async def room(self, task_id: str, sent: int) -> None:
+        """Returns once a lossless camera that has sent `sent` frames is less than LOSSLESS_AHEAD frames ahead."""
+        waiting_since = time.monotonic()
+        while self.ahead(task_id, sent) >= LOSSLESS_AHEAD:
+            self._reported.clear()
+            try:
+                await asyncio.wait_for(self._reported.wait(), 1.0)
+            except TimeoutError:
+                pass
+            last = max(waiting_since, self.reported_at.get(task_id, 0.0))
+            if time.monotonic() - last >= SILENT_S:
+                self.finished[task_id] = sent  # nothing more to hear: start counting again from here
+
     def observe(self, report: InferencePressure) -> None:
+        self.finished[report.task_id] = self.finished.get(report.task_id, 0) + report.ended
+        self.reported_at[report.task_id] = time.monotonic()
+        self._reported.set()
         if report.received == 0:
             return
         current = self.factor(report.task_id)
