@@ -256,7 +256,9 @@ def test_nothing_is_lost_or_duplicated_while_processes_and_the_broker_die(cluste
     images = asyncio.run(missing_images(config, list(state.stored.values())))
     print(f"chaos: {len(state.frames)} frames, {len(state.alerts)} alerts on fw.alerts, {len(state.stored)} stored, "
           f"{sum(state.published.values())} published, settled in {settled_s:.0f}s; events: {cluster.log}")
-    assert len(state.frames) > CAMERAS * SECONDS / 2 / 3  # the load ran (a third of 16 cameras every 2 s at least)
+    # the load ran: a quarter of its frames at least (cameras are throttled for a while after the broker restart,
+    # when the frames it delayed are dropped as stale)
+    assert len(state.frames) > CAMERAS * SECONDS / 2 / 4
     assert state.missing() == [], cluster.log
     assert set(state.stored) == state.alerts  # stored exactly once: alert_id is the primary key
     assert images == []
