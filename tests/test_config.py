@@ -62,6 +62,8 @@ def test_environment_overrides_addresses_and_secrets() -> None:
     ("[[frame_extractor.tasks]]\nid='a'\ntask_type='跳舞'\nrtsp_url='x'\n",
      "frame_extractor.tasks[0] (id 'a').task_type"),
     ("[[frame_extractor.tasks]]\nid='../etc'\ntask_type='区域入侵'\nrtsp_url='x'\n", "frame_extractor.tasks[0] (id '../etc').id"),
+    ("[[frame_extractor.tasks]]\nid='a'\ntask_type='区域入侵'\nrtsp_url='x'\noutput_path='..'\n",
+     "output_path '..' must be a single safe path segment"),
     ("[[frame_extractor.tasks]]\nid='a'\ntask_type='区域入侵'\nrtsp_url='x'\nregion=[[0,0],[2,0],[1,1]]\n",
      "frame_extractor.tasks[0] (id 'a').region: region coordinates are normalised and must lie in 0..1"),
     ("[ai_analysis]\nmq_type = 'rabbitmq'\n", "ai_analysis.mq_type"),

@@ -219,7 +219,7 @@ class CameraTask(BaseModel):
     def _check(self) -> CameraTask:
         if self.output_path is None:
             object.__setattr__(self, "output_path", self.id)
-        elif not _SAFE_ID.match(self.output_path):
+        elif not _SAFE_ID.match(self.output_path) or self.output_path in {".", ".."}:
             raise ValueError(f"output_path {self.output_path!r} must be a single safe path segment")
         if self.task_type is TaskType.LINE_CROSSING and self.line is None:
             raise ValueError("line: a line_crossing task needs a line, e.g. line = [[0.5, 0.0], [0.5, 1.0]]")
