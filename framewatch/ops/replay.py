@@ -231,18 +231,17 @@ class VideoDetections:
                 failed=answer.reason if isinstance(answer, InferenceFailure) else "")
 
     async def _send(self, detector: Detector, request: InferRequest) -> dict[str, list[Detection] | InferenceFailure]:
+        failure = InferenceFailure("internal", "no attempt made")
         for attempt in range(ATTEMPTS):
+            if attempt:
+                await asyncio.sleep(0.5 * 2 ** (attempt - 1))
             try:
-                answer = await self.client.send(detector.endpoint, request)
-            except InferenceFailure as failure:
-                if attempt == ATTEMPTS - 1:
-                    if failure.reason == "connect":
-                        self.unreachable = f"the detector cannot be reached: {failure}"
-                    return {frame.frame_id: failure for frame in request.frames}
-                await asyncio.sleep(0.5 * 2 ** attempt)
-                continue
-            return answer.results
-        raise AssertionError("unreachable")
+                return (await self.client.send(detector.endpoint, request)).results
+            except InferenceFailure as error:
+                failure = error
+        if failure.reason == "connect":
+            self.unreachable = f"the detector cannot be reached: {failure}"
+        return {frame.frame_id: failure for frame in request.frames}
 
 
 async def detect_video(config: Config, task: CameraTask, video: Path, detectors: list[Detector],
