@@ -159,13 +159,13 @@ def cmd_services(args: argparse.Namespace) -> int:
             services = json.loads(answer.read())["services"]
     except OSError as error:
         raise LookupError(f"cannot reach the worker at {url}: {error}") from None
-    print(f"{'service':24} {'health':8} {'breaker':9} {'in flight':>9} {'cap':>4} {'batch':>5} {'latency ms':>10} "
+    print(f"{'service':24} {'health':8} {'breaker':9} {'in flight':>9} {'cap':>4} {'mine':>4} {'batch':>5} {'latency ms':>10} "
           f"{'requests':>8} {'faults':>7}  endpoint")
     for s in services:
         health = "healthy" if s["healthy"] else ("alive" if s["alive"] else "gone")
         latency = "-" if s["latency_ms"] is None else f"{s['latency_ms']:.1f}"
         print(f"{s['service_id']:24} {health:8} {s['breaker']:9} {s['in_flight']:>9} {s['capacity']:>4} "
-              f"{s['max_batch']:>5} {latency:>10} {s['requests']:>8} {s['faults']:>7}  {s['endpoint']}")
+              f"{s['usable']:>4} {s['max_batch']:>5} {latency:>10} {s['requests']:>8} {s['faults']:>7}  {s['endpoint']}")
     return 0
 
 

@@ -129,8 +129,9 @@ def test_services_command_lists_the_fleet_with_health_and_load(six: Fleet) -> No
     assert result.returncode == 0, result.stderr
     rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()[1:]}
     assert sorted(rows) == [f"fake-{i}" for i in range(6)]
-    for service_id, (_, health, breaker, in_flight, capacity, batch, *_rest) in rows.items():
+    for service_id, (_, health, breaker, in_flight, capacity, mine, batch, *_rest) in rows.items():
         assert (health, breaker, capacity, batch) == ("healthy", "closed", "1", "1"), service_id
+        assert mine in ("0", "1"), f"{service_id}: this worker's part of its capacity is {mine}"
         assert int(in_flight) in (0, 1)
 
 

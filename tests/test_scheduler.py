@@ -13,7 +13,7 @@ from aiohttp import web
 from framewatch.agents.breaker import BreakerSettings, BreakerState, CircuitBreaker
 from framewatch.agents.inference import ServiceClient
 from framewatch.agents.registry import ServiceRegistry
-from framewatch.agents.scheduler import InferenceScheduler
+from framewatch.agents.scheduler import Capacity, InferenceScheduler
 from framewatch.detector.misbehaving import Behaviour, Fault, MisbehavingService, serve
 from framewatch.schemas.config import Config, StaticService
 from framewatch.schemas.events import DetectionEvent, FrameEvent, FrameOutcome, now_ms
@@ -46,13 +46,14 @@ def recorded_frames(camera: str, count: int) -> list[FrameEvent]:
 class Harness:
     """A scheduler over static services, with every frame's end collected in order."""
 
-    def __init__(self, config: Config, services: list[MisbehavingService], **settings: Any) -> None:
+    def __init__(self, config: Config, services: list[MisbehavingService], capacity: Capacity | None = None,
+                 **settings: Any) -> None:
         declared = [StaticService(id=s.service_id, endpoint=s.endpoint, capacity=s.capacity, max_batch=s.max_batch)
                     for s in services]
         ai = config.ai_analysis.model_copy(update={"services": declared, **settings})
         self.config = config.model_copy(update={"ai_analysis": ai})
         self.client = ServiceClient(self.config, ObjectStore(self.config.frame_extractor.minio))
-        self.scheduler = InferenceScheduler(self.config, ServiceRegistry(self.config), self.client)
+        self.scheduler = InferenceScheduler(self.config, ServiceRegistry(self.config), self.client, capacity)
         self.results: list[DetectionEvent | FrameOutcome] = []
         self._ended: dict[str, asyncio.Event] = {}
 

@@ -20,6 +20,7 @@ from faust.types.transports import TransportT
 from mode import Service
 from prometheus_client import Counter, Gauge
 
+from framewatch.agents.capacity import CapacityShare
 from framewatch.agents.catalog import camera_states, task_catalog
 from framewatch.agents.database import AlertStore
 from framewatch.agents.inference import ServiceClient
@@ -98,7 +99,11 @@ class Resources(Service):
         self.catalog = task_catalog(config)  # fw.tasks
         self.camera_states = camera_states(config)  # fw.cameras
         self.client = ServiceClient(config, self.store)
-        self.scheduler = InferenceScheduler(config, self.registry, self.client)
+        # each service's capacity, shared with the other workers (slots are PostgreSQL advisory locks)
+        self.capacity = CapacityShare(config.database.dsn.get_secret_value(), config.framewatch.namespace,
+                                      in_flight=lambda service_id: self.scheduler.in_flight_on(service_id))
+        self.scheduler = InferenceScheduler(config, self.registry, self.client, self.capacity)
+        self.capacity.on_slot = self.scheduler.wake
 
     async def on_start(self) -> None:
         await self.store.ensure_bucket()
@@ -106,10 +111,12 @@ class Resources(Service):
         await self.registry.start()
         await self.catalog.start()
         await self.camera_states.start()
+        await self.capacity.start()
         await self.scheduler.start()
 
     async def on_stop(self) -> None:
         await self.scheduler.stop()
+        await self.capacity.stop()
         await self.camera_states.stop()
         await self.catalog.stop()
         await self.registry.stop()

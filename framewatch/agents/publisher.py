@@ -4,6 +4,11 @@ fw.alerts-stored may carry an alert twice (the sink re-announces a batch it repl
 publisher remembers what it published on fw.published and skips repeats. The alert message, its fw.published
 marker and the consumer offset go in one Kafka transaction: after a crash either all three happened or none
 did, so a consumer reading the alert topic with `isolation.level=read_committed` sees each alert exactly once.
+
+With several workers a partition of fw.alerts-stored moves between them, and aiokafka has no KIP-447 fencing by
+consumer generation. So each partition has a transactional producer of its own, its transactional id derived from
+the partition alone (`<group>-<topic>-<partition>`): whoever takes the partition over starts that producer, which
+aborts the previous owner's open transaction and fences it (its commit fails), and only then reads the markers.
 This is a plain aiokafka consume-transform-produce loop rather than a Faust agent because Faust's own
 exactly-once mode would switch the whole worker to transactions.
 """
@@ -12,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 from typing import Any
 
@@ -23,7 +27,7 @@ from aiokafka import (
     ConsumerRebalanceListener,
     TopicPartition,
 )
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, ProducerFenced
 from mode import Service
 from prometheus_client import Counter, Gauge
 
@@ -57,15 +61,18 @@ def payload(stored: AlertStored) -> dict[str, Any]:
             "evidence": alert.evidence, "bucket": frame.bucket, "image_key": alert.image_key}
 
 
-class _Reload(ConsumerRebalanceListener):
+class _Handover(ConsumerRebalanceListener):
     def __init__(self, publisher: AlertPublisher) -> None:
         self.publisher = publisher
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         self.publisher.remembered.clear()
+        async with self.publisher.publishing:  # a transaction under way ends before its partition goes
+            await self.publisher.release(revoked)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self.publisher.remembered.clear()
+        await self.publisher.take_over(assigned)
         await self.publisher.remember_published()  # another worker may have published for these partitions
         self.publisher.remembered.set()
 
@@ -75,46 +82,65 @@ class AlertPublisher(Service):
         super().__init__(**kwargs)
         self.config = config
         self.group_id = f"{app_id}-publisher"
-        # stable across restarts, so a restarted worker fences its dead predecessor's open transaction at once
-        self.transactional_id = f"{self.group_id}-{socket.gethostname()}-{config.framewatch.worker_web_port}"
         self.source = config.topic(ALERTS_STORED.name)
         self.markers = config.topic(PUBLISHED.name)
         self.published: dict[str, int] = {}
         # set once `published` holds what fw.published says for the current assignment: aiokafka may hand out
         # records of new partitions while the assignment listener is still reading the markers
         self.remembered = asyncio.Event()
+        self.publishing = asyncio.Lock()  # held by a batch's transactions, and by a hand-over
         self._consumer: AIOKafkaConsumer | None = None
-        self._producer: AIOKafkaProducer | None = None
+        self._producers: dict[int, AIOKafkaProducer] = {}  # one per fw.alerts-stored partition this worker owns
 
     async def on_start(self) -> None:
-        self._producer = AIOKafkaProducer(bootstrap_servers=self.config.kafka_bootstrap,
-                                          transactional_id=self.transactional_id, linger_ms=5)
         self._consumer = AIOKafkaConsumer(bootstrap_servers=self.config.kafka_bootstrap, group_id=self.group_id,
                                           enable_auto_commit=False, auto_offset_reset="earliest",
                                           isolation_level="read_committed")
-        await self.producer.start()
-        # start() does not wait for the producer id; getting it makes the broker finish (or abort) the open
-        # transaction of the worker this one replaces, so its markers are readable before we read them
-        await self.producer.begin_transaction()
-        await self.producer.commit_transaction()
         await self.consumer.start()
-        self.consumer.subscribe([self.source], listener=_Reload(self))
+        self.consumer.subscribe([self.source], listener=_Handover(self))
 
     async def on_stop(self) -> None:
         if self._consumer is not None:
-            await self._consumer.stop()
-        if self._producer is not None:
-            await self._producer.stop()
+            await self._consumer.stop()  # revokes the partitions: their producers stop
+        await self.release([TopicPartition(self.source, p) for p in list(self._producers)])
 
     @property
     def consumer(self) -> AIOKafkaConsumer:
         assert self._consumer is not None, "publisher not started"
         return self._consumer
 
-    @property
-    def producer(self) -> AIOKafkaProducer:
-        assert self._producer is not None, "publisher not started"
-        return self._producer
+    def transactional_id(self, partition: int) -> str:
+        return f"{self.group_id}-{self.source}-{partition}"
+
+    async def take_over(self, assigned: list[TopicPartition]) -> None:
+        """Starts the producer of each partition newly assigned: the broker aborts the open transaction of the
+        worker that had it (alive or dead) and fences it, so its markers are final before we read them."""
+        fresh = [tp.partition for tp in assigned if tp.partition not in self._producers]
+        await asyncio.gather(*(self._start_producer(partition) for partition in fresh))
+        if fresh:
+            log.info("publishing for fw.alerts-stored partitions %s", sorted(fresh))
+
+    async def _start_producer(self, partition: int) -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=self.config.kafka_bootstrap, linger_ms=5,
+                                    transactional_id=self.transactional_id(partition))
+        await producer.start()
+        # start() does not wait for the producer id: an empty transaction gets it, and with it the fencing
+        await producer.begin_transaction()
+        await producer.commit_transaction()
+        self._producers[partition] = producer
+
+    async def _take_again(self, tp: TopicPartition) -> None:
+        """After being fenced: the partition is ours again only if the group still says so, and then with what
+        the other worker published meanwhile."""
+        await self.release([tp])
+        if tp in self.consumer.assignment():
+            await self.take_over([tp])
+            await self.remember_published()
+
+    async def release(self, revoked: list[TopicPartition]) -> None:
+        for tp in revoked:
+            if (producer := self._producers.pop(tp.partition, None)) is not None:
+                await producer.stop()
 
     async def remember_published(self) -> None:
         """Read fw.published to its end (committed records only): the ids not to publish again."""
@@ -152,48 +178,54 @@ class AlertPublisher(Service):
             if not batches:
                 continue
             await self.remembered.wait()
-            try:
-                fresh = await self._publish_batch(batches)
-            except KafkaError as error:
-                ABORTED.inc()
-                log.warning("publish transaction aborted, will retry: %s", error)
+            async with self.publishing:
                 for tp, records in batches.items():
-                    self.consumer.seek(tp, records[0].offset)
-                continue
-            self.published.update(dict.fromkeys(fresh, int(time.time() * 1000)))
-            PUBLISHED_TOTAL.inc(len(fresh))
-            REMEMBERED.set(len(self.published))
+                    if (producer := self._producers.get(tp.partition)) is not None:  # else it has moved on
+                        await self._publish_partition(producer, tp, records)
+
+    async def _publish_partition(self, producer: AIOKafkaProducer, tp: TopicPartition, records: list[Any]) -> None:
+        try:
+            fresh = await self._publish_batch(producer, tp, records)
+        except KafkaError as error:
+            ABORTED.inc()
+            log.warning("publish transaction on fw.alerts-stored partition %d aborted, will retry: %r",
+                        tp.partition, error)
+            self.consumer.seek(tp, records[0].offset)
+            if isinstance(error, ProducerFenced):  # another worker took the partition over while we were out
+                await self._take_again(tp)
+            return
+        self.published.update(dict.fromkeys(fresh, int(time.time() * 1000)))
+        PUBLISHED_TOTAL.inc(len(fresh))
+        REMEMBERED.set(len(self.published))
 
     @Service.timer(3600)
     async def _forget_hourly(self) -> None:
         self._forget_old()
 
-    async def _publish_batch(self, batches: dict[TopicPartition, list[Any]]) -> set[str]:
+    async def _publish_batch(self, producer: AIOKafkaProducer, tp: TopicPartition, records: list[Any]) -> set[str]:
         fresh: set[str] = set()
-        async with self.producer.transaction():
-            for records in batches.values():
-                for record in records:
-                    alert_id = await self._publish_one(record.value, fresh)
-                    if alert_id is not None:
-                        fresh.add(alert_id)
-            offsets = {tp: records[-1].offset + 1 for tp, records in batches.items()}
-            await self.producer.send_offsets_to_transaction(offsets, self.group_id)
+        async with producer.transaction():
+            for record in records:
+                alert_id = await self._publish_one(producer, record.value, fresh)
+                if alert_id is not None:
+                    fresh.add(alert_id)
+            await producer.send_offsets_to_transaction({tp: records[-1].offset + 1}, self.group_id)
         return fresh
 
-    async def _publish_one(self, raw: bytes, fresh: set[str]) -> str | None:
+    async def _publish_one(self, producer: AIOKafkaProducer, raw: bytes, fresh: set[str]) -> str | None:
         try:
             stored = AlertStored.decode(raw)
         except DecodeError as error:
             letter = DeadLetter(topic=self.source, reason=str(error), key=None,
                                 payload=raw.decode("utf-8", "replace"))
-            await self.producer.send(self.config.topic(DEAD_LETTERS.name), letter.to_bytes(), key=self.source.encode())
+            await producer.send(self.config.topic(DEAD_LETTERS.name), letter.to_bytes(), key=self.source.encode())
             return None
         alert = stored.alert
         if alert.alert_id in self.published or alert.alert_id in fresh:
             REPEATS.inc()
             return None
         camera = alert.frame.camera_id.encode()
-        await self.producer.send(self.config.ai_analysis.mq_topic, orjson.dumps(payload(stored)), key=camera)
+        await producer.send(self.config.ai_analysis.mq_topic, orjson.dumps(payload(stored)), key=camera)
         marker = AlertPublished(alert_id=alert.alert_id, camera_id=alert.frame.camera_id)
-        await self.producer.send(self.markers, marker.to_bytes(), key=alert.alert_id.encode())
+        await producer.send(self.markers, marker.to_bytes(), key=alert.alert_id.encode())
         return alert.alert_id

@@ -4,8 +4,9 @@ Frames wait in one bounded room, in a line per task (camera stream). A task that
 (`Freshness.LATEST`, live cameras) has at most one waiting: a newer frame replaces it in place (latest wins, the
 camera keeps its turn), and a frame older than `max_frame_age_ms` is dropped. A task that wants every frame
 (`Freshness.ALL`, recorded video) keeps them all, however old; its results leave in the order its frames came, and
-a full room holds the stream back instead of dropping. Cameras are served in turn, so they share capacity fairly. Whenever a service has room (its declared capacity, its
-breaker, and `max_concurrent_infer` for the whole worker), the dispatcher sends it the next frame, plus, when the
+a full room holds the stream back instead of dropping. Cameras are served in turn, so they share capacity fairly.
+Whenever a service has room (the slots of its declared capacity this worker holds, shared with the other workers
+through `Capacity`; its breaker; and `max_concurrent_infer` for the whole worker), the dispatcher sends it the next frame, plus, when the
 service takes batches, more frames of the same task type from other cameras, waiting at most `batch_wait_ms` for
 a batch to fill. A failed frame is retried once, on another service. Every frame submitted ends exactly once
 through its `done` callback: inferred (a DetectionEvent) or a FrameOutcome (dropped or failed, with its reason).
@@ -19,7 +20,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from mode import Service
 from prometheus_client import Counter, Gauge, Histogram
@@ -75,6 +76,24 @@ Done = Callable[[DetectionEvent | FrameOutcome], Awaitable[None]]
 Result = DetectionEvent | FrameOutcome
 
 
+class Capacity(Protocol):
+    """This worker's part of each service's declared capacity (agents/capacity.py shares it among workers)."""
+
+    def usable(self, service_id: str, capacity: int) -> int: ...
+
+    def demand(self, service_id: str, capacity: int) -> None: ...
+
+
+class WholeCapacity:
+    """A worker alone: every service's whole capacity is its own."""
+
+    def usable(self, service_id: str, capacity: int) -> int:
+        return capacity
+
+    def demand(self, service_id: str, capacity: int) -> None:
+        pass
+
+
 @dataclass(eq=False)
 class Waiting:
     frame: FrameEvent
@@ -123,11 +142,13 @@ class ServiceLoad:
 
 
 class InferenceScheduler(Service):
-    def __init__(self, config: Config, registry: ServiceRegistry, client: ServiceClient, **kwargs: Any) -> None:
+    def __init__(self, config: Config, registry: ServiceRegistry, client: ServiceClient,
+                 capacity: Capacity | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         settings = config.ai_analysis
         self.registry = registry
         self.client = client
+        self.capacity = capacity or WholeCapacity()
         self.max_in_flight = settings.max_concurrent_infer
         self.max_waiting = settings.max_queue_size
         self.max_age_ms = settings.max_frame_age_ms
@@ -252,6 +273,7 @@ class InferenceScheduler(Service):
         if now - self._expired_at >= IDLE_TICK_S:
             self._expire(now)
         delay = IDLE_TICK_S
+        self._mark_demand()
         ready = self._ready()
         for key in list(self.waiting):
             if not ready or self.in_flight >= self.max_in_flight:
@@ -277,12 +299,30 @@ class InferenceScheduler(Service):
             ready = [s for s in ready if self._has_room(s)]
         return delay
 
+    def _mark_demand(self) -> None:
+        """Tells the capacity share which services have frames waiting for them."""
+        if not self.waiting:
+            return
+        waiting_types = {line[0].frame.task_type for line in self.waiting.values()}
+        for service in self.registry.alive():
+            if self._load(service.service_id).breaker.allows() and not waiting_types.isdisjoint(
+                    service.heartbeat.task_types):
+                self.capacity.demand(service.service_id, service.heartbeat.capacity)
+
     def _ready(self) -> list[RegisteredService]:
         return [s for s in self.registry.alive() if self._has_room(s)]
 
     def _has_room(self, service: RegisteredService) -> bool:
         load = self._load(service.service_id)
-        return load.in_flight < service.heartbeat.capacity and load.breaker.allows()
+        usable = self.capacity.usable(service.service_id, service.heartbeat.capacity)
+        return load.in_flight < usable and load.breaker.allows()
+
+    def in_flight_on(self, service_id: str) -> int:
+        load = self.loads.get(service_id)
+        return 0 if load is None else load.in_flight
+
+    def wake(self) -> None:
+        self._wake.set()
 
     def _choose(self, item: Waiting, ready: list[RegisteredService]) -> RegisteredService | None:
         """The least loaded service with room, relative to its capacity, that serves the frame."""
@@ -475,7 +515,9 @@ class InferenceScheduler(Service):
                 "version": service.heartbeat.version, "static": service.static,
                 "healthy": service.service_id in alive and state is BreakerState.CLOSED,
                 "alive": service.service_id in alive, "breaker": state.name.lower(),
-                "in_flight": load.in_flight, "requests": load.requests, "faults": load.faults,
+                "in_flight": load.in_flight,
+                "usable": self.capacity.usable(service.service_id, service.heartbeat.capacity),
+                "requests": load.requests, "faults": load.faults,
                 "latency_ms": None if load.latency_ms is None else round(load.latency_ms, 1),
                 "heartbeat_age_s": round(time.monotonic() - service.last_seen, 1),
             })

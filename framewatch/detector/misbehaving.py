@@ -76,6 +76,10 @@ class MisbehavingService:
         self.batch_sizes: list[int] = []
         self.busy = 0
         self.most_busy = 0
+        self.concurrent = 0  # requests being handled, queued for a slot or not: what its callers sent at once
+        self.most_concurrent = 0
+        self.busy_s = 0.0  # slot-seconds spent inferring
+        self._busy_changed = time.perf_counter()
 
     @property
     def endpoint(self) -> str:
@@ -107,9 +111,24 @@ class MisbehavingService:
     async def stats(self, _: web.Request) -> web.Response:
         return web.json_response({"service_id": self.service_id, "requests": self.requests, "frames": self.frames,
                                   "faults": self.faults, "most_busy": self.most_busy,
+                                  "most_concurrent": self.most_concurrent, "busy_s": self.busy_seconds(),
                                   "batch_sizes": self.batch_sizes[-1000:]})
 
+    def busy_seconds(self) -> float:
+        now = time.perf_counter()
+        self.busy_s += self.busy * (now - self._busy_changed)
+        self._busy_changed = now
+        return self.busy_s
+
     async def infer(self, request: web.Request) -> web.StreamResponse:
+        self.concurrent += 1
+        self.most_concurrent = max(self.most_concurrent, self.concurrent)
+        try:
+            return await self._infer(request)
+        finally:
+            self.concurrent -= 1
+
+    async def _infer(self, request: web.Request) -> web.StreamResponse:
         body = InferRequest.model_validate_json(await request.read())
         self.requests += 1
         self.frames += len(body.frames)
@@ -120,11 +139,15 @@ class MisbehavingService:
             self.faults += 1
             return await self._misbehave(fault, request)
         async with self.slots:
+            self.busy_seconds()
             self.busy += 1
             self.most_busy = max(self.most_busy, self.busy)
             started = time.perf_counter()
-            await asyncio.sleep(self._latency_s(behaviour, len(body.frames)))
-            self.busy -= 1
+            try:
+                await asyncio.sleep(self._latency_s(behaviour, len(body.frames)))
+            finally:
+                self.busy_seconds()
+                self.busy -= 1
         answer = InferResponse(results=[FrameResult(frame_id=f.frame_id,
                                                     detections=self._people(behaviour, f.frame_id))
                                         for f in body.frames],

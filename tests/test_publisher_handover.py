@@ -1,0 +1,115 @@
+"""Exactly-once publishing while fw.alerts-stored's partitions move between workers: three publishers of one
+group join and leave under a steady stream of stored alerts (some stored twice, as a sink replay does), and a
+read_committed reader of the alert topic sees every alert exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from framewatch.agents.publisher import AlertPublisher
+from framewatch.schemas.config import Config
+from framewatch.schemas.events import AlertEvent, AlertStored, FrameEvent, now_ms
+from framewatch.schemas.topics import ALERTS_STORED
+from framewatch.streams.bus import EventProducer, connect_admin, ensure_topics, partitions
+from tests.test_events import frame
+
+ALERTS = 1500
+CAMERAS = 24
+
+
+def stored(i: int) -> AlertStored:
+    camera = f"cam-{i % CAMERAS:02d}"
+    captured = now_ms()
+    f = frame(seq=i, captured_at=captured).model_copy(update={
+        "camera_id": camera, "task_id": camera, "frame_id": FrameEvent.make_id(camera, captured, i)})
+    alert = AlertEvent(alert_id=AlertEvent.make_id(f.frame_id, "area_intrusion"), frame=f, rule="area_intrusion",
+                       evidence={"n": i}, image_key=f"alerts/{camera}/{i}.jpg")
+    return AlertStored(alert=alert, stored_at=captured)
+
+
+async def store_alerts(config: Config) -> list[str]:
+    """The sink's part: every alert once, every tenth one again a little later."""
+    producer = EventProducer(config)
+    await producer.start()
+    ids = []
+    try:
+        replays: list[AlertStored] = []
+        for i in range(ALERTS):
+            record = stored(i)
+            ids.append(record.alert.alert_id)
+            await producer.send(ALERTS_STORED, record, key=record.alert.frame.camera_id)
+            if i % 10 == 0:
+                replays.append(record)
+            if i % 50 == 49:
+                for again in replays:
+                    await producer.send(ALERTS_STORED, again, key=again.alert.frame.camera_id)
+                replays.clear()
+                await asyncio.sleep(0.05)
+    finally:
+        await producer.stop()
+    return ids
+
+
+async def read_published(config: Config, expected: int) -> Counter[str]:
+    reader = AIOKafkaConsumer(bootstrap_servers=config.kafka_bootstrap, group_id=None,
+                              isolation_level="read_committed", enable_auto_commit=False)
+    await reader.start()
+    seen: Counter[str] = Counter()
+    try:
+        topic = config.ai_analysis.mq_topic
+        admin = await connect_admin(config)
+        try:
+            count = (await partitions(admin, [topic]))[topic]
+        finally:
+            await admin.close()
+        tps = [TopicPartition(topic, p) for p in range(count)]
+        reader.assign(tps)
+        await reader.seek_to_beginning(*tps)
+        idle = 0
+        while idle < 6 and (sum(seen.values()) < expected or idle < 2):
+            batches = await reader.getmany(timeout_ms=500)
+            idle = 0 if batches else idle + 1
+            for records in batches.values():
+                for record in records:
+                    seen[orjson.loads(record.value)["alert_id"]] += 1
+    finally:
+        await reader.stop()
+    return seen
+
+
+async def test_alerts_are_published_once_while_partitions_move_between_workers(stack_config: Config) -> None:
+    config = stack_config
+    await ensure_topics(config)
+    app_id = f"{config.framewatch.namespace}-framewatch"
+    storing = asyncio.create_task(store_alerts(config))
+    publishers: list[AlertPublisher] = []
+    moves = 0
+    shuffle = random.Random(7)
+    while not storing.done():
+        if len(publishers) < 3 and (not publishers or shuffle.random() < 0.6):
+            publisher = AlertPublisher(config, app_id)
+            await publisher.start()
+            publishers.append(publisher)
+        else:
+            await publishers.pop(shuffle.randrange(len(publishers))).stop()
+        moves += 1
+        await asyncio.sleep(shuffle.uniform(0.5, 2.0))
+    ids = await storing
+    if not publishers:
+        publishers.append(AlertPublisher(config, app_id))
+        await publishers[0].start()
+
+    seen = await read_published(config, expected=len(ids))
+    for publisher in publishers:
+        await publisher.stop()
+    assert moves >= 4, f"only {moves} hand-overs happened"
+    missing = [i for i in ids if i not in seen]
+    twice = {i: n for i, n in seen.items() if n > 1}
+    assert not missing, f"{len(missing)} of {len(ids)} alerts were never published"
+    assert not twice, f"{len(twice)} alerts were published more than once"
+    assert set(seen) == set(ids)
