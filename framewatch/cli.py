@@ -27,7 +27,7 @@ def _config(args: argparse.Namespace) -> Config:
 def cmd_stack(args: argparse.Namespace) -> int:
     from framewatch.stack import LocalStack
 
-    stack = LocalStack()
+    stack = LocalStack(brokers=args.brokers)
     if args.action == "up":
         stack.up()
     elif args.action == "down":
@@ -263,6 +263,8 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("stack", help="the local Kafka, MinIO and PostgreSQL")
     p.add_argument("action", choices=["up", "down", "status", "env"])
+    p.add_argument("--brokers", type=int, choices=[1, 3], default=1,
+                   help="3: a three-node KRaft cluster (ports 19192-19197) instead of the single broker")
     p.set_defaults(func=cmd_stack)
 
     p = sub.add_parser("config", help="validate a config file")

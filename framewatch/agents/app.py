@@ -62,7 +62,10 @@ class Topology:
         self.pressure = self._topic(topics.PRESSURE)
         self.dead_letters = self._topic(topics.DEAD_LETTERS)
         # task id (bytes) -> RuleState as bytes: tracks, incidents, cooldowns, the open count window (rules/state.py)
-        self.rule_state = app.Table("rule-state", key_type=bytes, value_type=bytes, partitions=self.partitions)
+        min_insync = config.framewatch.min_insync_replicas
+        self.rule_state = app.Table("rule-state", key_type=bytes, value_type=bytes, partitions=self.partitions,
+                                    extra_topic_configs={} if min_insync is None else
+                                    {"min.insync.replicas": str(min_insync)})
 
     def _topic(self, spec: TopicSpec) -> faust.TopicT:
         return self.app.topic(self.config.topic(spec.name), key_type=bytes, value_type=bytes, key_serializer="raw",
@@ -224,7 +227,7 @@ def create_app(config: Config) -> faust.App:
         web_host=config.framewatch.bind_host,
         web_bind=config.framewatch.bind_host,  # where it listens (web_host only names it): loopback by default
         topic_partitions=config.framewatch.topic_partitions,
-        topic_replication_factor=1,
+        topic_replication_factor=config.framewatch.replication_factor,  # its changelogs' too
         topic_allow_declare=True,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import random
 import socket
@@ -22,6 +23,7 @@ from typing import Any
 
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
 
 from framewatch.ops.demo import PipelineRun
 from framewatch.schemas.config import Config
@@ -30,6 +32,8 @@ from framewatch.schemas.tasks import TaskType
 from framewatch.schemas.topics import FRAMES, TopicSpec, by_name
 from framewatch.streams.bus import connect_admin, ensure_topics, partitions
 from framewatch.streams.objectstore import ObjectStore
+
+log = logging.getLogger("framewatch.load")
 
 
 class FrameLoad:
@@ -119,7 +123,10 @@ class TopicFollower:
             await self.consumer.position(tp)  # fixes the starting point now, before any load is sent
 
     async def stop(self) -> None:
-        await self.consumer.stop()
+        try:
+            await self.consumer.stop()
+        except KafkaError as error:  # a broker it last fetched from is gone: nothing of ours is lost
+            log.warning("follower stopped with an error: %r", error)
 
     async def poll(self, timeout_s: float = 0.5) -> list[Event]:
         batches = await self.consumer.getmany(timeout_ms=int(timeout_s * 1000), max_records=5000)

@@ -166,12 +166,26 @@ class FramewatchSettings(Section):
 
     namespace: str = Field(default="", description="prefix for topics, consumer groups and the app id")
     kafka_bootstrap: str | None = Field(default=None, description="defaults to ai_analysis.mq_address")
-    topic_partitions: int = Field(default=4, ge=1)
+    topic_partitions: int = Field(default=4, ge=1, description="partitions of every topic but fw.tasks: at most "
+                                  "this many workers share the work")
+    task_partitions: int = Field(default=16, ge=1, description="partitions of fw.tasks: at most this many extractors "
+                                 "share the cameras")
+    replication_factor: int = Field(default=1, ge=1, description="copies of every topic and table changelog "
+                                    "(3 on a production cluster)")
+    min_insync_replicas: int | None = Field(default=None, ge=1, description="copies a write needs before it is "
+                                            "acknowledged (every producer uses acks=all); the broker's when unset")
     bind_host: str = Field(default="127.0.0.1", description="where HTTP endpoints listen; 0.0.0.0 in containers")
     worker_web_port: int = 6066
     extractor_metrics_port: int = 9464
     data_dir: str = Field(default="", description="Faust table state; a temporary folder per worker when empty")
     api_token: SecretStr = Field(default=SecretStr(""), description="when set, /api/* wants 'Authorization: Bearer …'")
+
+    @model_validator(mode="after")
+    def _replicas(self) -> FramewatchSettings:
+        if self.min_insync_replicas is not None and self.min_insync_replicas > self.replication_factor:
+            raise ValueError(f"min_insync_replicas ({self.min_insync_replicas}) cannot exceed replication_factor "
+                             f"({self.replication_factor}): no write could ever be acknowledged")
+        return self
 
     @field_validator("namespace")
     @classmethod

@@ -14,7 +14,7 @@ class TopicSpec:
     key: str
     compacted: bool = False
     retention_ms: int | None = None
-    partitions: int | None = None  # the config's topic_partitions when None
+    shards_cameras: bool = False  # its partitions share the cameras among extractors: `task_partitions` of them
 
 
 HOUR_MS = 3600 * 1000
@@ -29,7 +29,7 @@ PUBLISHED = TopicSpec("fw.published", events.AlertPublished, "alert_id", retenti
 COUNTS = TopicSpec("fw.counts", events.CountWindow, "task_id", retention_ms=7 * 24 * HOUR_MS)
 SERVICES = TopicSpec("fw.services", events.ServiceHeartbeat, "service_id", compacted=True)
 # cameras are shared among extractors by fw.tasks' partitions: more partitions, a finer split
-TASKS = TopicSpec("fw.tasks", events.TaskEvent, "task_id", compacted=True, partitions=16)
+TASKS = TopicSpec("fw.tasks", events.TaskEvent, "task_id", compacted=True, shards_cameras=True)
 CAMERAS = TopicSpec("fw.cameras", events.CameraStatus, "camera_id", compacted=True)
 PRESSURE = TopicSpec("fw.pressure", events.InferencePressure, "task_id", retention_ms=HOUR_MS)
 DEAD_LETTERS = TopicSpec("fw.dead-letters", events.DeadLetter, "topic", retention_ms=30 * 24 * HOUR_MS)

@@ -13,13 +13,20 @@ __all__ = ["LocalStack", "ServiceStatus", "StackError", "StackHome"]
 
 
 class LocalStack:
-    def __init__(self, home: StackHome | None = None) -> None:
+    """The local stack, with one Kafka broker or a cluster of `brokers` (a different cluster on other ports)."""
+
+    def __init__(self, home: StackHome | None = None, brokers: int = 1) -> None:
         self.home = home or StackHome.default()
-        self.services: list[LocalService] = [Kafka(self.home), Minio(self.home), Postgres(self.home),
+        self.brokers = [Kafka(self.home, node, brokers) for node in range(1, brokers + 1)]
+        self.services: list[LocalService] = [*self.brokers, Minio(self.home), Postgres(self.home),
                                              Mediamtx(self.home)]
 
     def up(self) -> None:
-        for service in self.services:
+        # a cluster's nodes start together: none answers before a majority of its controllers runs
+        launched = [(broker, broker.launch()) for broker in self.brokers]
+        for broker, process in launched:
+            broker.wait_up(process)
+        for service in self.services[len(self.brokers):]:
             service.up()
 
     def down(self) -> None:
@@ -33,4 +40,5 @@ class LocalStack:
         variables: dict[str, str] = {}
         for service in self.services:
             variables.update(service.env())
+        variables["FRAMEWATCH_KAFKA_BOOTSTRAP"] = ",".join(broker.address for broker in self.brokers)
         return variables

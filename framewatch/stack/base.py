@@ -163,12 +163,21 @@ class LocalService(ABC):
         if self.pid() is not None and self.healthy():
             say(f"{self.name}: already up at {self.address} (pid {self.pid()})")
             return
-        if self.pid() is None and port_open(self.host, self.port):
+        self.wait_up(self.launch(), wait_s)
+
+    def launch(self) -> subprocess.Popen[bytes] | None:
+        """Start the server unless it runs already (without waiting for it); the process started, if any."""
+        if self.pid() is not None:
+            return None
+        if port_open(self.host, self.port):
             raise StackError(f"{self.name}: port {self.port} is taken by a process this stack did not start")
         self.install()
         self.data.mkdir(parents=True, exist_ok=True)
         self.prepare()
-        self._wait_healthy(wait_s, None if self.pid() is not None else self._spawn())
+        return self._spawn()
+
+    def wait_up(self, process: subprocess.Popen[bytes] | None, wait_s: float = 90.0) -> None:
+        self._wait_healthy(wait_s, process)
         say(f"{self.name}: up at {self.address} (pid {self.pid()})")
 
     def _spawn(self) -> subprocess.Popen[bytes]:

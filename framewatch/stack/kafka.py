@@ -1,4 +1,6 @@
-"""Apache Kafka in KRaft mode, one node, its jars resolved from Maven Central."""
+"""Apache Kafka in KRaft mode, its jars resolved from Maven Central: one node (the default local stack), or a node
+of a three-node cluster (`framewatch stack up --brokers 3`: each node broker and controller, every internal topic
+replicated three times, writes acknowledged by two)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from framewatch.stack.base import (
     LocalService,
     StackError,
+    StackHome,
     require_tool,
     run_with_progress,
 )
@@ -44,10 +47,27 @@ logger.server.level = INFO
 """
 
 
+CLUSTER_PORT = 19192  # node i of the cluster: PLAINTEXT on 19192 + 2(i-1), its controller on the next port
+
+
 class Kafka(LocalService):
     name = "kafka"
     port = 19092
     controller_port = 19093
+
+    def __init__(self, home: StackHome, node: int = 1, nodes: int = 1) -> None:
+        self.node = node
+        self.nodes = nodes
+        if nodes > 1:
+            self.name = f"kafka-{node}"
+            self.port = CLUSTER_PORT + 2 * (node - 1)
+            self.controller_port = self.port + 1
+        super().__init__(home)
+
+    def _voters(self) -> str:
+        if self.nodes == 1:
+            return f"1@{self.host}:{self.controller_port}"
+        return ",".join(f"{i}@{self.host}:{CLUSTER_PORT + 2 * (i - 1) + 1}" for i in range(1, self.nodes + 1))
 
     @property
     def dist(self) -> Path:
@@ -67,25 +87,28 @@ class Kafka(LocalService):
         (self.dist / ".complete").touch()
 
     def _java(self, main: str, *args: str) -> list[str]:
-        return ["java", "-Xms256m", "-Xmx768m", f"-Dlog4j2.configurationFile={self.data / 'log4j2.properties'}",
+        heap = "-Xmx768m" if self.nodes == 1 else "-Xmx512m"
+        return ["java", "-Xms256m", heap, f"-Dlog4j2.configurationFile={self.data / 'log4j2.properties'}",
                 "-cp", f"{self.dist / 'libs'}/*", main, *args]
 
     def prepare(self) -> None:
         props = self.data / "server.properties"
         props.write_text("\n".join([
             "process.roles=broker,controller",
-            "node.id=1",
-            f"controller.quorum.voters=1@{self.host}:{self.controller_port}",
+            f"node.id={self.node}",
+            f"controller.quorum.voters={self._voters()}",
             f"listeners=PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}",
             f"advertised.listeners=PLAINTEXT://{self.host}:{self.port}",
             "controller.listener.names=CONTROLLER",
             "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
             f"log.dirs={self.data / 'logs'}",
             "auto.create.topics.enable=false",
-            "offsets.topic.replication.factor=1",
+            f"offsets.topic.replication.factor={self.replicas}",
             "offsets.topic.num.partitions=8",
-            "transaction.state.log.replication.factor=1",
-            "transaction.state.log.min.isr=1",
+            f"transaction.state.log.replication.factor={self.replicas}",
+            f"transaction.state.log.min.isr={self.min_insync}",
+            f"default.replication.factor={self.replicas}",
+            f"min.insync.replicas={self.min_insync}",
             "group.initial.rebalance.delay.ms=0",
             "num.partitions=4",
             "",
@@ -97,6 +120,14 @@ class Kafka(LocalService):
                                 capture_output=True, text=True)
         if result.returncode != 0:
             raise StackError(f"formatting Kafka storage failed: {result.stderr or result.stdout}")
+
+    @property
+    def replicas(self) -> int:
+        return min(self.nodes, 3)
+
+    @property
+    def min_insync(self) -> int:
+        return max(1, self.replicas - 1)
 
     def command(self) -> list[str]:
         return self._java("kafka.Kafka", str(self.data / "server.properties"))

@@ -21,10 +21,19 @@ class BrokerUnavailable(RuntimeError):
     """Kafka could not be reached at the configured address."""
 
 
-def _topic_config(spec: TopicSpec) -> dict[str, str]:
-    if spec.compacted:
-        return {"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1", "segment.ms": "600000"}
-    return {"retention.ms": str(spec.retention_ms)} if spec.retention_ms else {}
+def _topic_config(spec: TopicSpec | None, config: Config) -> dict[str, str]:
+    settings: dict[str, str] = {}
+    if spec is not None and spec.compacted:
+        settings = {"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1", "segment.ms": "600000"}
+    elif spec is not None and spec.retention_ms:
+        settings = {"retention.ms": str(spec.retention_ms)}
+    if (min_insync := config.framewatch.min_insync_replicas) is not None:
+        settings["min.insync.replicas"] = str(min_insync)
+    return settings
+
+
+def partitions_for(config: Config, spec: TopicSpec) -> int:
+    return config.framewatch.task_partitions if spec.shards_cameras else config.framewatch.topic_partitions
 
 
 async def connect_admin(config: Config) -> AIOKafkaAdminClient:
@@ -48,11 +57,13 @@ async def ensure_topics(config: Config) -> None:
     admin = await connect_admin(config)
     try:
         existing = set(await admin.list_topics())
-        wanted = [NewTopic(config.topic(s.name), s.partitions or config.framewatch.topic_partitions, 1,
-                           topic_configs=_topic_config(s))
+        replicas = config.framewatch.replication_factor
+        wanted = [NewTopic(config.topic(s.name), partitions_for(config, s), replicas,
+                           topic_configs=_topic_config(s, config))
                   for s in ALL_TOPICS if config.topic(s.name) not in existing]
         if config.ai_analysis.mq_topic not in existing:
-            wanted.append(NewTopic(config.ai_analysis.mq_topic, config.framewatch.topic_partitions, 1))
+            wanted.append(NewTopic(config.ai_analysis.mq_topic, config.framewatch.topic_partitions, replicas,
+                                   topic_configs=_topic_config(None, config)))
         for topic in wanted:
             try:
                 await admin.create_topics([topic])
