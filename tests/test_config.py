@@ -68,6 +68,9 @@ def test_environment_overrides_addresses_and_secrets() -> None:
      "frame_extractor.tasks[0] (id 'a').region: region coordinates are normalised and must lie in 0..1"),
     ("[ai_analysis]\nmq_type = 'rabbitmq'\n", "ai_analysis.mq_type"),
     ("[frame_extractor\n", "not valid TOML"),
+    ("[framewatch]\nreplication_factor = 0\n", "framewatch.replication_factor"),
+    ("[framewatch]\nreplication_factor = 2\nmin_insync_replicas = 3\n",
+     "min_insync_replicas (3) cannot exceed replication_factor (2)"),
 ])
 def test_bad_config_names_file_and_key(tmp_path: Path, body: str, names: str) -> None:
     path = write_config(tmp_path / "bad.toml", body)
