@@ -45,6 +45,7 @@ bench: stack testdata
 	FRAMEWATCH_TEST_VIDEO=$(VTEST) $(BIN)/python bench/ingest.py
 	$(BIN)/python bench/inference.py
 	$(BIN)/python bench/sink.py
+	$(BIN)/python bench/scale.py
 	$(BIN)/python bench/rules.py
 
 typecheck: install
