@@ -1,4 +1,5 @@
-"""The algorithm-service client reads whole answers, however they arrive, and refuses answers that are too large."""
+"""The algorithm-service client reads whole answers, however they arrive, and refuses answers that are too large
+or outside the contract's bounds (NaN boxes, oversized strings, too many detections)."""
 
 from __future__ import annotations
 
@@ -74,3 +75,47 @@ async def test_an_answer_over_the_limit_is_too_large(answering: Serve) -> None:
     finally:
         await client.close()
     assert failure.value.reason == "too_large"
+
+
+def one_detection(**fields: object) -> bytes:
+    detection = {"label": "person", "score": 0.9, "box": [0.1, 0.1, 0.2, 0.3], **fields}
+    return orjson.dumps({"results": [{"frame_id": "f1", "detections": [detection]}]})
+
+
+@pytest.mark.parametrize("body,names", [
+    (b'{"results": [{"frame_id": "f1", "detections": [{"label": "person", "score": 0.9, '
+     b'"box": [NaN, 0.1, 0.2, 0.3]}]}]}', "results"),
+    (b'{"results": [{"frame_id": "f1", "detections": [{"label": "person", "score": 0.9, '
+     b'"box": [0.1, 0.1, Infinity, 0.3]}]}]}', "results"),
+    (one_detection(box=[0.5, 0.1, 0.2, 0.3]), "x1 <= x2"),
+    (one_detection(box=[0.1, 0.1, 1.5, 0.3]), "normalised to 0..1"),
+    (one_detection(score=1.5), "score"),
+    (one_detection(label=""), "label"),
+    (one_detection(label="x" * 65), "label"),
+    (one_detection(track_id="t" * 129), "track_id"),
+    (one_detection(attributes={"blob": "x" * 5000}), "attributes take"),
+    (orjson.dumps({"results": [{"frame_id": "f1", "detections": [
+        {"label": "person", "score": 0.9, "box": [0.1, 0.1, 0.2, 0.3]}] * 1001}]}), "detections"),
+])
+async def test_an_answer_outside_the_contracts_bounds_is_malformed(answering: Serve, body: bytes,
+                                                                   names: str) -> None:
+    client = ServiceClient(Config())
+    try:
+        with pytest.raises(InferenceFailure) as failure:
+            await client.send(await answering(body, 65536), request())
+    finally:
+        await client.close()
+    assert failure.value.reason == "malformed" and names in str(failure.value), str(failure.value)
+
+
+async def test_nul_characters_are_removed_and_edges_a_hair_outside_are_clamped(answering: Serve) -> None:
+    body = one_detection(label="per\u0000son", track_id="t\u00001", box=[-0.004, 0.0, 1.003, 0.5],
+                         attributes={"note": "a\u0000b", "list": ["\u0000"]})
+    client = ServiceClient(Config())
+    try:
+        answer = await client.send(await answering(body, 65536), request())
+    finally:
+        await client.close()
+    (found,) = answer.results["f1"]  # type: ignore[misc]
+    assert (found.label, found.track_id, found.box) == ("person", "t1", (0.0, 0.0, 1.0, 0.5))
+    assert found.attributes == {"note": "ab", "list": [""]}

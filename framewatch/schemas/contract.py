@@ -7,6 +7,11 @@ A request carries one or several frames (up to the service's declared max_batch)
 inline base64 bytes. The answer carries one result per frame, in any order, matched by frame_id. A service that
 cannot serve answers with an `error` (top level: the whole request; per result: that frame) whose `code`
 classifies it; 107002 is the seed system's GPU out-of-memory and means "resource exhausted, try elsewhere".
+
+Limits a service must keep, or its answer is refused as `malformed` (`too_large` past the size): the whole answer
+at most 4 MiB, at most 1000 detections per frame, each detection within `Detection`'s bounds (schemas/events.py:
+finite box coordinates in 0..1 with x1 <= x2 and y1 <= y2, a score in 0..1, a label of 1..64 characters, a track
+id of at most 128, attributes of at most 4 KiB as JSON).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from framewatch.schemas.tasks import TaskType
 INFER_PATH = "/v1/infer"
 HEALTH_PATH = "/healthz"
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024
+MAX_DETECTIONS = 1000  # per frame
 
 
 class ErrorCode(IntEnum):
@@ -63,7 +69,7 @@ class FrameResult(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     frame_id: str
-    detections: list[Detection] = []
+    detections: list[Detection] = Field(default=[], max_length=MAX_DETECTIONS)
     error: ServiceError | None = None
 
 

@@ -7,13 +7,14 @@ Agents consume raw bytes and call `decode`, so a bad record becomes a dead lette
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from enum import StrEnum
 from typing import Any, ClassVar, Literal, Self, TypeVar
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from framewatch.schemas.geometry import Point, foot
 from framewatch.schemas.tasks import CameraTask, Freshness, TaskType
@@ -93,14 +94,66 @@ class FrameEvent(Event):
         return stable_id("frame", camera_id, str(captured_at), str(seq))
 
 
+MAX_LABEL_CHARS = 64
+MAX_TRACK_ID_CHARS = 128
+MAX_ATTRIBUTES_BYTES = 4096
+BOX_SLACK = 0.01  # a detector's rounding may put an edge this far outside the frame; it is clamped
+
+
+def _without_nul(value: str) -> str:
+    return value.replace("\x00", "")  # PostgreSQL's jsonb cannot hold U+0000
+
+
+def _strip_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return _without_nul(value)
+    if isinstance(value, dict):
+        return {_without_nul(str(k)): _strip_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_strip_nul(v) for v in value]
+    return value
+
+
 class Detection(BaseModel):
+    """One detected object. Bounds are part of the contract: a label of 1..64 characters, a track id of at most
+    128, a box of finite coordinates within the frame (x1 <= x2, y1 <= y2; edges up to 0.01 outside are
+    clamped), attributes of at most 4 KiB as JSON; NUL characters are removed from strings."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    label: str = Field(min_length=1)
+    label: str = Field(min_length=1, max_length=MAX_LABEL_CHARS)
     score: float = Field(ge=0.0, le=1.0)
     box: tuple[float, float, float, float] = Field(description="x1, y1, x2, y2, normalised to 0..1")
-    track_id: str | None = None
+    track_id: str | None = Field(default=None, max_length=MAX_TRACK_ID_CHARS)
     attributes: dict[str, Any] = {}
+
+    @field_validator("label", "track_id", mode="before")
+    @classmethod
+    def _strings(cls, value: object) -> object:
+        return _without_nul(value) if isinstance(value, str) else value
+
+    @field_validator("box")
+    @classmethod
+    def _box(cls, box: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+        if not all(math.isfinite(v) for v in box):
+            raise ValueError(f"box coordinates must be finite numbers, got {list(box)}")
+        if not all(-BOX_SLACK <= v <= 1 + BOX_SLACK for v in box):
+            raise ValueError(f"box coordinates are normalised to 0..1, got {list(box)}")
+        x1, y1, x2, y2 = (min(1.0, max(0.0, v)) for v in box)
+        if x1 > x2 or y1 > y2:
+            raise ValueError(f"a box is x1, y1, x2, y2 with x1 <= x2 and y1 <= y2, got {list(box)}")
+        return (x1, y1, x2, y2)
+
+    @field_validator("attributes")
+    @classmethod
+    def _attributes(cls, attributes: dict[str, Any]) -> dict[str, Any]:
+        try:
+            encoded = orjson.dumps(attributes)
+        except TypeError as error:
+            raise ValueError(f"attributes must be JSON: {error}") from None
+        if len(encoded) > MAX_ATTRIBUTES_BYTES:
+            raise ValueError(f"attributes take {len(encoded)} bytes as JSON, more than {MAX_ATTRIBUTES_BYTES}")
+        return _strip_nul(attributes) if b"\\u0000" in encoded else attributes
 
     def foot(self) -> Point:
         return foot(self.box)
