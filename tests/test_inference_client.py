@@ -88,7 +88,7 @@ def one_detection(**fields: object) -> bytes:
     (b'{"results": [{"frame_id": "f1", "detections": [{"label": "person", "score": 0.9, '
      b'"box": [0.1, 0.1, Infinity, 0.3]}]}]}', "results"),
     (one_detection(box=[0.5, 0.1, 0.2, 0.3]), "x1 <= x2"),
-    (one_detection(box=[0.1, 0.1, 1.5, 0.3]), "normalised to 0..1"),
+    (one_detection(box=[10, 20, 320, 240]), "normalised to 0..1 (pixels are not)"),
     (one_detection(score=1.5), "score"),
     (one_detection(label=""), "label"),
     (one_detection(label="x" * 65), "label"),
@@ -108,8 +108,8 @@ async def test_an_answer_outside_the_contracts_bounds_is_malformed(answering: Se
     assert failure.value.reason == "malformed" and names in str(failure.value), str(failure.value)
 
 
-async def test_nul_characters_are_removed_and_edges_a_hair_outside_are_clamped(answering: Serve) -> None:
-    body = one_detection(label="per\u0000son", track_id="t\u00001", box=[-0.004, 0.0, 1.003, 0.5],
+async def test_nul_characters_are_removed_and_boxes_hanging_off_the_frame_are_clamped(answering: Serve) -> None:
+    body = one_detection(label="per\u0000son", track_id="t\u00001", box=[-0.04, 0.0, 1.3, 0.5],
                          attributes={"note": "a\u0000b", "list": ["\u0000"]})
     client = ServiceClient(Config())
     try:

@@ -147,3 +147,41 @@ def test_dashboard_shows_the_alerts_and_their_images_in_chromium(api: tuple[Flee
     assert shown == newest and len(shown) == 10  # the page's filters come from its URL too
     assert loaded == ["1"] * 10  # every image fetched from its presigned URL
     assert f"<td>{camera}</td>" in page.stdout
+
+
+def listening_addresses(pid: int) -> set[str]:
+    """host:port of every TCP socket the process listens on (from /proc: its socket inodes, then the tables)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = fd.readlink().as_posix()
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    found = set()
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                address, port = fields[1].split(":")
+                if width == 8:
+                    host = ".".join(str(int(address[i:i + 2], 16)) for i in (6, 4, 2, 0))
+                else:
+                    host = "::1" if address == "0" * 24 + "01000000" else ("::" if set(address) == {"0"} else address)
+                found.add(f"{host}:{int(port, 16)}")
+    return found
+
+
+def test_by_default_the_worker_listens_on_loopback_only(api: tuple[Fleet, str]) -> None:
+    fleet, _ = api
+    worker = fleet.run.processes[-1].process.pid
+    listening = listening_addresses(worker)
+    assert listening, "the worker listens somewhere"
+    assert all(address.split(":")[0] in ("127.0.0.1", "::1") for address in listening), listening
+
+
+@pytest.mark.parametrize("path", ["/router/", "/table/", "/graph/", "/stats/"])
+def test_fausts_own_pages_are_off(api: tuple[Fleet, str], path: str) -> None:
+    fleet, _ = api
+    assert get(fleet, path, token=None).status_code == 404

@@ -226,6 +226,11 @@ def create_app(config: Config) -> faust.App:
         web_port=config.framewatch.worker_web_port,
         web_host=config.framewatch.bind_host,
         web_bind=config.framewatch.bind_host,  # where it listens (web_host only names it): loopback by default
+        # Faust's own pages (/router/, /table/, /graph/, /stats/) would answer without the API token
+        web_router_enabled=False,
+        web_tables_enabled=False,
+        web_graph_enabled=False,
+        web_stats_enabled=False,
         topic_partitions=config.framewatch.topic_partitions,
         topic_replication_factor=config.framewatch.replication_factor,  # its changelogs' too
         topic_allow_declare=True,

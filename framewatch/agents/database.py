@@ -36,7 +36,21 @@ UPSERT_COUNT = ("INSERT INTO counts (task_id, camera_id, task_type, window_start
 
 
 class DatabaseUnavailable(RuntimeError):
-    """PostgreSQL could not be reached or refused the statement."""
+    """PostgreSQL could not be reached or could not run the statement now: worth retrying."""
+
+
+class DataRejected(ValueError):
+    """PostgreSQL refused the rows themselves (a data exception or a constraint): retrying cannot help."""
+
+
+DATA_ERROR_CLASSES = ("22", "23")  # SQLSTATE classes: data exception, integrity constraint violation
+
+
+def classified(error: Exception, what: str) -> Exception:
+    """The error a failed write becomes: DataRejected for bad rows, DatabaseUnavailable for everything else."""
+    if isinstance(error, asyncpg.PostgresError) and str(error.sqlstate or "")[:2] in DATA_ERROR_CLASSES:
+        return DataRejected(f"{what} refused by PostgreSQL: {error}")
+    return DatabaseUnavailable(f"{what} failed: {error}")
 
 
 def migrations() -> list[tuple[int, str, str]]:
@@ -113,7 +127,7 @@ class AlertStore:
             async with self.pool.acquire() as connection:
                 status = await connection.execute(MERGE, *columns)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
-            raise DatabaseUnavailable(f"storing {len(alerts)} alerts failed: {error}") from None
+            raise classified(error, f"storing {len(alerts)} alerts") from None
         return int(status.rsplit(" ", 1)[-1])
 
     async def store_counts(self, windows: list[CountWindow]) -> None:
@@ -123,7 +137,7 @@ class AlertStore:
             async with self.pool.acquire() as connection:
                 await connection.executemany(UPSERT_COUNT, rows)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
-            raise DatabaseUnavailable(f"storing {len(windows)} count windows failed: {error}") from None
+            raise classified(error, f"storing {len(windows)} count windows") from None
 
     async def counts(self, query: CountQuery) -> list[asyncpg.Record]:
         where, args = query.where()

@@ -34,6 +34,7 @@ from framewatch.schemas.events import (
     CountWindow,
     DeadLetter,
     DetectionEvent,
+    Event,
     FrameEvent,
     FrameOutcome,
     InferencePressure,
@@ -75,7 +76,15 @@ def build_worker(config: Config) -> tuple[faust.App, Topology, Resources]:
     app.add_dependency(resources)
     app.add_dependency(AlertPublisher(config, app.conf.id))  # fw.alerts-stored -> mq_topic, in transactions
     settings = config.ai_analysis
-    sink = AlertSink(resources.alerts)
+
+    async def dead_letter(record: Event, reason: str) -> None:
+        """A record PostgreSQL refused for its data: kept on fw.dead-letters with the reason."""
+        source = topology.alerts if isinstance(record, AlertEvent) else topology.counts
+        letter = DeadLetter(topic=source.get_topic_name(), reason=f"database: {reason}", key=record.event_id,
+                            payload=record.to_bytes().decode())
+        await topology.send(topology.dead_letters, letter, key=letter.topic)
+
+    sink = AlertSink(resources.alerts, dead_letter)
     relocator = Relocator(resources.store)
     extraction = config.frame_extractor
     retention = Retention(resources.store, settings.save_only_with_detection, extraction.frame_limit_for,
@@ -162,9 +171,9 @@ def build_worker(config: Config) -> tuple[faust.App, Topology, Resources]:
         size = settings.alert_batch_size if settings.alert_batch_enabled else 1
         async for batch in stream.take(size, within=settings.alert_batch_interval_sec):
             alerts = [a for raw in batch if (a := await topology.decode(AlertEvent, raw, topology.alerts))]
-            await sink.store_batch(alerts)
+            stored = await sink.store_batch(alerts)
             stored_at = now_ms()
-            for alert in alerts:
+            for alert in stored:
                 await topology.send(topology.alerts_stored, AlertStored(alert=alert, stored_at=stored_at),
                                     key=alert.frame.camera_id)
 

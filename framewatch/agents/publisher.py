@@ -39,7 +39,7 @@ from framewatch.schemas.events import (
     DecodeError,
 )
 from framewatch.schemas.topics import ALERTS_STORED, DEAD_LETTERS, PUBLISHED
-from framewatch.streams.bus import connect_admin, partitions
+from framewatch.streams.bus import BrokerUnavailable, connect_admin, partitions
 
 log = logging.getLogger("framewatch.publisher")
 
@@ -48,6 +48,11 @@ REPEATS = Counter("framewatch_publisher_repeats_skipped_total", "Stored alerts a
 ABORTED = Counter("framewatch_publisher_transactions_aborted_total", "Publish transactions aborted and retried")
 REMEMBERED = Gauge("framewatch_publisher_remembered_ids", "Published alert ids kept to skip repeats")
 
+HANDOVER_FAILURES = Counter("framewatch_publisher_handover_failures_total",
+                            "Failed attempts to take partitions over (start their producers, read the markers)")
+
+HANDOVER_RETRY_S = 1.0
+HANDOVER_RETRY_MAX_S = 15.0
 PAYLOAD_VERSION = 1
 DEDUP_WINDOW_MS = 24 * 3600 * 1000  # fw.published keeps a day; replays happen within minutes
 
@@ -72,8 +77,17 @@ class _Handover(ConsumerRebalanceListener):
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self.publisher.remembered.clear()
-        await self.publisher.take_over(assigned)
-        await self.publisher.remember_published()  # another worker may have published for these partitions
+        backoff = HANDOVER_RETRY_S
+        while not self.publisher.should_stop:
+            try:
+                await self.publisher.take_over(assigned)
+                await self.publisher.remember_published()  # another worker may have published for these
+                break
+            except (KafkaError, BrokerUnavailable, OSError, TimeoutError) as error:  # nothing is published till then
+                HANDOVER_FAILURES.inc()
+                log.warning("taking over fw.alerts-stored partitions failed, retrying in %.0fs: %r", backoff, error)
+                await asyncio.sleep(backoff)
+                backoff = min(2 * backoff, HANDOVER_RETRY_MAX_S)
         self.publisher.remembered.set()
 
 

@@ -7,12 +7,13 @@ registry by reading it from the beginning.
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import time
 from dataclasses import dataclass
 
 from mode import Service
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge
 
 from framewatch.schemas.config import Config
 from framewatch.schemas.events import DecodeError, ServiceHeartbeat
@@ -23,6 +24,9 @@ from framewatch.streams.bus import follow
 log = logging.getLogger("framewatch.registry")
 
 SERVICES_ALIVE = Gauge("framewatch_services_alive", "Algorithm services whose heartbeat is fresh")
+HEARTBEATS_REFUSED = Counter("framewatch_services_heartbeats_refused_total",
+                             "Heartbeats ignored: unreadable, or an endpoint outside ai_analysis.service_endpoints",
+                             ["reason"])
 
 
 @dataclass
@@ -41,6 +45,7 @@ class ServiceRegistry(Service):
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.config = config
         self._services: dict[str, RegisteredService] = {}
+        self._refused: set[str] = set()
         for declared in config.ai_analysis.services:
             heartbeat = ServiceHeartbeat(service_id=declared.id, endpoint=declared.endpoint,
                                          task_types=declared.task_types, capacity=declared.capacity,
@@ -56,13 +61,25 @@ class ServiceRegistry(Service):
             try:
                 heartbeat = ServiceHeartbeat.decode(message.value)
             except DecodeError as error:
+                HEARTBEATS_REFUSED.labels("unreadable").inc()
                 log.warning("ignoring a bad heartbeat on %s: %s", message.topic, error)
                 continue
             self.observe(heartbeat)
 
+    def allowed(self, endpoint: str) -> bool:
+        patterns = self.config.ai_analysis.service_endpoints
+        return not patterns or any(fnmatch.fnmatchcase(endpoint, pattern) for pattern in patterns)
+
     def observe(self, heartbeat: ServiceHeartbeat) -> None:
         known = self._services.get(heartbeat.service_id)
         if known is not None and known.static:
+            return
+        if not self.allowed(heartbeat.endpoint):
+            HEARTBEATS_REFUSED.labels("endpoint_not_allowed").inc()
+            if heartbeat.service_id not in self._refused:  # once per service: heartbeats come every few seconds
+                self._refused.add(heartbeat.service_id)
+                log.warning("ignoring service %s: its endpoint %s matches none of ai_analysis.service_endpoints",
+                            heartbeat.service_id, heartbeat.endpoint)
             return
         if known is None:
             log.info("service %s registered at %s (capacity %d)", heartbeat.service_id, heartbeat.endpoint,

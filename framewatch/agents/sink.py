@@ -1,7 +1,9 @@
 """The alert sink: store a batch of alerts (or of count windows) in PostgreSQL, retrying until it is committed.
 
 `stream.take` acknowledges its batch when the loop body returns *or raises*, so `store` never raises: it retries
-with capped backoff while the database is down, and only returns once the batch is committed.
+with capped backoff while the database is down, and only returns once the batch is committed. A batch that
+PostgreSQL refuses for its data (a poison record: retrying cannot help) is written again record by record; each
+record refused goes to `reject` (a dead letter, with PostgreSQL's reason), the others are stored.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ from typing import TypeVar
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from framewatch.agents.database import AlertStore, DatabaseUnavailable
-from framewatch.schemas.events import AlertEvent, CountWindow
+from framewatch.agents.database import AlertStore, DatabaseUnavailable, DataRejected
+from framewatch.schemas.events import AlertEvent, CountWindow, Event
 
 log = logging.getLogger("framewatch.sink")
 
@@ -28,30 +30,58 @@ WRITE_FAILURES = Counter("framewatch_sink_write_failures_total", "Failed attempt
 DATABASE_UP = Gauge("framewatch_sink_database_up", "0 while the sink cannot write to the database")
 
 COUNT_WINDOWS_STORED = Counter("framewatch_sink_count_windows_stored_total", "Closed count minutes written")
+REJECTED = Counter("framewatch_sink_rejected_total", "Records PostgreSQL refused for their data (dead-lettered)",
+                   ["kind"])
 
 MAX_BACKOFF_S = 10.0
 T = TypeVar("T")
+R = TypeVar("R", bound=Event)
+Reject = Callable[[Event, str], Awaitable[None]]
 
 
 class AlertSink:
-    def __init__(self, store: AlertStore) -> None:
+    def __init__(self, store: AlertStore, reject: Reject) -> None:
         self.store = store
+        self.reject = reject
 
-    async def store_batch(self, alerts: list[AlertEvent]) -> None:
+    async def store_batch(self, alerts: list[AlertEvent]) -> list[AlertEvent]:
+        """Stores the batch; returns the alerts now in the database (all but those refused for their data)."""
         if not alerts:
-            return
+            return []
         unique = list({a.alert_id: a for a in alerts}.values())
         started = time.perf_counter()
-        inserted = await self._until_committed(lambda: self.store.insert(unique), f"alert batch of {len(unique)}")
+        stored, inserted = await self._write(unique, self.store.insert, "alert")
         WRITE_SECONDS.observe(time.perf_counter() - started)
         BATCH_SIZE.observe(len(unique))
         ALERTS_STORED.inc(inserted)
-        ALERTS_DUPLICATE.inc(len(alerts) - inserted)
+        ALERTS_DUPLICATE.inc(len(stored) - inserted)
+        return stored
 
     async def store_counts(self, windows: list[CountWindow]) -> None:
         if windows:
-            await self._until_committed(lambda: self.store.store_counts(windows), f"{len(windows)} count windows")
-            COUNT_WINDOWS_STORED.inc(len(windows))
+            stored, _ = await self._write(windows, self.store.store_counts, "count window")
+            COUNT_WINDOWS_STORED.inc(len(stored))
+
+    async def _write(self, records: list[R], write: Callable[[list[R]], Awaitable[object]],
+                     kind: str) -> tuple[list[R], int]:
+        """Writes the records in one statement, or one by one once PostgreSQL refuses the batch for its data.
+        Returns the records written and the count the statements reported (new alerts, for the alert insert)."""
+        try:
+            result = await self._until_committed(lambda: write(records), f"{kind} batch of {len(records)}")
+            return records, result if isinstance(result, int) else len(records)
+        except DataRejected as error:
+            if len(records) == 1:
+                REJECTED.labels(kind).inc()
+                log.error("%s %s dead-lettered: %s", kind, records[0].event_id, error)
+                await self.reject(records[0], str(error))
+                return [], 0
+        written: list[R] = []
+        reported = 0
+        for record in records:
+            done, count = await self._write([record], write, kind)
+            written += done
+            reported += count
+        return written, reported
 
     async def _until_committed(self, write: Callable[[], Awaitable[T]], what: str) -> T:
         backoff = 0.2

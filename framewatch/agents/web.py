@@ -5,6 +5,7 @@ API and the dashboard (`/`). With `framewatch.api_token` set, every /api/ path w
 from __future__ import annotations
 
 import hmac
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from importlib.resources import files
@@ -24,6 +25,8 @@ from framewatch.agents.queries import (
     alert_json,
     count_json,
 )
+
+log = logging.getLogger("framewatch.web")
 
 API_REQUESTS = Counter("framewatch_api_requests_total", "Query API requests", ["path", "status"])
 
@@ -52,7 +55,8 @@ def guarded(path: str, token: str, handler: Handler) -> Handler:
             except BadQuery as error:
                 response = view.json({"error": str(error)}, status=400)
             except DatabaseUnavailable as error:
-                response = view.json({"error": f"the alert store is unavailable: {error}"}, status=503)
+                log.warning("%s: %s", path, error)  # the detail names hosts and users: the log, not the answer
+                response = view.json({"error": "the alert store is unavailable; try again shortly"}, status=503)
         API_REQUESTS.labels(path, str(response.status)).inc()
         return response
     return answer

@@ -141,6 +141,8 @@ class AiAnalysisSettings(Section):
     breaker_error_rate: float = Field(default=0.5, gt=0, le=1, description="error rate over 20 requests that opens it")
     breaker_open_sec: float = Field(default=2.0, gt=0, description="first open period; doubled per failed probe")
     services: list[StaticService] = []
+    service_endpoints: list[str] = Field(default=[], description="patterns (shell-style: http://10.0.0.*:8500) an "
+                                         "announced service's endpoint must match; empty: any")
     alert_max_age_days: float = Field(default=30, ge=0, description="alert rows and images older go; 0: keep all")
     sweep_interval_sec: float = Field(default=3600, gt=0, description="how often the reconciliation sweep runs")
 

@@ -10,7 +10,8 @@ classifies it; 107002 is the seed system's GPU out-of-memory and means "resource
 
 Limits a service must keep, or its answer is refused as `malformed` (`too_large` past the size): the whole answer
 at most 4 MiB, at most 1000 detections per frame, each detection within `Detection`'s bounds (schemas/events.py:
-finite box coordinates in 0..1 with x1 <= x2 and y1 <= y2, a score in 0..1, a label of 1..64 characters, a track
+finite box coordinates normalised to 0..1 with x1 <= x2 and y1 <= y2 (a box hanging off the frame by up to
+the frame's size is clamped to it), a score in 0..1, a label of 1..64 characters, a track
 id of at most 128, attributes of at most 4 KiB as JSON).
 """
 

@@ -97,7 +97,7 @@ class FrameEvent(Event):
 MAX_LABEL_CHARS = 64
 MAX_TRACK_ID_CHARS = 128
 MAX_ATTRIBUTES_BYTES = 4096
-BOX_SLACK = 0.01  # a detector's rounding may put an edge this far outside the frame; it is clamped
+BOX_OVERHANG = 1.0  # a box may hang off the frame by up to a frame's size: clamped to it; further means pixels
 
 
 def _without_nul(value: str) -> str:
@@ -116,8 +116,8 @@ def _strip_nul(value: Any) -> Any:
 
 class Detection(BaseModel):
     """One detected object. Bounds are part of the contract: a label of 1..64 characters, a track id of at most
-    128, a box of finite coordinates within the frame (x1 <= x2, y1 <= y2; edges up to 0.01 outside are
-    clamped), attributes of at most 4 KiB as JSON; NUL characters are removed from strings."""
+    128, a box of finite normalised coordinates with x1 <= x2 and y1 <= y2 (a box hanging off the frame, by at
+    most the frame's size, is clamped to it), attributes of at most 4 KiB as JSON; NUL characters are removed from strings."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -137,11 +137,11 @@ class Detection(BaseModel):
     def _box(cls, box: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
         if not all(math.isfinite(v) for v in box):
             raise ValueError(f"box coordinates must be finite numbers, got {list(box)}")
-        if not all(-BOX_SLACK <= v <= 1 + BOX_SLACK for v in box):
-            raise ValueError(f"box coordinates are normalised to 0..1, got {list(box)}")
-        x1, y1, x2, y2 = (min(1.0, max(0.0, v)) for v in box)
-        if x1 > x2 or y1 > y2:
+        if not all(-BOX_OVERHANG <= v <= 1 + BOX_OVERHANG for v in box):
+            raise ValueError(f"box coordinates are normalised to 0..1 (pixels are not), got {list(box)}")
+        if box[0] > box[2] or box[1] > box[3]:
             raise ValueError(f"a box is x1, y1, x2, y2 with x1 <= x2 and y1 <= y2, got {list(box)}")
+        x1, y1, x2, y2 = (min(1.0, max(0.0, v)) for v in box)
         return (x1, y1, x2, y2)
 
     @field_validator("attributes")
@@ -233,12 +233,13 @@ class FrameOutcome(Event):
 
 class ServiceHeartbeat(Event):
     kind = "service_heartbeat"
-    service_id: str
-    endpoint: str
+    service_id: str = Field(min_length=1, max_length=128)
+    endpoint: str = Field(pattern=r"^https?://[^\s/]+(/\S*)?$", max_length=512,
+                          description="http(s)://host:port[/prefix]")
     task_types: list[TaskType]
-    capacity: int = Field(ge=1, description="concurrent requests the service can take")
-    max_batch: int = Field(default=1, ge=1)
-    version: str = ""
+    capacity: int = Field(ge=1, le=1024, description="concurrent requests the service can take")
+    max_batch: int = Field(default=1, ge=1, le=256)
+    version: str = Field(default="", max_length=128)
 
     @property
     def event_id(self) -> str:
