@@ -42,7 +42,8 @@ async def stored_frame(store: ObjectStore, task_id: str, age_ms: int = 0) -> Fra
     key = f"frames/{task_id}/20261123/{captured}-{seq}.jpg"
     await store.put(key, SAMPLE_JPEG)
     return frame().model_copy(update={"task_id": task_id, "camera_id": task_id, "seq": seq, "captured_at": captured,
-                                      "object_key": key, "frame_id": FrameEvent.make_id(task_id, captured, seq)})
+                                      "object_key": key, "frame_id": FrameEvent.make_id(task_id, captured, seq),
+                                      "bucket": store.bucket})
 
 
 async def test_kept_frames_stay_within_max_frame_count_and_age(stack_config: Config) -> None:
@@ -132,3 +133,22 @@ async def test_alerts_past_their_max_age_lose_row_and_image(stack_config: Config
         assert await alerts.get(made[0].alert_id) is None and await alerts.get(made[1].alert_id) is not None
     finally:
         await alerts.close()
+
+
+async def test_outcomes_naming_anything_but_a_frame_of_ours_delete_nothing(stack_config: Config) -> None:
+    store = ObjectStore(stack_config.frame_extractor.minio)
+    await store.ensure_bucket()
+    retention = Retention(store, save_only_with_detection=True, limit_for=lambda task: 0, max_age_s=0, grace_s=0)
+    alert_image = "alerts/cam-x/20261123/precious.jpg"
+    await store.put(alert_image, SAMPLE_JPEG)
+    genuine = await stored_frame(store, "cam-x")
+    forged = [genuine.model_copy(update={"object_key": key, "frame_id": f"forged-{i}"}) for i, key in enumerate(
+        [alert_image, "frames/../alerts/cam-x/20261123/precious.jpg", "frames/cam-x/notes.txt"])]
+    forged.append(genuine.model_copy(update={"bucket": "someone-elses", "frame_id": "forged-bucket"}))
+    acked = Acks()
+    for f in [*forged, genuine]:
+        await retention.on_outcome(FrameOutcome(frame=f, outcome=Outcome.NO_ALERT), acked.ack(f))
+    assert acked.frames == forged, "forged outcomes are acknowledged at once, with nothing deleted"
+    events = [d.event for d in await retention.delete_due() if d.event is not None]
+    assert [e.object_key for e in events] == [genuine.object_key]
+    assert await store.list_keys("alerts/cam-x/") == [alert_image]

@@ -17,7 +17,7 @@ from framewatch.schemas.config import Config
 from framewatch.schemas.events import CameraStatus, DecodeError, TaskEvent
 from framewatch.schemas.tasks import CameraTask
 from framewatch.schemas.topics import CAMERAS, TASKS, TopicSpec
-from framewatch.streams.bus import follow
+from framewatch.streams.bus import follow, key_text
 
 log = logging.getLogger("framewatch.catalog")
 
@@ -37,7 +37,7 @@ class CompactedView(Service, Generic[V]):
     @Service.task
     async def _follow(self) -> None:
         async for record in follow(self.config, self.spec):
-            key = record.key.decode() if record.key else ""
+            key = key_text(record.key)
             try:
                 value = None if record.value is None else self.read(record.value)
             except DecodeError as error:

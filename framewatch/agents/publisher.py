@@ -39,7 +39,7 @@ from framewatch.schemas.events import (
     DecodeError,
 )
 from framewatch.schemas.topics import ALERTS_STORED, DEAD_LETTERS, PUBLISHED
-from framewatch.streams.bus import BrokerUnavailable, connect_admin, partitions
+from framewatch.streams.bus import BrokerUnavailable, connect_admin, key_text, partitions
 
 log = logging.getLogger("framewatch.publisher")
 
@@ -175,7 +175,7 @@ class AlertPublisher(Service):
                 while await reader.position(tp) < ends[tp]:
                     for record in (await reader.getmany(tp, timeout_ms=1000)).get(tp, []):
                         if record.key is not None:
-                            self.published[record.key.decode()] = record.timestamp
+                            self.published[key_text(record.key)] = record.timestamp
         finally:
             await reader.stop()
         self._forget_old()

@@ -19,7 +19,7 @@ from framewatch.schemas.config import Config
 from framewatch.schemas.events import DecodeError, ServiceHeartbeat
 from framewatch.schemas.tasks import TaskType
 from framewatch.schemas.topics import SERVICES
-from framewatch.streams.bus import follow
+from framewatch.streams.bus import follow, key_text
 
 log = logging.getLogger("framewatch.registry")
 
@@ -56,7 +56,7 @@ class ServiceRegistry(Service):
     async def _follow(self) -> None:
         async for message in follow(self.config, SERVICES):
             if message.value is None:
-                self._services.pop(message.key.decode() if message.key else "", None)
+                self._services.pop(key_text(message.key), None)
                 continue
             try:
                 heartbeat = ServiceHeartbeat.decode(message.value)

@@ -38,6 +38,8 @@ log = logging.getLogger("framewatch.retention")
 DELETED = Counter("framewatch_retention_deleted_total", "Frame objects deleted", ["reason"])
 DELETE_FAILURES = Counter("framewatch_retention_delete_failures_total", "Frame objects that could not be deleted")
 PENDING = Gauge("framewatch_retention_pending", "Frame objects waiting out the grace period before deletion")
+REFUSED = Counter("framewatch_retention_refused_total",
+                  "Outcomes naming an object outside this deployment's frames/ (left alone)")
 KEPT = Gauge("framewatch_retention_kept", "Frame objects kept (bounded by max_frame_count and max_frame_age_sec)")
 
 GRACE_S = 5.0
@@ -80,8 +82,14 @@ class Retention:
     async def on_outcome(self, outcome: FrameOutcome, ack: Ack) -> None:
         """Schedules the deletion of an ended frame's object (`ack` is called once it is gone), or keeps the
         frame within the task's bounds (and calls `ack` now)."""
-        if not self.save_only_with_detection or (outcome.outcome is Outcome.ALERT
-                                                 and outcome.reason == IMAGE_NOT_COPIED):
+        frame = outcome.frame
+        if not self.store.holds_frame(frame.bucket, frame.object_key):
+            REFUSED.inc()
+            log.error("not deleting %s/%s for frame %s: not a frame object of this deployment", frame.bucket,
+                      frame.object_key, frame.frame_id)
+            await ack()
+        elif not self.save_only_with_detection or (outcome.outcome is Outcome.ALERT
+                                                   and outcome.reason == IMAGE_NOT_COPIED):
             self._keep(outcome.frame)
             await ack()
         else:

@@ -134,10 +134,15 @@ async def read_records(config: Config, topic: str, last: int | None = None,
         await consumer.stop()
 
 
+def key_text(key: bytes | None) -> str:
+    """A record's key as text; bytes that are not UTF-8 (a forged record) become U+FFFD, never an exception."""
+    return key.decode("utf-8", "replace") if key else ""
+
+
 async def latest(config: Config, spec: TopicSpec) -> dict[str, bytes | None]:
     """A compacted topic as it stands: the last value of every key (None for a deleted one)."""
     records = await read_records(config, config.topic(spec.name))
-    return {r.key.decode(): r.value for r in records if r.key is not None}
+    return {key_text(r.key): r.value for r in records if r.key is not None}
 
 
 async def follow(config: Config, spec: TopicSpec, from_beginning: bool = True) -> AsyncIterator[ConsumerRecord]:

@@ -28,7 +28,7 @@ from framewatch.schemas.config import Config
 from framewatch.schemas.events import CameraState, CameraStatus, DecodeError, TaskEvent, TaskOrigin
 from framewatch.schemas.tasks import CameraTask
 from framewatch.schemas.topics import CAMERAS, TASKS
-from framewatch.streams.bus import EventProducer, ensure_topics, latest
+from framewatch.streams.bus import EventProducer, ensure_topics, key_text, latest
 from framewatch.streams.deadline import exit_unless_stopped_within
 from framewatch.streams.camera import Camera, Uplink
 from framewatch.streams.objectstore import ObjectStore
@@ -212,7 +212,7 @@ class ExtractorService(ConsumerRebalanceListener):
                 await self._stop(task_id)
 
     async def _apply(self, record: ConsumerRecord) -> None:
-        task_id = record.key.decode() if record.key else ""
+        task_id = key_text(record.key)
         task: CameraTask | None = None
         if record.value is not None:
             try:

@@ -36,6 +36,14 @@ class ObjectStore:
     def key(self, *parts: str) -> str:
         return "/".join(p.strip("/") for p in (self.settings.base_path, *parts) if p)
 
+    def holds_frame(self, bucket: str, key: str) -> bool:
+        """Whether an object named by a FrameEvent is a frame of ours: in this bucket, a JPEG under frames/, no
+        '.' or '..' segments. Retention deletes nothing else, whatever a record on fw.frames says."""
+        prefix = self.key("frames") + "/"
+        segments = key.split("/")
+        return (bucket == self.bucket and key.startswith(prefix) and key.endswith(".jpg")
+                and not any(part in ("", ".", "..") for part in segments))
+
     def _where(self, key: str = "") -> str:
         return f"{self.settings.endpoint}/{self.bucket}/{key}"
 
