@@ -83,8 +83,7 @@ class Topology:
             return record.decode(raw)
         except DecodeError as error:
             log.error("dead letter from %s: %s", topic.get_topic_name(), error)
-            letter = DeadLetter(topic=topic.get_topic_name(), reason=str(error), key=None,
-                                payload=raw.decode("utf-8", "replace") if isinstance(raw, bytes) else repr(raw))
+            letter = DeadLetter.of(topic.get_topic_name(), str(error), raw)
             await self.send(self.dead_letters, letter, key=letter.topic)
             return None
 

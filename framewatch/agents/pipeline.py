@@ -28,6 +28,7 @@ from framewatch.agents.web import attach_web
 from framewatch.rules.engine import Evaluation, Status, evaluate
 from framewatch.rules.state import RuleState, StateUnreadable
 from framewatch.schemas.config import Config
+from framewatch.schemas.topics import MAX_RECORD_BYTES
 from framewatch.schemas.events import (
     AlertEvent,
     AlertStored,
@@ -80,8 +81,7 @@ def build_worker(config: Config) -> tuple[faust.App, Topology, Resources]:
     async def dead_letter(record: Event, reason: str) -> None:
         """A record PostgreSQL refused for its data: kept on fw.dead-letters with the reason."""
         source = topology.alerts if isinstance(record, AlertEvent) else topology.counts
-        letter = DeadLetter(topic=source.get_topic_name(), reason=f"database: {reason}", key=record.event_id,
-                            payload=record.to_bytes().decode())
+        letter = DeadLetter.of(source.get_topic_name(), f"database: {reason}", record.to_bytes(), record.event_id)
         await topology.send(topology.dead_letters, letter, key=letter.topic)
 
     sink = AlertSink(resources.alerts, dead_letter)
@@ -92,6 +92,10 @@ def build_worker(config: Config) -> tuple[faust.App, Topology, Resources]:
 
     async def hand_on(frames: faust.StreamT[bytes], event: faust.EventT[bytes],
                       result: DetectionEvent | FrameOutcome) -> None:
+        if isinstance(result, DetectionEvent) and (size := len(result.to_bytes())) > MAX_RECORD_BYTES:
+            log.error("frame %s: its detections take %d bytes, more than a record may (%d): the frame fails",
+                      result.frame.frame_id, size, MAX_RECORD_BYTES)
+            result = FrameOutcome(frame=result.frame, outcome=Outcome.FAILED, reason="too_large")
         target = topology.detections if isinstance(result, DetectionEvent) else topology.frame_outcomes
         await topology.send(target, result, key=result.frame.camera_id)
         await frames.ack(event)
@@ -110,8 +114,8 @@ def build_worker(config: Config) -> tuple[faust.App, Topology, Resources]:
         """Copies the alert image before the alert goes out; the outcome's reason when it could not."""
         if (reason := await relocator.copy_image(alert)) is None:
             return ""
-        letter = DeadLetter(topic=topology.alerts.get_topic_name(), reason=f"relocation: {reason}",
-                            key=alert.frame.camera_id, payload=alert.to_bytes().decode())
+        letter = DeadLetter.of(topology.alerts.get_topic_name(), f"relocation: {reason}", alert.to_bytes(),
+                               alert.frame.camera_id)
         await topology.send(topology.dead_letters, letter, key=letter.topic)
         return IMAGE_NOT_COPIED
 

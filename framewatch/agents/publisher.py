@@ -230,8 +230,7 @@ class AlertPublisher(Service):
         try:
             stored = AlertStored.decode(raw)
         except DecodeError as error:
-            letter = DeadLetter(topic=self.source, reason=str(error), key=None,
-                                payload=raw.decode("utf-8", "replace"))
+            letter = DeadLetter.of(self.source, str(error), raw)
             await producer.send(self.config.topic(DEAD_LETTERS.name), letter.to_bytes(), key=self.source.encode())
             return None
         alert = stored.alert

@@ -24,7 +24,7 @@ class BadQuery(ValueError):
 
 class Cursor(BaseModel):
     captured_at: datetime
-    alert_id: str
+    alert_id: uuid.UUID
 
     def encode(self) -> str:
         return base64.urlsafe_b64encode(self.model_dump_json().encode()).decode()
@@ -39,10 +39,23 @@ class Cursor(BaseModel):
 
 def parse_time(value: str) -> datetime:
     """ISO 8601 (naive means UTC) or milliseconds since the epoch."""
-    if value.isdigit():
-        return datetime.fromtimestamp(int(value) / 1000, tz=UTC)
-    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    try:
+        if value.isdigit():
+            return datetime.fromtimestamp(int(value) / 1000, tz=UTC)
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except (ValueError, OverflowError, OSError):
+        raise ValueError(f"not a time: {value[:40]!r} (ISO 8601, or milliseconds since the epoch)") from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+MAX_TEXT = 256
+
+
+def plain_text(value: object) -> object:
+    """A text parameter PostgreSQL can compare: no NUL, at most 256 characters."""
+    if isinstance(value, str) and ("\x00" in value or len(value) > MAX_TEXT):
+        raise ValueError(f"must be at most {MAX_TEXT} characters, without NUL")
+    return value
 
 
 class TimeRangeQuery(BaseModel):
@@ -94,6 +107,8 @@ class CountQuery(TimeRangeQuery):
     task_id: str
     limit: int = Field(default=60, ge=1, le=MAX_PAGE)
 
+    _text = field_validator("task_id", mode="before")(plain_text)
+
     def filters(self) -> list[tuple[str, list[Any]]]:
         return [("task_id = ?", [self.task_id])]
 
@@ -106,6 +121,8 @@ class AlertQuery(TimeRangeQuery):
     rule: str | None = None
     limit: int = Field(default=50, ge=1, le=MAX_PAGE)
     cursor: Cursor | None = None
+
+    _text = field_validator("camera_id", "rule", mode="before")(plain_text)
 
     @field_validator("task_type", mode="before")
     @classmethod
@@ -122,8 +139,7 @@ class AlertQuery(TimeRangeQuery):
                  ("rule", self.rule))
         found: list[tuple[str, list[Any]]] = [(f"{c} = ?", [v]) for c, v in equal if v is not None]
         if self.cursor is not None:
-            found.append(("(captured_at, alert_id) < (?, ?)", [self.cursor.captured_at,
-                                                              uuid.UUID(self.cursor.alert_id)]))
+            found.append(("(captured_at, alert_id) < (?, ?)", [self.cursor.captured_at, self.cursor.alert_id]))
         return found
 
 

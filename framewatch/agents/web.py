@@ -115,7 +115,7 @@ def attach_web(app: faust.App, resources: Resources) -> None:
         query = AlertQuery.from_params(request.query)
         rows = await resources.alerts.query(query)
         last = rows[-1] if len(rows) == query.limit else None
-        cursor = Cursor(captured_at=last["captured_at"], alert_id=str(last["alert_id"])).encode() if last else None
+        cursor = Cursor(captured_at=last["captured_at"], alert_id=last["alert_id"]).encode() if last else None
         return view.json({"alerts": [alert_json(r, resources.store.presign(r["image_key"], expiry_s)) for r in rows],
                           "next_cursor": cursor})
 

@@ -27,7 +27,7 @@ from aiokafka.errors import KafkaError
 
 from framewatch.ops.demo import PipelineRun
 from framewatch.schemas.config import Config
-from framewatch.schemas.events import DetectionEvent, Event, FrameEvent, now_ms
+from framewatch.schemas.events import DecodeError, DetectionEvent, Event, FrameEvent, now_ms
 from framewatch.schemas.tasks import TaskType
 from framewatch.schemas.topics import FRAMES, TopicSpec, by_name
 from framewatch.streams.bus import connect_admin, ensure_topics, partitions
@@ -108,6 +108,7 @@ class TopicFollower:
         self.consumer = AIOKafkaConsumer(bootstrap_servers=config.kafka_bootstrap, group_id=None,
                                          enable_auto_commit=False)
         self.events: list[Event] = []
+        self.undecodable = 0
 
     async def start(self) -> None:
         admin = await connect_admin(self.config)
@@ -134,7 +135,11 @@ class TopicFollower:
         for tp, records in batches.items():
             spec = by_name(tp.topic)
             assert spec is not None, tp.topic
-            fresh.extend(spec.record.decode(r.value) for r in records if r.value is not None)
+            for record in records:
+                try:
+                    fresh.append(spec.record.decode(record.value))
+                except DecodeError:
+                    self.undecodable += 1  # a poison record some test sent on purpose
         self.events.extend(fresh)
         return fresh
 

@@ -21,13 +21,12 @@ from enum import IntEnum
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from framewatch.schemas.events import Detection
+from framewatch.schemas.events import MAX_DETECTIONS, Detection
 from framewatch.schemas.tasks import TaskType
 
 INFER_PATH = "/v1/infer"
 HEALTH_PATH = "/healthz"
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024
-MAX_DETECTIONS = 1000  # per frame
 
 
 class ErrorCode(IntEnum):

@@ -94,6 +94,7 @@ class FrameEvent(Event):
         return stable_id("frame", camera_id, str(captured_at), str(seq))
 
 
+MAX_DETECTIONS = 1000  # per frame
 MAX_LABEL_CHARS = 64
 MAX_TRACK_ID_CHARS = 128
 MAX_ATTRIBUTES_BYTES = 4096
@@ -167,7 +168,7 @@ class DetectionEvent(Event):
     service_ms: float | None = Field(default=None, ge=0, description="time inside the service, as it reports it")
     dispatched_at: int | None = Field(default=None, description="ms since the epoch when the request left")
     batch_size: int = Field(default=1, ge=1)
-    detections: list[Detection]
+    detections: list[Detection] = Field(max_length=MAX_DETECTIONS)
 
     @property
     def event_id(self) -> str:
@@ -345,12 +346,25 @@ class AlertPublished(Event):
         return self.alert_id
 
 
+MAX_LETTER_PAYLOAD = 64 * 1024  # characters of the record a dead letter keeps: it must fit in a Kafka message
+MAX_LETTER_REASON = 2048
+
+
 class DeadLetter(Event):
     kind = "dead_letter"
     topic: str
     reason: str
     key: str | None
-    payload: str = Field(description="the record as received, decoded as UTF-8 with replacement")
+    payload: str = Field(description="the record as received, decoded as UTF-8 with replacement; its first 64 KiB")
+    payload_bytes: int | None = Field(default=None, description="the record's whole size")
+
+    @classmethod
+    def of(cls, topic: str, reason: str, record: bytes | str | None, key: str | None = None) -> DeadLetter:
+        """The dead letter of a record, cut to a size any broker takes."""
+        raw = record.encode() if isinstance(record, str) else (record or b"")
+        text = raw[:MAX_LETTER_PAYLOAD].decode("utf-8", "replace") if record is not None else "(no value)"
+        cut = reason if len(reason) <= MAX_LETTER_REASON else reason[:MAX_LETTER_REASON] + "…"
+        return cls(topic=topic, reason=cut, key=key, payload=text, payload_bytes=len(raw))
 
     @property
     def event_id(self) -> str:

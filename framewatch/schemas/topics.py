@@ -18,6 +18,7 @@ class TopicSpec:
 
 
 HOUR_MS = 3600 * 1000
+MAX_RECORD_BYTES = 1_000_000  # what a record may take: under the 1 MiB default of Kafka's brokers and producers
 
 FRAMES = TopicSpec("fw.frames", events.FrameEvent, "camera_id", retention_ms=6 * HOUR_MS)
 DETECTIONS = TopicSpec("fw.detections", events.DetectionEvent, "camera_id", retention_ms=6 * HOUR_MS)
