@@ -127,6 +127,19 @@ def test_masking_hides_every_secret() -> None:
     assert mask_url("rtsp://cam.local/a") == "rtsp://cam.local/a"
 
 
+@pytest.mark.parametrize("url,secret", [
+    ("rtsp://admin:p@ss/w0rd@10.0.0.5:554/stream1", "p@ss/w0rd"),
+    ("rtsp://admin:hunter2@cam.local", "hunter2"),
+    ("http://cam.local/video.mjpg?user=admin&password=hunter2&fps=5", "hunter2"),
+    ("http://cam.local/snap.jpg?token=abc123", "abc123"),
+    ("host=db user=fw password=s3cret dbname=fw", "s3cret"),
+    ("host=db user=fw password='s3 cret' dbname=fw", "s3 cret"),
+])
+def test_mask_url_hides_passwords_wherever_they_are(url: str, secret: str) -> None:
+    shown = mask_url(url)
+    assert secret not in shown and "***" in shown, shown
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "framewatch.cli", *args], capture_output=True, text=True,
                           env={"PATH": "/usr/bin:/bin"}, cwd=ROOT)

@@ -318,12 +318,18 @@ def load_config(path: str | Path | None, environ: dict[str, str] | None = None) 
         raise ConfigError(f"{source}: {_describe(error, raw)}") from None
 
 
-_URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
+# the user info up to the last '@' that is followed by a host (a password may hold '@' or '/')
+_URL_CREDENTIALS = re.compile(r"(?<=://)\S*@(?=[^@\s/?#]+(?:[/?#]|$))")
+_SECRET_PARAMETER = re.compile(r"(?i)([?&;](?:password|passwd|pass|pwd|secret|token|access_token|key)=)[^&;#\s]*")
+_DSN_PASSWORD = re.compile(r"(?i)\b(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)")
 
 
 def mask_url(url: str) -> str:
-    """rtsp://user:pass@host/... -> rtsp://***@host/..., for logs, metrics labels and answers."""
-    return _URL_CREDENTIALS.sub("***@", url)
+    """rtsp://user:pass@host/... -> rtsp://***@host/..., for logs, metrics labels and answers; also secrets in
+    query parameters (?password=…) and in key=value DSNs (password=…)."""
+    if "://" not in url:
+        return _DSN_PASSWORD.sub(r"\1***", url)
+    return _SECRET_PARAMETER.sub(r"\1***", _URL_CREDENTIALS.sub("***@", url))
 
 
 def masked(config: Config) -> dict[str, Any]:
