@@ -12,6 +12,29 @@ from framewatch.schemas.events import Detection
 
 cv2.setNumThreads(1)  # the service runs one detection per core; OpenCV's own threads would oversubscribe them
 
+MAX_PIXELS = 4096 * 4096  # a bigger picture would hold a core for minutes: refused before it is decoded
+JPEG_FRAME_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's frame header or a PNG's IHDR, without decoding; None when neither is found."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if data[:2] != b"\xff\xd8":
+        return None
+    i = 2
+    while i + 9 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker in JPEG_FRAME_MARKERS:
+            return int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big")
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return None
+
 
 class HogPeopleDetector:
     """Thread-safe: each thread gets its own HOGDescriptor."""
@@ -32,6 +55,11 @@ class HogPeopleDetector:
         return hog
 
     def detect_jpeg(self, jpeg: bytes) -> list[Detection]:
+        size = image_size(jpeg)
+        if size is None:
+            raise ValueError("not a JPEG or PNG image")
+        if size[0] * size[1] > MAX_PIXELS:
+            raise ValueError(f"a {size[0]}x{size[1]} image is over the {MAX_PIXELS} pixels this detector takes")
         image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
         if image is None:
             raise ValueError("not a decodable image")

@@ -43,6 +43,9 @@ DETECT_SECONDS = Histogram("framewatch_detector_detect_seconds", "HOG time per f
                            buckets=(0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5))
 
 
+MAX_IMAGE_BYTES = 16 * 1024 * 1024
+
+
 @dataclass(frozen=True)
 class DetectorSettings:
     service_id: str
@@ -132,9 +135,14 @@ class DetectorService:
         if frame.image_b64 is not None:
             return base64.b64decode(frame.image_b64, validate=True)
         assert frame.image_url is not None and self.images is not None
-        answer = await self.images.get(frame.image_url)
-        answer.raise_for_status()
-        return answer.content
+        async with self.images.stream("GET", frame.image_url) as answer:
+            answer.raise_for_status()
+            image = bytearray()
+            async for chunk in answer.aiter_bytes():
+                image += chunk
+                if len(image) > MAX_IMAGE_BYTES:
+                    raise ValueError(f"the image at {frame.image_url.split('?')[0]} is over {MAX_IMAGE_BYTES} bytes")
+        return bytes(image)
 
 def serve(settings: DetectorSettings, config: Config) -> None:
     service = DetectorService(settings, config)
