@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 
@@ -22,9 +23,18 @@ def test_compose_has_every_part_and_valid_commands() -> None:
         parser().parse_args(services[name]["command"])  # exits on an option the CLI does not have
         assert services[name]["environment"]["FRAMEWATCH_BIND_HOST"] == "0.0.0.0"
     assert "admin123" not in COMPOSE.read_text() and "${POSTGRES_PASSWORD:?" in COMPOSE.read_text()
+    published = {name: s["ports"] for name, s in services.items() if s.get("ports")}
+    assert published == {"worker": ["${FRAMEWATCH_PUBLISH:-127.0.0.1}:6066:6066"]}, "only the dashboard, on loopback"
+    app = services["worker"]["environment"]
+    assert app["FRAMEWATCH_API_TOKEN"].startswith("${FRAMEWATCH_API_TOKEN:?"), "the API wants a token"
+    assert app["FRAMEWATCH_MINIO_ACCESS_KEY"] != services["minio"]["environment"]["MINIO_ROOT_USER"]
+    policy = json.loads((ROOT / "docker" / "minio-app-policy.json").read_text())
+    resources = {r for statement in policy["Statement"] for r in statement["Resource"]}
+    assert resources == {"arn:aws:s3:::framewatch", "arn:aws:s3:::framewatch/*"}, "the app's user sees one bucket"
     docker = shutil.which("docker")
     if docker is None or subprocess.run([docker, "compose", "version"], capture_output=True).returncode != 0:
         return  # `docker compose config` needs the compose plugin; where it is present, it must accept the file
     result = subprocess.run([docker, "compose", "-f", str(COMPOSE), "config", "--quiet"], capture_output=True,
-                            text=True, env={"MINIO_ROOT_PASSWORD": "x", "POSTGRES_PASSWORD": "y", "PATH": "/usr/bin"})
+                            text=True, env={"MINIO_ROOT_PASSWORD": "x", "POSTGRES_PASSWORD": "y", "MINIO_APP_PASSWORD": "z",
+                                 "FRAMEWATCH_API_TOKEN": "t", "PATH": "/usr/bin"})
     assert result.returncode == 0, result.stderr
