@@ -51,13 +51,19 @@ class StackHome:
         if wanted.keys() <= stored.keys():
             return stored
         creds = {**wanted, **stored}  # a stack made before a part was added keeps its passwords
-        path.parent.mkdir(parents=True, exist_ok=True)
-        part = path.with_suffix(".part")
-        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            json.dump(creds, out)
-        part.replace(path)
+        write_private(path, json.dumps(creds))
         return creds
+
+
+def write_private(path: Path, text: str) -> None:
+    """A file only its owner can read (it holds a password), written whole or not at all."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_suffix(".part")
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    os.chmod(part, 0o600)  # when it existed with another mode
+    part.replace(path)
 
 
 def say(message: str) -> None:

@@ -14,7 +14,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from framewatch.stack.base import LocalService, StackError, require_tool, run_with_progress
+from framewatch.stack.base import LocalService, StackError, require_tool, run_with_progress, write_private
 
 MEDIAMTX_MODULE = "github.com/bluenviron/mediamtx"
 MEDIAMTX_VERSION = "v1.12.3"
@@ -96,8 +96,8 @@ class Mediamtx(LocalService):
         return self.data / "mediamtx.yml"
 
     def prepare(self) -> None:
-        self.config_path.write_text(server_config(self.host, self.port, self.hls_port,
-                                                  self.home.credentials()["camera_password"]))
+        write_private(self.config_path, server_config(self.host, self.port, self.hls_port,
+                                                      self.home.credentials()["camera_password"]))
 
     def command(self) -> list[str]:
         return [self.binary, str(self.config_path)]
