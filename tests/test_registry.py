@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import time
+
 import orjson
 import pytest
 
@@ -50,3 +52,12 @@ def test_heartbeats_out_of_bounds_are_refused_naming_the_field(fields: dict[str,
     record = {**heartbeat("a", "http://10.0.0.7:8500").model_dump(mode="json"), **fields}
     with pytest.raises(DecodeError, match=names):
         ServiceHeartbeat.decode(orjson.dumps(record))
+
+
+def test_services_silent_for_an_hour_are_forgotten() -> None:
+    services = registry()
+    services.observe(heartbeat("old", "http://10.0.0.7:8500"))
+    services.observe(heartbeat("new", "http://10.0.0.8:8500"))
+    services.known()[0].last_seen -= 7200  # its last heartbeat two hours ago
+    services.forget_gone(horizon=time.monotonic() - 3600)
+    assert [s.service_id for s in services.known()] == ["new"]

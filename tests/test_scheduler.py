@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -297,3 +298,16 @@ def test_breaker_opens_on_error_rate_without_a_run_of_failures() -> None:
     assert breaker.state is BreakerState.CLOSED  # the window is not full yet
     breaker.record(success=False)
     assert breaker.state is BreakerState.OPEN
+
+
+async def test_cameras_silent_for_an_hour_and_services_gone_are_forgotten(fleet: Fleet, harness: MakeHarness) -> None:
+    services = await fleet(fake("a", latency_ms=5))
+    h = await harness(services)
+    first, second = camera_frame("cam-quiet"), camera_frame("cam-busy")
+    await h.submit(first, second)
+    await h.ended(first, second)
+    h.scheduler.cameras["cam-quiet"].last_seen -= 7200
+    h.scheduler.loads["gone-service"] = h.scheduler._load("gone-service")
+    h.scheduler.forget_idle(time.monotonic() - 3600)
+    assert set(h.scheduler.cameras) == {"cam-busy"}
+    assert set(h.scheduler.loads) == {"a"}

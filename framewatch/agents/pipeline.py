@@ -55,6 +55,7 @@ STATES_RESET = Counter("framewatch_rules_states_reset_total", "Rule states found
 OPEN_INCIDENTS = Gauge("framewatch_rules_open_incidents", "Incidents open per camera", ["camera"])
 
 COUNTS_BATCH = 100
+UNKNOWN_TASKS_REMEMBERED = 10_000
 
 RETENTION_WITHIN_S = 0.25
 PRESSURE_PERIOD_S = 2.0
@@ -138,6 +139,8 @@ def build_worker(config: Config) -> tuple[faust.App, Topology, Resources]:
 
     async def unknown_task(frame: FrameEvent) -> None:
         if frame.task_id not in unknown_tasks:  # once per task: a camera sends several frames a second
+            if len(unknown_tasks) >= UNKNOWN_TASKS_REMEMBERED:  # forged task ids must not grow the set for ever
+                unknown_tasks.clear()
             unknown_tasks.add(frame.task_id)
             log.error("task %s is neither on fw.tasks nor in this worker's config: its frames end unevaluated",
                       frame.task_id)

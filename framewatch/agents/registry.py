@@ -23,6 +23,8 @@ from framewatch.streams.bus import follow, key_text
 
 log = logging.getLogger("framewatch.registry")
 
+FORGET_AFTER_S = 3600.0
+
 SERVICES_ALIVE = Gauge("framewatch_services_alive", "Algorithm services whose heartbeat is fresh")
 HEARTBEATS_REFUSED = Counter("framewatch_services_heartbeats_refused_total",
                              "Heartbeats ignored: unreadable, or an endpoint outside ai_analysis.service_endpoints",
@@ -91,6 +93,18 @@ class ServiceRegistry(Service):
         """Monotonic time of the heartbeat, so a replayed old heartbeat is already stale."""
         age_s = max(0.0, time.time() - heartbeat.emitted_at / 1000)
         return time.monotonic() - age_s
+
+    @Service.timer(60.0)
+    async def _forget_hourly(self) -> None:
+        self.forget_gone(time.monotonic() - max(FORGET_AFTER_S, 10 * self.config.ai_analysis.heartbeat_timeout_sec))
+
+    def forget_gone(self, horizon: float) -> None:
+        """Services silent since `horizon` are forgotten (an hour and ten heartbeat timeouts): ids do not pile up."""
+        for service_id, service in list(self._services.items()):
+            if not service.static and service.last_seen < horizon:
+                del self._services[service_id]
+                log.info("service %s forgotten: no heartbeat for an hour", service_id)
+        self._refused.clear()
 
     def known(self) -> list[RegisteredService]:
         return list(self._services.values())

@@ -15,6 +15,7 @@ through its `done` callback: inferred (a DetectionEvent) or a FrameOutcome (drop
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import OrderedDict, deque
@@ -64,6 +65,8 @@ TASK_FRESHNESS = Gauge("framewatch_inference_task_freshness", "1 for the freshne
 HAND_ON_FAILURES = Counter("framewatch_inference_hand_on_failures_total",
                            "Results that could not be sent on at the first try (retried until they are)")
 
+FORGET_EVERY_S = 60.0
+FORGET_AFTER_S = 3600.0
 MAX_ATTEMPTS = 2
 HAND_ON_RETRY_S = 0.5
 HAND_ON_RETRY_MAX_S = 5.0
@@ -71,6 +74,12 @@ WAIT_FOR_SERVICE_S = 5.0
 IDLE_TICK_S = 0.05
 
 Done = Callable[[DetectionEvent | FrameOutcome], Awaitable[None]]
+
+
+def _unlabel(metric: Gauge, *labels: str) -> None:
+    """Drops a metric's child (prometheus_client keeps every label set it was given until removed)."""
+    with contextlib.suppress(KeyError):
+        metric.remove(*labels)
 
 
 Result = DetectionEvent | FrameOutcome
@@ -113,10 +122,12 @@ class Waiting:
 
 @dataclass
 class CameraSeen:
+    task_id: str
     frames: int = 0
     inferred: int = 0
     last_captured_at: int = 0
     freshness: Freshness = Freshness.LATEST  # of its last frame
+    last_seen: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -177,7 +188,8 @@ class InferenceScheduler(Service):
         """Queue a frame. Waits while the room is full: of other cameras' frames, or, for a lossless task, of
         any frames (that wait is the backpressure that holds a recorded video's stream back)."""
         item = Waiting(frame, done, time.monotonic())
-        seen = self.cameras.setdefault(frame.camera_id, CameraSeen())
+        seen = self._seen(frame)
+        seen.last_seen = item.queued_at
         seen.frames += 1
         seen.last_captured_at = max(seen.last_captured_at, frame.captured_at)
         if seen.freshness is not frame.freshness or seen.frames == 1:
@@ -414,7 +426,7 @@ class InferenceScheduler(Service):
                 self._failed(item, sid, result)
                 continue
             FRAMES_DONE.labels("inferred", "").inc()
-            self.cameras.setdefault(item.frame.camera_id, CameraSeen()).inferred += 1
+            self._seen(item.frame).inferred += 1
             self._finish(item, DetectionEvent(frame=item.frame, service_id=sid, inference_ms=answer.round_trip_ms,
                                               service_ms=answer.service_ms, dispatched_at=dispatched_at,
                                               batch_size=len(batch), detections=result))
@@ -484,6 +496,29 @@ class InferenceScheduler(Service):
             self._finished.put_nowait((in_order.popleft().done, head_result))
         if not in_order:
             del self._in_order[item.key]
+
+    def _seen(self, frame: FrameEvent) -> CameraSeen:
+        seen = self.cameras.get(frame.camera_id)
+        if seen is None:
+            seen = self.cameras[frame.camera_id] = CameraSeen(frame.task_id)
+        return seen
+
+    @Service.timer(FORGET_EVERY_S)
+    async def _forget_hourly(self) -> None:
+        self.forget_idle(time.monotonic() - FORGET_AFTER_S)
+
+    def forget_idle(self, horizon: float) -> None:
+        """Cameras silent since `horizon` and services gone from the registry leave the maps and the metrics."""
+        for camera_id, seen in list(self.cameras.items()):
+            if seen.last_seen < horizon:
+                del self.cameras[camera_id]
+                for mode in Freshness:
+                    _unlabel(TASK_FRESHNESS, seen.task_id, mode.value)
+        known = {s.service_id for s in self.registry.known()}
+        for service_id in [sid for sid, load in self.loads.items() if sid not in known and not load.in_flight]:
+            del self.loads[service_id]
+            for metric in (IN_FLIGHT, BREAKER):
+                _unlabel(metric, service_id)
 
     def _gauge_waiting(self) -> None:
         size = self.queued
