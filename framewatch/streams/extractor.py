@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
+from prometheus_client import Counter
 
 from framewatch.schemas.config import Config
 from framewatch.schemas.events import CameraState, CameraStatus, DecodeError, TaskEvent, TaskOrigin
@@ -38,6 +39,10 @@ log = logging.getLogger("framewatch.extractor")
 
 STATUS_PERIOD_S = 5.0
 STOP_GRACE_S = 2.0
+CRASH_RESTART_S = 5.0
+
+CAMERA_CRASHES = Counter("framewatch_extractor_camera_crashes_total", "Camera runs that raised, restarted after 5 s",
+                         ["task"])
 
 
 @dataclass
@@ -155,9 +160,8 @@ class ExtractorService(ConsumerRebalanceListener):
         await publish_config_tasks(self.config, self.uplink.producer)
         self.consumer.subscribe([self.config.topic(TASKS.name)], listener=self)
         await self.consumer.start()
-        helpers = [asyncio.create_task(self.throttle.follow(self.config)), asyncio.create_task(self._report())]
-        for helper in helpers:
-            helper.add_done_callback(_log_failure)
+        helpers = [asyncio.create_task(self.throttle.follow(self.config), name="pressure follower"),
+                   asyncio.create_task(self._report(), name="status reporter")]
         try:
             while True:
                 batches = await self.consumer.getmany(timeout_ms=1000)
@@ -165,6 +169,7 @@ class ExtractorService(ConsumerRebalanceListener):
                     for record in records:
                         await self._take(record)
                 await self._end_replays()
+                _raise_if_ended(helpers)
         finally:
             for helper in helpers:
                 helper.cancel()
@@ -231,13 +236,29 @@ class ExtractorService(ConsumerRebalanceListener):
     def _start(self, task: CameraTask, partition: int) -> None:
         camera = Camera(task, self.config.frame_extractor, self.uplink, self.throttle)
         runner = asyncio.create_task(camera.run(), name=f"camera-{task.id}")
-        self.cameras[task.id] = Running(camera, partition, runner)
+        running = self.cameras[task.id] = Running(camera, partition, runner)
+        runner.add_done_callback(lambda _: self._ended(running))
         log.info("camera %s started (fw.tasks partition %d)", task.id, partition)
+
+    def _ended(self, running: Running) -> None:
+        """A camera whose run raised (a bug, not a camera fault: those it retries itself) starts again afresh."""
+        task = running.camera.task
+        if running.runner.cancelled() or (error := running.runner.exception()) is None:
+            return
+        CAMERA_CRASHES.labels(task.id).inc()
+        log.error("camera %s crashed, restarting it in %.0fs: %r", task.id, CRASH_RESTART_S, error,
+                  exc_info=error)
+        asyncio.get_running_loop().call_later(CRASH_RESTART_S, self._restart, running)
+
+    def _restart(self, crashed: Running) -> None:
+        task = crashed.camera.task
+        if self.cameras.get(task.id) is crashed:  # not stopped or replaced meanwhile
+            self._start(task, crashed.partition)
 
     async def _stop(self, task_id: str) -> None:
         running = self.cameras.pop(task_id)
         running.camera.stop()
-        with suppress(asyncio.CancelledError, TimeoutError):
+        with suppress(asyncio.CancelledError, Exception):  # a crash was logged when it happened
             await asyncio.wait_for(running.runner, STOP_GRACE_S)  # then cancelled: its reader may be mid-read
         await self._send_status(running.camera)
         self.reported.pop(task_id, None)
@@ -261,9 +282,15 @@ class ExtractorService(ConsumerRebalanceListener):
         self.reported[camera.task.id] = status
 
 
-def _log_failure(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and (error := task.exception()) is not None:
-        log.error("extractor: %s stopped: %r", task.get_coro(), error)
+class HelperEnded(RuntimeError):
+    """A task the extractor cannot work without has ended; the process stops so that its supervisor restarts it."""
+
+
+def _raise_if_ended(helpers: list[asyncio.Task[None]]) -> None:
+    for helper in helpers:
+        if helper.done():
+            error = None if helper.cancelled() else helper.exception()
+            raise HelperEnded(f"the extractor's {helper.get_name()} ended ({error!r}): stopping the extractor")
 
 
 async def serve_extractor(config: Config) -> None:
