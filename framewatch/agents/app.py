@@ -31,6 +31,7 @@ from framewatch.schemas.config import Config
 from framewatch.schemas.events import DeadLetter, DecodeError, Event
 from framewatch.schemas.tasks import CameraTask
 from framewatch.schemas.topics import TopicSpec
+from framewatch.streams.bus import kafka_options
 from framewatch.streams.deadline import exit_unless_stopped_within
 from framewatch.streams.objectstore import ObjectStore
 
@@ -215,11 +216,25 @@ class RebalanceWatch:
             os._exit(3)
 
 
+def broker_credentials(config: Config) -> faust.SASLCredentials | faust.SSLCredentials | None:
+    """Faust's form of the config's Kafka security settings (the other clients take `kafka_options`)."""
+    settings = config.framewatch
+    ssl_context = kafka_options(config).get("ssl_context")
+    if settings.kafka_security_protocol.startswith("SASL"):
+        return faust.SASLCredentials(username=settings.kafka_sasl_username,
+                                     password=settings.kafka_sasl_password.get_secret_value(),
+                                     ssl_context=ssl_context, mechanism=settings.kafka_sasl_mechanism)
+    if settings.kafka_security_protocol == "SSL":
+        return faust.SSLCredentials(ssl_context)
+    return None
+
+
 def create_app(config: Config) -> faust.App:
     namespace = config.framewatch.namespace
     app = WorkerApp(
         f"{namespace}-framewatch" if namespace else "framewatch",
-        broker=f"kafka://{config.kafka_bootstrap}",
+        broker=[f"kafka://{address}" for address in config.kafka_bootstrap.split(",")],
+        broker_credentials=broker_credentials(config),
         store="memory://",
         datadir=config.framewatch.data_dir or tempfile.mkdtemp(prefix="framewatch-worker-"),
         web_port=config.framewatch.worker_web_port,

@@ -39,7 +39,7 @@ from framewatch.schemas.events import (
     DecodeError,
 )
 from framewatch.schemas.topics import ALERTS_STORED, DEAD_LETTERS, PUBLISHED
-from framewatch.streams.bus import BrokerUnavailable, connect_admin, key_text, partitions
+from framewatch.streams.bus import BrokerUnavailable, connect_admin, kafka_options, key_text, partitions
 
 log = logging.getLogger("framewatch.publisher")
 
@@ -107,7 +107,7 @@ class AlertPublisher(Service):
         self._producers: dict[int, AIOKafkaProducer] = {}  # one per fw.alerts-stored partition this worker owns
 
     async def on_start(self) -> None:
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=self.config.kafka_bootstrap, group_id=self.group_id,
+        self._consumer = AIOKafkaConsumer(**kafka_options(self.config), group_id=self.group_id,
                                           enable_auto_commit=False, auto_offset_reset="earliest",
                                           isolation_level="read_committed")
         await self.consumer.start()
@@ -135,7 +135,7 @@ class AlertPublisher(Service):
             log.info("publishing for fw.alerts-stored partitions %s", sorted(fresh))
 
     async def _start_producer(self, partition: int) -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=self.config.kafka_bootstrap, linger_ms=5,
+        producer = AIOKafkaProducer(**kafka_options(self.config), linger_ms=5,
                                     transactional_id=self.transactional_id(partition))
         await producer.start()
         # start() does not wait for the producer id: an empty transaction gets it, and with it the fencing
@@ -163,7 +163,7 @@ class AlertPublisher(Service):
             count = (await partitions(admin, [self.markers]))[self.markers]
         finally:
             await admin.close()
-        reader = AIOKafkaConsumer(bootstrap_servers=self.config.kafka_bootstrap, group_id=None,
+        reader = AIOKafkaConsumer(**kafka_options(self.config), group_id=None,
                                   enable_auto_commit=False, isolation_level="read_committed")
         await reader.start()
         try:

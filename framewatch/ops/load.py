@@ -30,7 +30,7 @@ from framewatch.schemas.config import Config
 from framewatch.schemas.events import DecodeError, DetectionEvent, Event, FrameEvent, now_ms
 from framewatch.schemas.tasks import TaskType
 from framewatch.schemas.topics import FRAMES, TopicSpec, by_name
-from framewatch.streams.bus import connect_admin, ensure_topics, partitions
+from framewatch.streams.bus import connect_admin, ensure_topics, kafka_options, partitions
 from framewatch.streams.objectstore import ObjectStore
 
 log = logging.getLogger("framewatch.load")
@@ -59,7 +59,7 @@ class FrameLoad:
 
     async def send(self, frames: list[FrameEvent]) -> None:
         """These frame events, at once (their objects are the caller's business)."""
-        producer = AIOKafkaProducer(bootstrap_servers=self.config.kafka_bootstrap, acks="all")
+        producer = AIOKafkaProducer(**kafka_options(self.config), acks="all")
         await producer.start()
         try:
             for frame in frames:
@@ -71,7 +71,7 @@ class FrameLoad:
 
     async def run(self, duration_s: float) -> int:
         """Every camera sends a frame each interval (cameras spread evenly over it) for `duration_s`."""
-        producer = AIOKafkaProducer(bootstrap_servers=self.config.kafka_bootstrap, acks="all", linger_ms=5)
+        producer = AIOKafkaProducer(**kafka_options(self.config), acks="all", linger_ms=5)
         await producer.start()
         topic = self.config.topic(FRAMES.name)
         step = self.interval_s / len(self.cameras)
@@ -105,7 +105,7 @@ class TopicFollower:
     def __init__(self, config: Config, specs: list[TopicSpec]) -> None:
         self.config = config
         self.topics = [config.topic(spec.name) for spec in specs]
-        self.consumer = AIOKafkaConsumer(bootstrap_servers=config.kafka_bootstrap, group_id=None,
+        self.consumer = AIOKafkaConsumer(**kafka_options(config), group_id=None,
                                          enable_auto_commit=False)
         self.events: list[Event] = []
         self.undecodable = 0
@@ -128,6 +128,11 @@ class TopicFollower:
             await self.consumer.stop()
         except KafkaError as error:  # a broker it last fetched from is gone: nothing of ours is lost
             log.warning("follower stopped with an error: %r", error)
+        except asyncio.CancelledError:  # aiokafka's fetcher, cancelled mid-error, lets its cancellation out
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            log.warning("follower stopped while its fetcher was failing")
 
     async def poll(self, timeout_s: float = 0.5) -> list[Event]:
         batches = await self.consumer.getmany(timeout_ms=int(timeout_s * 1000), max_records=5000)

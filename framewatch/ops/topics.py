@@ -11,7 +11,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from framewatch.schemas.config import Config, mask_url
 from framewatch.schemas.events import DecodeError
 from framewatch.schemas.topics import by_name
-from framewatch.streams.bus import connect_admin, partitions, read_records
+from framewatch.streams.bus import connect_admin, kafka_options, partitions, read_records
 
 
 @dataclass
@@ -24,7 +24,7 @@ class TopicInfo:
 
 async def list_topics(config: Config) -> list[TopicInfo]:
     admin = await connect_admin(config)
-    consumer = AIOKafkaConsumer(bootstrap_servers=config.kafka_bootstrap, group_id=None)
+    consumer = AIOKafkaConsumer(**kafka_options(config), group_id=None)
     await consumer.start()
     try:
         names = sorted(n for n in await admin.list_topics() if not n.startswith("__"))

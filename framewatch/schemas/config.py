@@ -9,7 +9,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -168,6 +168,11 @@ class FramewatchSettings(Section):
 
     namespace: str = Field(default="", description="prefix for topics, consumer groups and the app id")
     kafka_bootstrap: str | None = Field(default=None, description="defaults to ai_analysis.mq_address")
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: SecretStr = SecretStr("")
+    kafka_ssl_cafile: str = Field(default="", description="CA bundle for SSL/SASL_SSL; the system's when empty")
     topic_partitions: int = Field(default=4, ge=1, description="partitions of every topic but fw.tasks: at most "
                                   "this many workers share the work")
     task_partitions: int = Field(default=16, ge=1, description="partitions of fw.tasks: at most this many extractors "
@@ -181,6 +186,13 @@ class FramewatchSettings(Section):
     extractor_metrics_port: int = 9464
     data_dir: str = Field(default="", description="Faust table state; a temporary folder per worker when empty")
     api_token: SecretStr = Field(default=SecretStr(""), description="when set, /api/* wants 'Authorization: Bearer …'")
+
+    @model_validator(mode="after")
+    def _kafka_credentials(self) -> FramewatchSettings:
+        if self.kafka_security_protocol.startswith("SASL") and not self.kafka_sasl_username:
+            raise ValueError(f"kafka_security_protocol {self.kafka_security_protocol} needs kafka_sasl_username "
+                             "(and kafka_sasl_password, or FRAMEWATCH_KAFKA_SASL_PASSWORD)")
+        return self
 
     @model_validator(mode="after")
     def _replicas(self) -> FramewatchSettings:
@@ -223,6 +235,8 @@ class Config(BaseModel):
 # variable -> (section, key): addresses and secrets that deployments inject rather than write down
 ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "FRAMEWATCH_KAFKA_BOOTSTRAP": ("framewatch", "kafka_bootstrap"),
+    "FRAMEWATCH_KAFKA_SASL_USERNAME": ("framewatch", "kafka_sasl_username"),
+    "FRAMEWATCH_KAFKA_SASL_PASSWORD": ("framewatch", "kafka_sasl_password"),
     "FRAMEWATCH_MQ_TOPIC": ("ai_analysis", "mq_topic"),
     "FRAMEWATCH_MINIO_ENDPOINT": ("frame_extractor", "minio", "endpoint"),
     "FRAMEWATCH_MINIO_ACCESS_KEY": ("frame_extractor", "minio", "access_key"),

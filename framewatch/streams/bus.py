@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.helpers import create_ssl_context
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -32,12 +34,25 @@ def _topic_config(spec: TopicSpec | None, config: Config) -> dict[str, str]:
     return settings
 
 
+def kafka_options(config: Config) -> dict[str, Any]:
+    """Where Kafka is and how to reach it (TLS, SASL), for every aiokafka client framewatch makes."""
+    settings = config.framewatch
+    options: dict[str, Any] = {"bootstrap_servers": config.kafka_bootstrap,
+                               "security_protocol": settings.kafka_security_protocol}
+    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
+        options["ssl_context"] = create_ssl_context(cafile=settings.kafka_ssl_cafile or None)
+    if settings.kafka_security_protocol.startswith("SASL"):
+        options.update(sasl_mechanism=settings.kafka_sasl_mechanism, sasl_plain_username=settings.kafka_sasl_username,
+                       sasl_plain_password=settings.kafka_sasl_password.get_secret_value())
+    return options
+
+
 def partitions_for(config: Config, spec: TopicSpec) -> int:
     return config.framewatch.task_partitions if spec.shards_cameras else config.framewatch.topic_partitions
 
 
 async def connect_admin(config: Config) -> AIOKafkaAdminClient:
-    admin = AIOKafkaAdminClient(bootstrap_servers=config.kafka_bootstrap, request_timeout_ms=5000)
+    admin = AIOKafkaAdminClient(**kafka_options(config), request_timeout_ms=5000)
     try:
         await asyncio.wait_for(admin.start(), CONNECT_TIMEOUT_S)
     except (TimeoutError, KafkaError, OSError) as error:
@@ -78,7 +93,7 @@ class EventProducer:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self._producer = AIOKafkaProducer(bootstrap_servers=config.kafka_bootstrap, acks="all",
+        self._producer = AIOKafkaProducer(**kafka_options(config), acks="all",
                                           enable_idempotence=True, linger_ms=5, request_timeout_ms=15000)
 
     async def start(self) -> None:
@@ -113,7 +128,7 @@ async def read_records(config: Config, topic: str, last: int | None = None,
         await admin.close()
     if count == 0:
         raise LookupError(f"topic {topic!r} does not exist at {config.kafka_bootstrap}")
-    consumer = AIOKafkaConsumer(bootstrap_servers=config.kafka_bootstrap, group_id=None, enable_auto_commit=False,
+    consumer = AIOKafkaConsumer(**kafka_options(config), group_id=None, enable_auto_commit=False,
                                 isolation_level="read_committed")
     await consumer.start()
     try:
@@ -148,7 +163,7 @@ async def latest(config: Config, spec: TopicSpec) -> dict[str, bytes | None]:
 async def follow(config: Config, spec: TopicSpec, from_beginning: bool = True) -> AsyncIterator[ConsumerRecord]:
     """Every record of every partition, without a consumer group: for state each process needs whole (the
     service registry, the task catalog) or a signal it only needs from now on (`from_beginning=False`)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=config.kafka_bootstrap, group_id=None, enable_auto_commit=False,
+    consumer = AIOKafkaConsumer(**kafka_options(config), group_id=None, enable_auto_commit=False,
                                 auto_offset_reset="earliest" if from_beginning else "latest")
     consumer.subscribe([config.topic(spec.name)])
     await consumer.start()

@@ -29,7 +29,7 @@ from framewatch.schemas.config import Config
 from framewatch.schemas.events import CameraState, CameraStatus, DecodeError, TaskEvent, TaskOrigin
 from framewatch.schemas.tasks import CameraTask
 from framewatch.schemas.topics import CAMERAS, TASKS
-from framewatch.streams.bus import EventProducer, ensure_topics, key_text, latest
+from framewatch.streams.bus import EventProducer, ensure_topics, kafka_options, key_text, latest
 from framewatch.streams.deadline import exit_unless_stopped_within
 from framewatch.streams.camera import Camera, Uplink
 from framewatch.streams.objectstore import ObjectStore
@@ -151,7 +151,7 @@ class ExtractorService(ConsumerRebalanceListener):
         self.replaying: dict[TopicPartition, Replay] = {}  # assigned, being read to their end
         self.owned: set[TopicPartition] = set()  # assigned and read to their end: records apply as they come
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=config.kafka_bootstrap, group_id=config.topic("framewatch-extractors"),
+            **kafka_options(config), group_id=config.topic("framewatch-extractors"),
             enable_auto_commit=False, auto_offset_reset="earliest",
             session_timeout_ms=10000, heartbeat_interval_ms=2000)  # a dead extractor's cameras move within ~10 s
 
