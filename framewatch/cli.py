@@ -12,6 +12,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from framewatch.errors import FramewatchError
 from framewatch.schemas.config import Config, ConfigError, load_config, mask_url, masked
 
 log = logging.getLogger("framewatch")
@@ -370,14 +371,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiokafka").setLevel(logging.DEBUG if args.verbose else logging.ERROR)
-    from framewatch.agents.database import DatabaseUnavailable
-    from framewatch.stack.base import StackError
-    from framewatch.streams.bus import BrokerUnavailable
-    from framewatch.streams.objectstore import StoreError
-
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, StackError, BrokerUnavailable, DatabaseUnavailable, StoreError, LookupError) as error:
+    except (FramewatchError, LookupError) as error:
         print(f"framewatch: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -6,6 +6,7 @@ with its reason instead of ending the agent (robinhood/faust#586).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -14,6 +15,7 @@ import time
 from typing import TypeVar
 
 import faust
+from aiokafka.errors import MessageSizeTooLargeError
 from faust.transport.drivers import aiokafka as kafka_driver
 from faust.types import TP
 from faust.types.transports import TransportT
@@ -44,7 +46,21 @@ REBALANCING = Gauge("framewatch_worker_rebalancing", "1 while the worker's consu
 REBALANCE_WAITS_ABANDONED = Counter("framewatch_worker_rebalance_waits_abandoned_total",
                                     "Rebalances or stops that handed partitions over with records still in flight")
 
+SEND_RETRIES = Counter("framewatch_worker_send_retries_total", "Sends retried while Kafka could not take them",
+                       ["topic"])
+SEND_RETRY_S = 0.5
+SEND_RETRY_MAX_S = 5.0
+
 E = TypeVar("E", bound=Event)
+
+
+def _too_large(error: BaseException | None) -> bool:
+    """A record Kafka will never take, however often it is sent (Faust wraps the producer's error)."""
+    while error is not None:
+        if isinstance(error, MessageSizeTooLargeError):
+            return True
+        error = error.__cause__
+    return False
 
 
 class Topology:
@@ -77,7 +93,21 @@ class Topology:
         return self.config.framewatch.topic_partitions
 
     async def send(self, topic: faust.TopicT, event: Event, key: str) -> None:
-        await topic.send(key=key.encode(), value=event.to_bytes())
+        """Sends, retrying while Kafka cannot take it: an agent whose body raised would have its records acked
+        (`take` acks a batch whatever its body did), so a stored alert would never be announced for publishing."""
+        value = event.to_bytes()
+        backoff = SEND_RETRY_S
+        while True:
+            try:
+                await topic.send(key=key.encode(), value=value)
+                return
+            except Exception as error:
+                if _too_large(error) or self.app.should_stop:
+                    raise
+                SEND_RETRIES.labels(topic.get_topic_name()).inc()
+                log.warning("sending to %s failed, retrying in %.1fs: %r", topic.get_topic_name(), backoff, error)
+                await asyncio.sleep(backoff)
+                backoff = min(2 * backoff, SEND_RETRY_MAX_S)
 
     async def decode(self, record: type[E], raw: bytes, topic: faust.TopicT) -> E | None:
         try:
@@ -101,7 +131,7 @@ class Resources(Service):
         self.registry = ServiceRegistry(config)
         self.catalog = task_catalog(config)  # fw.tasks
         self.camera_states = camera_states(config)  # fw.cameras
-        self.client = ServiceClient(config, self.store)
+        self.client = ServiceClient(config, self.store, regions=self.region_of)
         # each service's capacity, shared with the other workers (slots are PostgreSQL advisory locks)
         self.capacity = CapacityShare(config.database.dsn.get_secret_value(), config.framewatch.namespace,
                                       in_flight=lambda service_id: self.scheduler.in_flight_on(service_id))
@@ -125,6 +155,13 @@ class Resources(Service):
         await self.registry.stop()
         await self.client.close()
         await self.alerts.close()
+
+    def region_of(self, task_id: str) -> list[tuple[float, float]] | None:
+        task = self.task_settings(task_id)
+        return None if task is None else task.region
+
+    def frame_limit(self, task_id: str) -> int:
+        return self.config.frame_extractor.frame_limit(self.task_settings(task_id))
 
     def task_settings(self, task_id: str) -> CameraTask | None:
         """A task's rule settings as fw.tasks has them, else as this worker's config declares them, else None."""

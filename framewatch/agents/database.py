@@ -11,6 +11,7 @@ from importlib.resources import files
 import asyncpg
 import orjson
 
+from framewatch.errors import FramewatchError
 from framewatch.agents.queries import AlertQuery, CountQuery
 from framewatch.schemas.events import AlertEvent, CountWindow
 
@@ -35,11 +36,11 @@ UPSERT_COUNT = ("INSERT INTO counts (task_id, camera_id, task_type, window_start
                 "crossed_in = EXCLUDED.crossed_in, crossed_out = EXCLUDED.crossed_out")
 
 
-class DatabaseUnavailable(RuntimeError):
+class DatabaseUnavailable(FramewatchError, RuntimeError):
     """PostgreSQL could not be reached or could not run the statement now: worth retrying."""
 
 
-class DataRejected(ValueError):
+class DataRejected(FramewatchError, ValueError):
     """PostgreSQL refused the rows themselves (a data exception or a constraint): retrying cannot help."""
 
 

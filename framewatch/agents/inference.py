@@ -7,11 +7,13 @@ One pooled `httpx.AsyncClient` with keep-alive serves every service. A failure o
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
 from pydantic import ValidationError
 
+from framewatch.errors import FramewatchError
 from framewatch.agents.registry import RegisteredService
 from framewatch.schemas.config import Config
 from framewatch.schemas.contract import (
@@ -34,7 +36,7 @@ SERVICE_FAULTS = frozenset({"connect", "timeout", "transport", "http_5xx", "http
                             "malformed", "too_large", "service_error"})
 
 
-class InferenceFailure(Exception):
+class InferenceFailure(FramewatchError):
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
@@ -72,12 +74,17 @@ async def read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes:
     return bytes(body[:limit])
 
 
+Regions = Callable[[str], list[tuple[float, float]] | None]
+
+
 class ServiceClient:
-    def __init__(self, config: Config, store: ObjectStore | None = None) -> None:
-        """`store` presigns the image URLs of `infer`; a client that only `send`s inline images needs none."""
+    def __init__(self, config: Config, store: ObjectStore | None = None, regions: Regions | None = None) -> None:
+        """`store` presigns the image URLs of `infer`; a client that only `send`s inline images needs none.
+        `regions` gives a task's region as it stands (the worker's: fw.tasks, else the config)."""
         settings = config.ai_analysis
         self.store = store
-        self._regions = {task.id: task.region for task in config.frame_extractor.tasks}
+        configured = {task.id: task.region for task in config.frame_extractor.tasks}
+        self.region_of: Regions = regions or configured.get
         self.timeout = aiohttp.ClientTimeout(total=settings.infer_timeout_sec, connect=2.0)
         self.pool = max(settings.max_concurrent_infer, 1)
         self._http: aiohttp.ClientSession | None = None
@@ -100,7 +107,7 @@ class ServiceClient:
         return InferRequest(frames=[InferFrame(
             frame_id=frame.frame_id, task_type=frame.task_type,
             image_url=self.store.presign(frame.object_key, expiry_sec=IMAGE_URL_EXPIRY_S),
-            region=self._regions.get(frame.task_id)) for frame in frames])
+            region=self.region_of(frame.task_id)) for frame in frames])
 
     async def infer(self, service: RegisteredService, frames: list[FrameEvent]) -> BatchAnswer:
         return await self.send(service.heartbeat.endpoint, self.request(frames))

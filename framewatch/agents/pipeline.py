@@ -88,7 +88,7 @@ def build_worker(config: Config) -> tuple[faust.App, Topology, Resources]:
     sink = AlertSink(resources.alerts, dead_letter)
     relocator = Relocator(resources.store)
     extraction = config.frame_extractor
-    retention = Retention(resources.store, settings.save_only_with_detection, extraction.frame_limit_for,
+    retention = Retention(resources.store, settings.save_only_with_detection, resources.frame_limit,
                           extraction.max_frame_age_sec)
 
     async def hand_on(frames: faust.StreamT[bytes], event: faust.EventT[bytes],

@@ -13,12 +13,13 @@ from typing import Any, ClassVar, Self
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from framewatch.errors import FramewatchError, describe
 from framewatch.schemas.tasks import TaskType, parse_task_type
 
 MAX_PAGE = 500
 
 
-class BadQuery(ValueError):
+class BadQuery(FramewatchError, ValueError):
     """A query parameter framewatch cannot use; the message names it."""
 
 
@@ -79,8 +80,7 @@ class TimeRangeQuery(BaseModel):
         except BadQuery:
             raise
         except ValidationError as error:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'query'}: {e['msg']}" for e in error.errors())
-            raise BadQuery(problems) from None
+            raise BadQuery(describe(error, "query")) from None
 
     def filters(self) -> list[tuple[str, list[Any]]]:
         """(clause with a ? per value, values) beyond the time range."""

@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel
 
+from framewatch.errors import FramewatchError
 from framewatch.agents.inference import InferenceFailure, ServiceClient
 from framewatch.ops.scoring import RuleScore, ScoredAlert
 from framewatch.ops.tasks import validated
@@ -52,7 +53,7 @@ ATTEMPTS = 3  # per frame, with backoff: a replay waits out a detector's hiccup 
 DIGEST_CHUNK = 1 << 20
 
 
-class ReplayError(RuntimeError):
+class ReplayError(FramewatchError, RuntimeError):
     """A replay that cannot run: no such video, no detector to ask, nothing stored for the task."""
 
 

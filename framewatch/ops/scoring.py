@@ -23,6 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from framewatch.errors import describe
 from framewatch.schemas.config import ConfigError
 
 
@@ -69,8 +70,7 @@ def load_truth(path: Path) -> Truth:
     except OSError as error:
         raise ConfigError(f"{path}: cannot read the truth file ({error.strerror})") from None
     except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'file'}: {e['msg']}" for e in error.errors())
-        raise ConfigError(f"{path}: not a truth file: {problems}") from None
+        raise ConfigError(f"{path}: not a truth file: {describe(error, 'file')}") from None
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from framewatch.errors import describe
 from framewatch.schemas.config import Config, ConfigError, mask_url
 from framewatch.schemas.events import CameraState, CameraStatus, DecodeError, TaskEvent, TaskOrigin, now_ms
 from framewatch.schemas.tasks import CameraTask
@@ -36,9 +37,7 @@ def validated(values: dict[str, Any]) -> CameraTask:
     try:
         return CameraTask.model_validate(values)
     except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'task'}: {e['msg'].removeprefix('Value error, ')}"
-                             for e in error.errors())
-        raise ConfigError(f"task {values.get('id')!r}: {problems}") from None
+        raise ConfigError(f"task {values.get('id')!r}: {describe(error, 'task')}") from None
 
 
 async def current_tasks(config: Config) -> dict[str, TaskEvent]:

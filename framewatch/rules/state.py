@@ -8,12 +8,13 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ValidationError
 
+from framewatch.errors import FramewatchError, describe
 from framewatch.schemas.geometry import Box, Point, foot
 
 SEEN_FRAMES = 64  # capture times remembered to recognise a replayed frame
 
 
-class StateUnreadable(ValueError):
+class StateUnreadable(FramewatchError, ValueError):
     """A stored rule state that does not decode (corrupt, or written by an incompatible version)."""
 
 
@@ -87,8 +88,7 @@ class RuleState(BaseModel):
         except orjson.JSONDecodeError as error:
             raise StateUnreadable(f"not JSON: {error}") from None
         except ValidationError as error:
-            raise StateUnreadable("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
-                                            for e in error.errors())) from None
+            raise StateUnreadable(describe(error, "state")) from None
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(self.model_dump(mode="json", exclude_defaults=True))

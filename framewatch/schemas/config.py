@@ -21,10 +21,11 @@ from pydantic import (
     model_validator,
 )
 
+from framewatch.errors import FramewatchError
 from framewatch.schemas.tasks import CameraTask, Freshness, TaskType, TaskTypes, is_file_source
 
 
-class ConfigError(ValueError):
+class ConfigError(FramewatchError, ValueError):
     """A config file could not be read or holds a value framewatch cannot use; the message names file and key."""
 
 
@@ -93,9 +94,8 @@ class FrameExtractorSettings(Section):
             raise ValueError(f"task ids must be unique; repeated: {', '.join(duplicates)}")
         return self
 
-    def frame_limit_for(self, task_id: str) -> int:
+    def frame_limit(self, task: CameraTask | None) -> int:
         """The task's max_frame_count, else the section's; 0 means no limit."""
-        task = next((t for t in self.tasks if t.id == task_id), None)
         return task.max_frame_count if task is not None and task.max_frame_count is not None else self.max_frame_count
 
     def interval_for(self, task: CameraTask) -> int:

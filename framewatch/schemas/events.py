@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Literal, Self, TypeVar
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from framewatch.errors import FramewatchError, describe
 from framewatch.schemas.geometry import Point, foot
 from framewatch.schemas.tasks import CameraTask, Freshness, TaskType
 
@@ -25,7 +26,7 @@ ID_NAMESPACE = uuid.UUID("6f1c0e62-4c55-4d0e-9a57-1f1f3e0f7a11")
 E = TypeVar("E", bound="Event")
 
 
-class DecodeError(ValueError):
+class DecodeError(FramewatchError, ValueError):
     """Bytes on a topic that are not a valid record of the expected kind."""
 
 
@@ -61,8 +62,7 @@ class Event(BaseModel):
         except orjson.JSONDecodeError as error:
             raise DecodeError(f"{cls.__name__}: not JSON ({error})") from None
         except ValidationError as error:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-            raise DecodeError(f"{cls.__name__}: {problems}") from None
+            raise DecodeError(f"{cls.__name__}: {describe(error, 'record')}") from None
 
     def restamped(self) -> Self:
         return self.model_copy(update={"emitted_at": now_ms()})

@@ -17,8 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from framewatch.errors import FramewatchError
 
-class StackError(RuntimeError):
+
+class StackError(FramewatchError, RuntimeError):
     """A part of the local stack could not be installed, started or reached."""
 
 

@@ -25,6 +25,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord
 from aiokafka.errors import KafkaError
 from prometheus_client import Counter
 
+from framewatch.errors import FramewatchError
 from framewatch.schemas.config import Config
 from framewatch.schemas.events import CameraState, CameraStatus, DecodeError, TaskEvent, TaskOrigin
 from framewatch.schemas.tasks import CameraTask
@@ -282,7 +283,7 @@ class ExtractorService(ConsumerRebalanceListener):
         self.reported[camera.task.id] = status
 
 
-class HelperEnded(RuntimeError):
+class HelperEnded(FramewatchError, RuntimeError):
     """A task the extractor cannot work without has ended; the process stops so that its supervisor restarts it."""
 
 

@@ -14,12 +14,13 @@ from minio.commonconfig import CopySource
 from minio.deleteobjects import DeleteObject
 from minio.error import S3Error
 
+from framewatch.errors import FramewatchError
 from framewatch.schemas.config import MinioSettings
 
 T = TypeVar("T")
 
 
-class StoreError(RuntimeError):
+class StoreError(FramewatchError, RuntimeError):
     """The object store refused or could not be reached; the message names the endpoint, bucket and key."""
 
 

@@ -20,6 +20,7 @@ import av
 import av.container
 import av.error
 
+from framewatch.errors import FramewatchError
 from framewatch.schemas.config import mask_url
 from framewatch.schemas.events import now_ms
 from framewatch.schemas.tasks import DecodeMode, RtspTransport, is_file_source
@@ -33,7 +34,7 @@ LIVE_PROBE = {"analyzeduration": "100000", "probesize": "32768"}
 CORRUPT_PACKETS_IN_A_ROW = 25  # more than this many undecodable packets in a row: reconnect
 
 
-class SourceError(RuntimeError):
+class SourceError(FramewatchError, RuntimeError):
     """A source could not be opened or read; the message names the (masked) URL and the cause. `permanent` when
     retrying cannot help (wrong credentials, not a video): the camera waits for its task to change."""
 
