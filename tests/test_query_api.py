@@ -173,12 +173,12 @@ def listening_addresses(pid: int) -> set[str]:
     return found
 
 
-def test_by_default_the_worker_listens_on_loopback_only(api: tuple[Fleet, str]) -> None:
+def test_by_default_the_worker_and_the_services_listen_on_loopback_only(api: tuple[Fleet, str]) -> None:
     fleet, _ = api
-    worker = fleet.run.processes[-1].process.pid
-    listening = listening_addresses(worker)
-    assert listening, "the worker listens somewhere"
-    assert all(address.split(":")[0] in ("127.0.0.1", "::1") for address in listening), listening
+    for process in fleet.run.processes:  # the algorithm services' process, then the worker
+        listening = listening_addresses(process.process.pid)
+        assert listening, f"the {process.name} listens somewhere"
+        assert all(address.split(":")[0] in ("127.0.0.1", "::1") for address in listening), (process.name, listening)
 
 
 @pytest.mark.parametrize("path", ["/router/", "/table/", "/graph/", "/stats/"])
