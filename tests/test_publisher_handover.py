@@ -83,7 +83,16 @@ async def read_published(config: Config, expected: int) -> Counter[str]:
 
 
 async def test_alerts_are_published_once_while_partitions_move_between_workers(stack_config: Config) -> None:
-    config = stack_config
+    try:
+        async with asyncio.timeout(240):
+            await publish_while_moving(stack_config)
+    except TimeoutError:
+        for task in asyncio.all_tasks():  # where it waits, for whoever reads the failure
+            task.print_stack(limit=8)
+        raise
+
+
+async def publish_while_moving(config: Config) -> None:
     await ensure_topics(config)
     app_id = f"{config.framewatch.namespace}-framewatch"
     storing = asyncio.create_task(store_alerts(config))

@@ -27,7 +27,7 @@ from aiokafka import (
     ConsumerRebalanceListener,
     TopicPartition,
 )
-from aiokafka.errors import KafkaError, ProducerFenced
+from aiokafka.errors import KafkaError, KafkaTimeoutError, ProducerFenced
 from mode import Service
 from prometheus_client import Counter, Gauge
 
@@ -51,6 +51,8 @@ REMEMBERED = Gauge("framewatch_publisher_remembered_ids", "Published alert ids k
 HANDOVER_FAILURES = Counter("framewatch_publisher_handover_failures_total",
                             "Failed attempts to take partitions over (start their producers, read the markers)")
 
+HANDOVER_WAIT_S = 20.0
+MARKERS_READ_S = 30.0
 HANDOVER_RETRY_S = 1.0
 HANDOVER_RETRY_MAX_S = 15.0
 PAYLOAD_VERSION = 1
@@ -72,8 +74,16 @@ class _Handover(ConsumerRebalanceListener):
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         self.publisher.remembered.clear()
-        async with self.publisher.publishing:  # a transaction under way ends before its partition goes
+        try:  # a transaction under way ends before its partition goes...
+            await asyncio.wait_for(self.publisher.publishing.acquire(), HANDOVER_WAIT_S)
+        except TimeoutError:  # ...or is left to the next owner, whose producer aborts and fences it
+            log.warning("a publish transaction outlasted %.0fs: handing its partitions over anyway", HANDOVER_WAIT_S)
             await self.publisher.release(revoked)
+            return
+        try:
+            await self.publisher.release(revoked)
+        finally:
+            self.publisher.publishing.release()
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self.publisher.remembered.clear()
@@ -115,7 +125,10 @@ class AlertPublisher(Service):
 
     async def on_stop(self) -> None:
         if self._consumer is not None:
-            await self._consumer.stop()  # revokes the partitions: their producers stop
+            try:  # revokes the partitions: their producers stop
+                await asyncio.wait_for(self._consumer.stop(), HANDOVER_WAIT_S + 10)
+            except TimeoutError:
+                log.warning("the publisher's consumer did not stop within %.0fs", HANDOVER_WAIT_S + 10)
         await self.release([TopicPartition(self.source, p) for p in list(self._producers)])
 
     @property
@@ -171,8 +184,11 @@ class AlertPublisher(Service):
             reader.assign(tps)
             await reader.seek_to_beginning(*tps)
             ends = await reader.end_offsets(tps)
+            deadline = time.monotonic() + MARKERS_READ_S
             for tp in tps:
                 while await reader.position(tp) < ends[tp]:
+                    if time.monotonic() > deadline:  # the caller retries; better than waiting in silence
+                        raise KafkaTimeoutError(f"reading {self.markers} to its end took over {MARKERS_READ_S:.0f}s")
                     for record in (await reader.getmany(tp, timeout_ms=1000)).get(tp, []):
                         if record.key is not None:
                             self.published[key_text(record.key)] = record.timestamp
