@@ -149,7 +149,10 @@ def test_minute_counts_agree_with_the_crossings(crossings: ClipRun) -> None:
     # still in the incident its first crossing opened
     for direction, count in counted.items():
         assert count >= sum(1 for a in crossed if a.evidence["direction"] == direction)
-    assert counted["out"] >= 3
+    # the closed minutes depend on the wall clock's second when the clip starts (a minute closes with the next
+    # minute's first frame): the three crossings out of the labelled first 25 s count once those 25 s are closed
+    if closed_until_ms - min(crossings.frame_times_ms) >= 25_000:
+        assert counted["out"] >= 3
     assert sum(w["samples"] for w in crossings.windows) == sum(1 for t in crossings.frame_times_ms
                                                                 if t < closed_until_ms)
 
