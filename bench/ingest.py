@@ -29,12 +29,12 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from framewatch.clients.objectstore import ObjectStore
 from framewatch.ops.camera import h264_clip, start_publisher
 from framewatch.ops.demo import ServiceProcess
 from framewatch.ops.load import free_port, namespaced_env, print_figures, print_table
 from framewatch.schemas.config import Config, load_config
 from framewatch.stack import LocalStack, StackHome
-from framewatch.streams.objectstore import ObjectStore
 
 ROOT = Path(__file__).resolve().parents[1]
 PATHS = 4  # published streams; cameras read them in turn, so their key frames do not all come at once

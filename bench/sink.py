@@ -32,7 +32,7 @@ import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer
 
-from framewatch.agents.database import ALERT_COLUMNS, AlertStore, alert_row
+from framewatch.clients.database import ALERT_COLUMNS, AlertStore, alert_row
 from framewatch.ops.load import FrameLoad, print_figures, start_fleet
 from framewatch.schemas.config import Config, load_config
 from framewatch.schemas.events import AlertEvent

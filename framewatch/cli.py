@@ -54,7 +54,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def cmd_db_migrate(args: argparse.Namespace) -> int:
-    from framewatch.agents.database import AlertStore
+    from framewatch.clients.database import AlertStore
 
     async def run() -> None:
         store = AlertStore(_config(args).database.dsn.get_secret_value())
@@ -116,8 +116,8 @@ def cmd_cameras(args: argparse.Namespace) -> int:
 
 
 def cmd_detector(args: argparse.Namespace) -> int:
+    from framewatch.clients.bus import ensure_topics
     from framewatch.detector.service import DetectorSettings, serve
-    from framewatch.streams.bus import ensure_topics
 
     config = _config(args)
     asyncio.run(ensure_topics(config))
@@ -131,13 +131,13 @@ def cmd_detector(args: argparse.Namespace) -> int:
 def cmd_fake_detector(args: argparse.Namespace) -> int:
     import uvloop
 
+    from framewatch.clients.bus import ensure_topics
     from framewatch.detector.misbehaving import (
         Behaviour,
         Fault,
         MisbehavingService,
         run_fleet,
     )
-    from framewatch.streams.bus import ensure_topics
 
     config = None if args.no_announce else _config(args)
     if config is not None:
@@ -175,7 +175,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     from framewatch.agents.app import Worker
     from framewatch.agents.pipeline import build_worker
-    from framewatch.streams.bus import ensure_topics
+    from framewatch.clients.bus import ensure_topics
 
     config = _config(args)
     asyncio.run(ensure_topics(config))

@@ -12,6 +12,8 @@ import asyncpg
 import httpx
 import orjson
 
+from framewatch.clients.bus import read_records
+from framewatch.clients.objectstore import ObjectStore
 from framewatch.ops.load import FrameLoad, TopicFollower, start_fleet
 from framewatch.schemas.config import Config
 from framewatch.schemas.events import AlertEvent, DeadLetter, now_ms
@@ -19,8 +21,6 @@ from framewatch.schemas.topics import ALERTS, DEAD_LETTERS
 from framewatch.stack.base import StackHome
 from framewatch.stack.minio import Minio
 from framewatch.stack.postgres import Postgres
-from framewatch.streams.bus import read_records
-from framewatch.streams.objectstore import ObjectStore
 from tests.conftest import SAMPLE_JPEG
 
 CAMERAS = 10

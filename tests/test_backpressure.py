@@ -14,13 +14,13 @@ from pathlib import Path
 
 import httpx
 
+from framewatch.clients.bus import read_records
 from framewatch.ops.demo import ServiceProcess
 from framewatch.ops.load import start_fleet
 from framewatch.ops.tasks import camera_statuses
 from framewatch.schemas.config import Config
 from framewatch.schemas.events import CameraStatus, FrameOutcome
 from framewatch.schemas.topics import FRAME_OUTCOMES, FRAMES
-from framewatch.streams.bus import read_records
 from framewatch.streams.extractor import run_extractor
 from framewatch.streams.pressure import LOSSLESS_AHEAD
 from tests.conftest import ROOT, SAMPLE_CLIP, free_port

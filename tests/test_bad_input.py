@@ -20,6 +20,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import MessageSizeTooLargeError
 
+from framewatch.clients.objectstore import ObjectStore
 from framewatch.ops.load import Fleet, FrameLoad, TopicFollower, start_fleet
 from framewatch.schemas.config import Config
 from framewatch.schemas.events import (
@@ -49,7 +50,6 @@ from framewatch.schemas.topics import (
     TASKS,
     TopicSpec,
 )
-from framewatch.streams.objectstore import ObjectStore
 from tests.conftest import SAMPLE_JPEG
 from tests.test_alert_path import settle_stored
 from tests.test_events import frame

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from framewatch.clients.bus import connect_admin
 from framewatch.ops.load import Fleet, FrameLoad, TopicFollower, start_fleet
 from framewatch.schemas.events import FrameOutcome
 from framewatch.schemas.topics import FRAME_OUTCOMES
 from framewatch.stack import LocalStack
 from framewatch.stack.kafka import Kafka
-from framewatch.streams.bus import connect_admin
 
 CLUSTER_CONFIG = """
 [framewatch]

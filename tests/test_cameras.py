@@ -16,15 +16,15 @@ from pathlib import Path
 
 import pytest
 
+from framewatch.clients.bus import read_records
+from framewatch.clients.objectstore import ObjectStore
 from framewatch.ops.camera import start_publisher
 from framewatch.schemas.config import Config, load_config
 from framewatch.schemas.events import CameraState, FrameEvent
 from framewatch.stack import StackHome
 from framewatch.stack.mediamtx import Mediamtx, server_config
-from framewatch.streams.bus import read_records
 from framewatch.streams.camera import Camera
 from framewatch.streams.extractor import open_uplink
-from framewatch.streams.objectstore import ObjectStore
 from tests.conftest import SAMPLE_CLIP, Clips, free_port, free_ports, write_config
 
 

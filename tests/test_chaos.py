@@ -29,14 +29,14 @@ import httpx
 import pytest
 from aiokafka import TopicPartition
 
+from framewatch.clients.bus import connect_admin, ensure_topics, read_records
+from framewatch.clients.objectstore import ObjectStore
 from framewatch.ops.demo import ServiceProcess
 from framewatch.ops.load import free_port, free_ports, namespaced_env
 from framewatch.schemas.config import Config, load_config
 from framewatch.schemas.events import AlertEvent, FrameEvent, FrameOutcome
 from framewatch.schemas.topics import ALERTS, FRAME_OUTCOMES, FRAMES
 from framewatch.stack import LocalStack
-from framewatch.streams.bus import connect_admin, ensure_topics, read_records
-from framewatch.streams.objectstore import ObjectStore
 from tests.conftest import SAMPLE_CLIP, write_config
 from tests.test_alert_path import missing_images, published, stored
 

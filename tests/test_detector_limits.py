@@ -12,7 +12,11 @@ import pytest
 from aiohttp import web
 
 from framewatch.detector.hog import HogPeopleDetector, image_size
-from framewatch.detector.service import MAX_IMAGE_BYTES, DetectorService, DetectorSettings
+from framewatch.detector.service import (
+    MAX_IMAGE_BYTES,
+    DetectorService,
+    DetectorSettings,
+)
 from framewatch.schemas.config import Config
 from framewatch.schemas.contract import ErrorCode, InferFrame
 from framewatch.schemas.tasks import TaskType

@@ -6,9 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from framewatch.clients.objectstore import ObjectStore
 from framewatch.schemas.config import load_config
 from framewatch.streams.extractor import run_extractor
-from framewatch.streams.objectstore import ObjectStore
 from tests.conftest import ROOT, SAMPLE_CLIP, free_port, write_config
 
 

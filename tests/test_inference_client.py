@@ -12,7 +12,12 @@ from aiohttp import web
 
 from framewatch.agents.inference import InferenceFailure, ServiceClient
 from framewatch.schemas.config import Config
-from framewatch.schemas.contract import INFER_PATH, MAX_RESPONSE_BYTES, InferFrame, InferRequest
+from framewatch.schemas.contract import (
+    INFER_PATH,
+    MAX_RESPONSE_BYTES,
+    InferFrame,
+    InferRequest,
+)
 from framewatch.schemas.tasks import TaskType
 from tests.conftest import free_port
 

@@ -10,8 +10,8 @@ import faust
 import pytest
 
 from framewatch.agents.app import broker_credentials
+from framewatch.clients.bus import kafka_options
 from framewatch.schemas.config import ConfigError, load_config
-from framewatch.streams.bus import kafka_options
 from tests.conftest import write_config
 
 

@@ -44,7 +44,7 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory, stack_env: dict[str, 
            "FRAMEWATCH_DETECTOR_PORT": "18500"}
     folder = tmp_path_factory.mktemp("e2e")
     run = PipelineRun(write_config(folder / "e2e.toml", CONFIG), env, folder / "logs")
-    from framewatch.streams.bus import ensure_topics
+    from framewatch.clients.bus import ensure_topics
 
     asyncio.run(ensure_topics(run.config))
     run.start()

@@ -12,10 +12,15 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from framewatch.agents.publisher import AlertPublisher
+from framewatch.clients.bus import (
+    EventProducer,
+    connect_admin,
+    ensure_topics,
+    partitions,
+)
 from framewatch.schemas.config import Config
 from framewatch.schemas.events import AlertEvent, AlertStored, FrameEvent, now_ms
 from framewatch.schemas.topics import ALERTS_STORED
-from framewatch.streams.bus import EventProducer, connect_admin, ensure_topics, partitions
 from tests.test_events import frame
 
 ALERTS = 1500

@@ -7,9 +7,10 @@ import itertools
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
-from framewatch.agents.database import AlertStore
 from framewatch.agents.housekeeping import Housekeeping
 from framewatch.agents.retention import Retention
+from framewatch.clients.database import AlertStore
+from framewatch.clients.objectstore import ObjectStore
 from framewatch.schemas.config import Config
 from framewatch.schemas.events import (
     AlertEvent,
@@ -18,7 +19,6 @@ from framewatch.schemas.events import (
     Outcome,
     now_ms,
 )
-from framewatch.streams.objectstore import ObjectStore
 from tests.conftest import SAMPLE_JPEG, free_port
 from tests.test_events import frame
 

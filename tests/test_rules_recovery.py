@@ -17,12 +17,12 @@ import asyncpg
 import orjson
 from aiokafka import AIOKafkaProducer
 
+from framewatch.clients.objectstore import ObjectStore
 from framewatch.ops.load import TopicFollower, start_fleet
 from framewatch.schemas.config import Config
 from framewatch.schemas.events import Detection, DetectionEvent, FrameEvent, now_ms
 from framewatch.schemas.tasks import TaskType
 from framewatch.schemas.topics import DETECTIONS, FRAME_OUTCOMES
-from framewatch.streams.objectstore import ObjectStore
 from tests.conftest import SAMPLE_JPEG
 from tests.test_alert_path import published
 

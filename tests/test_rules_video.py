@@ -32,12 +32,12 @@ import asyncpg
 import orjson
 import pytest
 
+from framewatch.clients.bus import ensure_topics, read_records
 from framewatch.ops.demo import PipelineRun
 from framewatch.ops.load import namespaced_env
 from framewatch.ops.scoring import RuleScore, ScoredAlert, load_truth, score
 from framewatch.schemas.events import FrameOutcome, Outcome
 from framewatch.schemas.topics import FRAME_OUTCOMES
-from framewatch.streams.bus import ensure_topics, read_records
 from tests.conftest import ROOT, VTEST, free_port, write_config
 
 TRUTH = ROOT / "samples" / "truth" / "vtest.json"

@@ -15,11 +15,11 @@ from framewatch.agents.breaker import BreakerSettings, BreakerState, CircuitBrea
 from framewatch.agents.inference import ServiceClient
 from framewatch.agents.registry import ServiceRegistry
 from framewatch.agents.scheduler import Capacity, InferenceScheduler
+from framewatch.clients.objectstore import ObjectStore
 from framewatch.detector.misbehaving import Behaviour, Fault, MisbehavingService, serve
 from framewatch.schemas.config import Config, StaticService
 from framewatch.schemas.events import DetectionEvent, FrameEvent, FrameOutcome, now_ms
 from framewatch.schemas.tasks import Freshness
-from framewatch.streams.objectstore import ObjectStore
 from tests.conftest import free_port
 from tests.test_events import frame
 

@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from framewatch.agents.database import AlertStore
 from framewatch.agents.sink import AlertSink
+from framewatch.clients.database import AlertStore
 from framewatch.schemas.config import Config
 from framewatch.schemas.events import AlertEvent, CountWindow, Event, FrameEvent
 from framewatch.schemas.tasks import TaskType

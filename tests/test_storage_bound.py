@@ -6,8 +6,8 @@ import asyncio
 import time
 from pathlib import Path
 
+from framewatch.clients.objectstore import ObjectStore
 from framewatch.ops.load import FrameLoad, start_fleet
-from framewatch.streams.objectstore import ObjectStore
 from tests.conftest import SAMPLE_JPEG
 
 CAMERAS, FPS = 10, 5  # 50 frames/s against one 140 ms service (7.1 frames/s): 7 : 1

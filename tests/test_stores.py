@@ -8,9 +8,9 @@ import time
 
 import asyncpg
 
-from framewatch.agents.database import AlertStore, migrations
+from framewatch.clients.database import AlertStore, migrations
+from framewatch.clients.objectstore import ObjectStore
 from framewatch.schemas.config import Config
-from framewatch.streams.objectstore import ObjectStore
 from tests.conftest import ROOT
 from tests.test_rules import Camera, person
 

@@ -24,18 +24,18 @@ from prometheus_client import Counter, Gauge
 
 from framewatch.agents.capacity import CapacityShare
 from framewatch.agents.catalog import camera_states, task_catalog
-from framewatch.agents.database import AlertStore
 from framewatch.agents.inference import ServiceClient
 from framewatch.agents.registry import ServiceRegistry
 from framewatch.agents.scheduler import InferenceScheduler
+from framewatch.clients.bus import kafka_options
+from framewatch.clients.database import AlertStore
+from framewatch.clients.objectstore import ObjectStore
 from framewatch.schemas import topics
 from framewatch.schemas.config import Config
 from framewatch.schemas.events import DeadLetter, DecodeError, Event
 from framewatch.schemas.tasks import CameraTask
 from framewatch.schemas.topics import TopicSpec
-from framewatch.streams.bus import kafka_options
 from framewatch.streams.deadline import exit_unless_stopped_within
-from framewatch.streams.objectstore import ObjectStore
 
 log = logging.getLogger("framewatch.worker")
 

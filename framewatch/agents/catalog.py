@@ -13,11 +13,11 @@ from typing import Generic, TypeVar
 
 from mode import Service
 
+from framewatch.clients.bus import follow, key_text
 from framewatch.schemas.config import Config
 from framewatch.schemas.events import CameraStatus, DecodeError, TaskEvent
 from framewatch.schemas.tasks import CameraTask
 from framewatch.schemas.topics import CAMERAS, TASKS, TopicSpec
-from framewatch.streams.bus import follow, key_text
 
 log = logging.getLogger("framewatch.catalog")
 

@@ -15,10 +15,10 @@ from datetime import UTC, datetime, timedelta
 
 from prometheus_client import Counter
 
-from framewatch.agents.database import AlertStore, DatabaseUnavailable
+from framewatch.clients.database import AlertStore, DatabaseUnavailable
+from framewatch.clients.objectstore import ObjectStore, StoreError
 from framewatch.schemas.config import Config
 from framewatch.schemas.events import RetentionEvent
-from framewatch.streams.objectstore import ObjectStore, StoreError
 
 log = logging.getLogger("framewatch.housekeeping")
 

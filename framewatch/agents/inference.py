@@ -13,8 +13,9 @@ from dataclasses import dataclass
 import aiohttp
 from pydantic import ValidationError
 
-from framewatch.errors import FramewatchError
 from framewatch.agents.registry import RegisteredService
+from framewatch.clients.objectstore import ObjectStore
+from framewatch.errors import FramewatchError
 from framewatch.schemas.config import Config
 from framewatch.schemas.contract import (
     INFER_PATH,
@@ -27,7 +28,6 @@ from framewatch.schemas.contract import (
     ServiceError,
 )
 from framewatch.schemas.events import Detection, FrameEvent
-from framewatch.streams.objectstore import ObjectStore
 
 IMAGE_URL_EXPIRY_S = 600
 

@@ -28,7 +28,6 @@ from framewatch.agents.web import attach_web
 from framewatch.rules.engine import Evaluation, Status, evaluate
 from framewatch.rules.state import RuleState, StateUnreadable
 from framewatch.schemas.config import Config
-from framewatch.schemas.topics import MAX_RECORD_BYTES
 from framewatch.schemas.events import (
     AlertEvent,
     AlertStored,
@@ -42,6 +41,7 @@ from framewatch.schemas.events import (
     Outcome,
     now_ms,
 )
+from framewatch.schemas.topics import MAX_RECORD_BYTES
 
 log = logging.getLogger("framewatch.worker")
 

@@ -31,6 +31,13 @@ from aiokafka.errors import KafkaError, KafkaTimeoutError, ProducerFenced
 from mode import Service
 from prometheus_client import Counter, Gauge
 
+from framewatch.clients.bus import (
+    BrokerUnavailable,
+    connect_admin,
+    kafka_options,
+    key_text,
+    partitions,
+)
 from framewatch.schemas.config import Config
 from framewatch.schemas.events import (
     AlertPublished,
@@ -39,7 +46,6 @@ from framewatch.schemas.events import (
     DecodeError,
 )
 from framewatch.schemas.topics import ALERTS_STORED, DEAD_LETTERS, PUBLISHED
-from framewatch.streams.bus import BrokerUnavailable, connect_admin, kafka_options, key_text, partitions
 
 log = logging.getLogger("framewatch.publisher")
 

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from mode import Service
 from prometheus_client import Counter, Gauge
 
+from framewatch.clients.bus import follow, key_text
 from framewatch.schemas.config import Config
 from framewatch.schemas.events import DecodeError, ServiceHeartbeat
 from framewatch.schemas.tasks import TaskType
 from framewatch.schemas.topics import SERVICES
-from framewatch.streams.bus import follow, key_text
 
 log = logging.getLogger("framewatch.registry")
 

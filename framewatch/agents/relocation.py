@@ -13,8 +13,8 @@ import logging
 
 from prometheus_client import Counter
 
+from framewatch.clients.objectstore import ObjectStore, StoreError
 from framewatch.schemas.events import AlertEvent
-from framewatch.streams.objectstore import ObjectStore, StoreError
 
 log = logging.getLogger("framewatch.relocation")
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from prometheus_client import Counter, Gauge
 
 from framewatch.agents.relocation import IMAGE_NOT_COPIED
+from framewatch.clients.objectstore import ObjectStore, StoreError
 from framewatch.schemas.events import (
     FrameEvent,
     FrameOutcome,
@@ -31,7 +32,6 @@ from framewatch.schemas.events import (
     RetentionEvent,
     now_ms,
 )
-from framewatch.streams.objectstore import ObjectStore, StoreError
 
 log = logging.getLogger("framewatch.retention")
 

@@ -16,7 +16,7 @@ from typing import TypeVar
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from framewatch.agents.database import AlertStore, DatabaseUnavailable, DataRejected
+from framewatch.clients.database import AlertStore, DatabaseUnavailable, DataRejected
 from framewatch.schemas.events import AlertEvent, CountWindow, Event
 
 log = logging.getLogger("framewatch.sink")

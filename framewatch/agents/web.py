@@ -16,8 +16,8 @@ from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, generate_latest
 
 from framewatch.agents.app import Resources
-from framewatch.agents.database import DatabaseUnavailable
-from framewatch.agents.queries import (
+from framewatch.clients.database import DatabaseUnavailable
+from framewatch.schemas.queries import (
     AlertQuery,
     BadQuery,
     CountQuery,

@@ -6,10 +6,10 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from framewatch.clients.bus import EventProducer
 from framewatch.schemas.config import Config
 from framewatch.schemas.events import ServiceHeartbeat
 from framewatch.schemas.topics import SERVICES
-from framewatch.streams.bus import EventProducer
 
 log = logging.getLogger("framewatch.detector")
 

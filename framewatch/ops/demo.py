@@ -23,13 +23,13 @@ from typing import Any
 import asyncpg
 import orjson
 
+from framewatch.clients.bus import ensure_topics, read_records
+from framewatch.clients.objectstore import ObjectStore
 from framewatch.schemas.config import load_config
 from framewatch.schemas.events import FrameOutcome, Outcome
 from framewatch.schemas.topics import FRAME_OUTCOMES
 from framewatch.stack.base import port_open
-from framewatch.streams.bus import ensure_topics, read_records
 from framewatch.streams.extractor import ExtractReport, run_extractor
-from framewatch.streams.objectstore import ObjectStore
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = ROOT / "samples" / "demo.toml"

@@ -25,13 +25,24 @@ import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from framewatch.clients.bus import (
+    connect_admin,
+    ensure_topics,
+    kafka_options,
+    partitions,
+)
+from framewatch.clients.objectstore import ObjectStore
 from framewatch.ops.demo import PipelineRun
 from framewatch.schemas.config import Config
-from framewatch.schemas.events import DecodeError, DetectionEvent, Event, FrameEvent, now_ms
+from framewatch.schemas.events import (
+    DecodeError,
+    DetectionEvent,
+    Event,
+    FrameEvent,
+    now_ms,
+)
 from framewatch.schemas.tasks import TaskType
 from framewatch.schemas.topics import FRAMES, TopicSpec, by_name
-from framewatch.streams.bus import connect_admin, ensure_topics, kafka_options, partitions
-from framewatch.streams.objectstore import ObjectStore
 
 log = logging.getLogger("framewatch.load")
 

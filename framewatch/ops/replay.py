@@ -24,8 +24,9 @@ from typing import Any
 import orjson
 from pydantic import BaseModel
 
-from framewatch.errors import FramewatchError
 from framewatch.agents.inference import InferenceFailure, ServiceClient
+from framewatch.clients.bus import BrokerUnavailable, latest, read_records
+from framewatch.errors import FramewatchError
 from framewatch.ops.scoring import RuleScore, ScoredAlert
 from framewatch.ops.tasks import validated
 from framewatch.rules.engine import evaluate
@@ -43,7 +44,6 @@ from framewatch.schemas.events import (
 )
 from framewatch.schemas.tasks import CameraTask, Freshness
 from framewatch.schemas.topics import DETECTIONS, SERVICES
-from framewatch.streams.bus import BrokerUnavailable, latest, read_records
 from framewatch.streams.camera import Sample, encode_jpeg
 from framewatch.streams.handoff import Handoff
 from framewatch.streams.source import Source, SourceError, SourceSettings

@@ -12,12 +12,19 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from framewatch.clients.bus import EventProducer, ensure_topics, latest
 from framewatch.errors import describe
 from framewatch.schemas.config import Config, ConfigError, mask_url
-from framewatch.schemas.events import CameraState, CameraStatus, DecodeError, TaskEvent, TaskOrigin, now_ms
+from framewatch.schemas.events import (
+    CameraState,
+    CameraStatus,
+    DecodeError,
+    TaskEvent,
+    TaskOrigin,
+    now_ms,
+)
 from framewatch.schemas.tasks import CameraTask
 from framewatch.schemas.topics import CAMERAS, TASKS
-from framewatch.streams.bus import EventProducer, ensure_topics, latest
 
 STALE_STATUS_S = 15.0  # three missed reports: the extractor that ran the camera is gone
 

@@ -8,10 +8,15 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from framewatch.clients.bus import (
+    connect_admin,
+    kafka_options,
+    partitions,
+    read_records,
+)
 from framewatch.schemas.config import Config, mask_url
 from framewatch.schemas.events import DecodeError
 from framewatch.schemas.topics import by_name
-from framewatch.streams.bus import connect_admin, kafka_options, partitions, read_records
 
 
 @dataclass

@@ -22,7 +22,13 @@ from pydantic import (
 )
 
 from framewatch.errors import FramewatchError
-from framewatch.schemas.tasks import CameraTask, Freshness, TaskType, TaskTypes, is_file_source
+from framewatch.schemas.tasks import (
+    CameraTask,
+    Freshness,
+    TaskType,
+    TaskTypes,
+    is_file_source,
+)
 
 
 class ConfigError(FramewatchError, ValueError):

@@ -14,7 +14,13 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from framewatch.stack.base import LocalService, StackError, require_tool, run_with_progress, write_private
+from framewatch.stack.base import (
+    LocalService,
+    StackError,
+    require_tool,
+    run_with_progress,
+    write_private,
+)
 
 MEDIAMTX_MODULE = "github.com/bluenviron/mediamtx"
 MEDIAMTX_VERSION = "v1.12.3"

@@ -29,14 +29,14 @@ import numpy as np
 from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Gauge, Histogram
 
+from framewatch.clients.bus import EventProducer
+from framewatch.clients.objectstore import ObjectStore, StoreError
 from framewatch.schemas.config import FrameExtractorSettings, mask_url
 from framewatch.schemas.events import CameraState, CameraStatus, FrameEvent, now_ms
 from framewatch.schemas.tasks import CameraTask, Freshness
 from framewatch.schemas.topics import FRAMES
-from framewatch.streams.bus import EventProducer
 from framewatch.streams.gate import ChangeGate
 from framewatch.streams.handoff import Handoff
-from framewatch.streams.objectstore import ObjectStore, StoreError
 from framewatch.streams.pressure import LOSSLESS_AHEAD, Throttle
 from framewatch.streams.source import DueFrame, Source, SourceError, SourceSettings
 

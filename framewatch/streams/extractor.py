@@ -21,19 +21,36 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka import (
+    AIOKafkaConsumer,
+    ConsumerRebalanceListener,
+    ConsumerRecord,
+    TopicPartition,
+)
 from aiokafka.errors import KafkaError
 from prometheus_client import Counter
 
+from framewatch.clients.bus import (
+    EventProducer,
+    ensure_topics,
+    kafka_options,
+    key_text,
+    latest,
+)
+from framewatch.clients.objectstore import ObjectStore
 from framewatch.errors import FramewatchError
 from framewatch.schemas.config import Config
-from framewatch.schemas.events import CameraState, CameraStatus, DecodeError, TaskEvent, TaskOrigin
+from framewatch.schemas.events import (
+    CameraState,
+    CameraStatus,
+    DecodeError,
+    TaskEvent,
+    TaskOrigin,
+)
 from framewatch.schemas.tasks import CameraTask
 from framewatch.schemas.topics import CAMERAS, TASKS
-from framewatch.streams.bus import EventProducer, ensure_topics, kafka_options, key_text, latest
-from framewatch.streams.deadline import exit_unless_stopped_within
 from framewatch.streams.camera import Camera, Uplink
-from framewatch.streams.objectstore import ObjectStore
+from framewatch.streams.deadline import exit_unless_stopped_within
 from framewatch.streams.pressure import Throttle
 
 log = logging.getLogger("framewatch.extractor")

@@ -21,10 +21,10 @@ import time
 
 from prometheus_client import Gauge
 
+from framewatch.clients.bus import follow
 from framewatch.schemas.config import Config
 from framewatch.schemas.events import DecodeError, InferencePressure
 from framewatch.schemas.topics import PRESSURE
-from framewatch.streams.bus import follow
 
 log = logging.getLogger("framewatch.extractor")
 

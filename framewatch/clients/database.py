@@ -12,8 +12,8 @@ import asyncpg
 import orjson
 
 from framewatch.errors import FramewatchError
-from framewatch.agents.queries import AlertQuery, CountQuery
 from framewatch.schemas.events import AlertEvent, CountWindow
+from framewatch.schemas.queries import AlertQuery, CountQuery
 
 log = logging.getLogger("framewatch.database")
 
