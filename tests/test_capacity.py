@@ -1,4 +1,4 @@
-"""A service's capacity shared by several workers (agents/capacity.py): three schedulers, each with its own
+"""A service's capacity shared by several workers (agents/inference/capacity.py): three schedulers, each with its own
 PostgreSQL session, and one capacity-2 service on a real socket that records how many requests it had at once."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from framewatch.agents.capacity import CapacityShare
+from framewatch.agents.inference.capacity import CapacityShare
 from framewatch.detector.misbehaving import MisbehavingService
 from framewatch.schemas.config import Config
 from framewatch.schemas.events import DetectionEvent

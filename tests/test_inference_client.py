@@ -10,7 +10,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from framewatch.agents.inference import InferenceFailure, ServiceClient
+from framewatch.agents.inference.client import InferenceFailure, ServiceClient
 from framewatch.schemas.config import Config
 from framewatch.schemas.contract import (
     INFER_PATH,

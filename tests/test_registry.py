@@ -8,7 +8,7 @@ import time
 import orjson
 import pytest
 
-from framewatch.agents.registry import ServiceRegistry
+from framewatch.agents.inference.registry import ServiceRegistry
 from framewatch.schemas.config import Config
 from framewatch.schemas.events import DecodeError, ServiceHeartbeat
 from framewatch.schemas.tasks import TaskType

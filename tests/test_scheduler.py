@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from framewatch.agents.breaker import BreakerSettings, BreakerState, CircuitBreaker
-from framewatch.agents.inference import ServiceClient
-from framewatch.agents.registry import ServiceRegistry
-from framewatch.agents.scheduler import Capacity, InferenceScheduler
+from framewatch.agents.inference.breaker import BreakerSettings, BreakerState, CircuitBreaker
+from framewatch.agents.inference.client import ServiceClient
+from framewatch.agents.inference.registry import ServiceRegistry
+from framewatch.agents.inference.scheduler import Capacity, InferenceScheduler
 from framewatch.clients.objectstore import ObjectStore
 from framewatch.detector.misbehaving import Behaviour, Fault, MisbehavingService, serve
 from framewatch.schemas.config import Config, StaticService

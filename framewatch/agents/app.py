@@ -22,11 +22,11 @@ from faust.types.transports import TransportT
 from mode import Service
 from prometheus_client import Counter, Gauge
 
-from framewatch.agents.capacity import CapacityShare
 from framewatch.agents.catalog import camera_states, task_catalog
-from framewatch.agents.inference import ServiceClient
-from framewatch.agents.registry import ServiceRegistry
-from framewatch.agents.scheduler import InferenceScheduler
+from framewatch.agents.inference.capacity import CapacityShare
+from framewatch.agents.inference.client import ServiceClient
+from framewatch.agents.inference.registry import ServiceRegistry
+from framewatch.agents.inference.scheduler import InferenceScheduler
 from framewatch.clients.bus import kafka_options
 from framewatch.clients.database import AlertStore
 from framewatch.clients.objectstore import ObjectStore

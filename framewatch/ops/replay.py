@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel
 
-from framewatch.agents.inference import InferenceFailure, ServiceClient
+from framewatch.agents.inference.client import InferenceFailure, ServiceClient
 from framewatch.clients.bus import BrokerUnavailable, latest, read_records
 from framewatch.errors import FramewatchError
 from framewatch.ops.scoring import RuleScore, ScoredAlert

@@ -1,6 +1,7 @@
 """The algorithm-service client: one request carries a batch of frames; every failure gets a reason.
 
-One pooled `httpx.AsyncClient` with keep-alive serves every service. A failure of the whole request raises
+One pooled `aiohttp.ClientSession` with keep-alive serves every service (aiohttp, not the design card's httpx:
+measured lower CPU per request on the hot path, docs/architecture.md). A failure of the whole request raises
 `InferenceFailure`; a frame the service refused on its own comes back as an `InferenceFailure` in its slot.
 """
 
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 import aiohttp
 from pydantic import ValidationError
 
-from framewatch.agents.registry import RegisteredService
+from framewatch.agents.inference.registry import RegisteredService
 from framewatch.clients.objectstore import ObjectStore
 from framewatch.errors import FramewatchError
 from framewatch.schemas.config import Config

@@ -26,9 +26,9 @@ from typing import Any, Protocol
 from mode import Service
 from prometheus_client import Counter, Gauge, Histogram
 
-from framewatch.agents.breaker import BreakerSettings, BreakerState, CircuitBreaker
-from framewatch.agents.inference import BatchAnswer, InferenceFailure, ServiceClient
-from framewatch.agents.registry import RegisteredService, ServiceRegistry
+from framewatch.agents.inference.breaker import BreakerSettings, BreakerState, CircuitBreaker
+from framewatch.agents.inference.client import BatchAnswer, InferenceFailure, ServiceClient
+from framewatch.agents.inference.registry import RegisteredService, ServiceRegistry
 from framewatch.schemas.config import Config
 from framewatch.schemas.events import (
     DetectionEvent,
@@ -86,7 +86,7 @@ Result = DetectionEvent | FrameOutcome
 
 
 class Capacity(Protocol):
-    """This worker's part of each service's declared capacity (agents/capacity.py shares it among workers)."""
+    """This worker's part of each service's declared capacity (agents/inference/capacity.py shares it among workers)."""
 
     def usable(self, service_id: str, capacity: int) -> int: ...
 
