@@ -11,7 +11,7 @@ from collections import Counter
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from framewatch.agents.publisher import AlertPublisher
+from framewatch.agents.alerts.publisher import AlertPublisher
 from framewatch.clients.bus import (
     EventProducer,
     connect_admin,

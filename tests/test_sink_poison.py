@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from framewatch.agents.sink import AlertSink
+from framewatch.agents.alerts.sink import AlertSink
 from framewatch.clients.database import AlertStore
 from framewatch.schemas.config import Config
 from framewatch.schemas.events import AlertEvent, CountWindow, Event, FrameEvent

@@ -6,7 +6,7 @@
         └─(dropped, failed)► fw.frame-outcomes ◄──(no alert / alert)
                                  └──retain──► delete frames/… ─► fw.retention
 
-fw.alerts-stored is published to mq_topic by `AlertPublisher` (agents/publisher.py), exactly once per alert.
+fw.alerts-stored is published to mq_topic by `AlertPublisher` (agents/alerts/publisher.py), exactly once per alert.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from typing import cast
 import faust
 from prometheus_client import Counter, Gauge, Histogram
 
+from framewatch.agents.alerts.publisher import AlertPublisher
+from framewatch.agents.alerts.relocation import IMAGE_NOT_COPIED, Relocator
+from framewatch.agents.alerts.sink import AlertSink
 from framewatch.agents.app import RebalanceWatch, Resources, Topology, create_app
 from framewatch.agents.housekeeping import Housekeeping
-from framewatch.agents.publisher import AlertPublisher
-from framewatch.agents.relocation import IMAGE_NOT_COPIED, Relocator
 from framewatch.agents.retention import Retention
-from framewatch.agents.sink import AlertSink
 from framewatch.agents.web import attach_web
 from framewatch.rules.engine import Evaluation, Status, evaluate
 from framewatch.rules.state import RuleState, StateUnreadable

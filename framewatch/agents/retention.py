@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from prometheus_client import Counter, Gauge
 
-from framewatch.agents.relocation import IMAGE_NOT_COPIED
+from framewatch.agents.alerts.relocation import IMAGE_NOT_COPIED
 from framewatch.clients.objectstore import ObjectStore, StoreError
 from framewatch.schemas.events import (
     FrameEvent,
