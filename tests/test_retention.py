@@ -7,8 +7,8 @@ import itertools
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
-from framewatch.agents.housekeeping import Housekeeping
-from framewatch.agents.retention import Retention
+from framewatch.agents.retention.frames import Retention
+from framewatch.agents.retention.housekeeping import Housekeeping
 from framewatch.clients.database import AlertStore
 from framewatch.clients.objectstore import ObjectStore
 from framewatch.schemas.config import Config

@@ -22,8 +22,8 @@ from framewatch.agents.alerts.publisher import AlertPublisher
 from framewatch.agents.alerts.relocation import IMAGE_NOT_COPIED, Relocator
 from framewatch.agents.alerts.sink import AlertSink
 from framewatch.agents.app import RebalanceWatch, Resources, Topology, create_app
-from framewatch.agents.housekeeping import Housekeeping
-from framewatch.agents.retention import Retention
+from framewatch.agents.retention.frames import Retention
+from framewatch.agents.retention.housekeeping import Housekeeping
 from framewatch.agents.web import attach_web
 from framewatch.rules.engine import Evaluation, Status, evaluate
 from framewatch.rules.state import RuleState, StateUnreadable
