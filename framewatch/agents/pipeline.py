@@ -21,10 +21,10 @@ from prometheus_client import Counter, Gauge, Histogram
 from framewatch.agents.alerts.publisher import AlertPublisher
 from framewatch.agents.alerts.relocation import IMAGE_NOT_COPIED, Relocator
 from framewatch.agents.alerts.sink import AlertSink
+from framewatch.agents.api.web import attach_web
 from framewatch.agents.app import RebalanceWatch, Resources, Topology, create_app
 from framewatch.agents.retention.frames import Retention
 from framewatch.agents.retention.housekeeping import Housekeeping
-from framewatch.agents.web import attach_web
 from framewatch.rules.engine import Evaluation, Status, evaluate
 from framewatch.rules.state import RuleState, StateUnreadable
 from framewatch.schemas.config import Config

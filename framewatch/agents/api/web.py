@@ -66,7 +66,7 @@ def attach_web(app: faust.App, resources: Resources) -> None:
     token = resources.config.framewatch.api_token.get_secret_value()
     expiry_s = resources.config.ai_analysis.presign_expiry_sec
 
-    dashboard = files("framewatch.agents").joinpath("static", "dashboard.html").read_bytes()
+    dashboard = files("framewatch.agents.api").joinpath("static", "dashboard.html").read_bytes()
 
     @app.page("/")
     class Dashboard(View):
