@@ -180,7 +180,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     config = _config(args)
     asyncio.run(ensure_topics(config))
     mode.loop.use("uvloop")
-    app, _, _ = build_worker(config)
+    app, *_ = build_worker(config)
     Worker(app, loglevel=args.loglevel, quiet=True).execute_from_commandline()
     return 0
 

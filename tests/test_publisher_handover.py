@@ -47,12 +47,12 @@ async def store_alerts(config: Config) -> list[str]:
         for i in range(ALERTS):
             record = stored(i)
             ids.append(record.alert.alert_id)
-            await producer.send(ALERTS_STORED, record, key=record.alert.frame.camera_id)
+            await producer.send(ALERTS_STORED, record)
             if i % 10 == 0:
                 replays.append(record)
             if i % 50 == 49:
                 for again in replays:
-                    await producer.send(ALERTS_STORED, again, key=again.alert.frame.camera_id)
+                    await producer.send(ALERTS_STORED, again)
                 replays.clear()
                 await asyncio.sleep(0.05)
     finally:

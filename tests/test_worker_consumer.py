@@ -31,7 +31,7 @@ from framewatch.schemas.config import load_config
 
 async def consumer_of_frames() -> tuple[Consumer, TP]:
     config, _ = load_config(None, {"FRAMEWATCH_NAMESPACE": "offsets"})
-    app, topology, _ = build_worker(config)
+    app, topology, *_ = build_worker(config)
     conductor = cast(Conductor, app.topics)
     conductor.add(topology.frames)
     await conductor._update_indices()  # what starting the agents does: acks are enabled for fw.frames

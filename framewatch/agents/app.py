@@ -30,11 +30,12 @@ from framewatch.agents.inference.scheduler import InferenceScheduler
 from framewatch.clients.bus import kafka_options
 from framewatch.clients.database import AlertStore
 from framewatch.clients.objectstore import ObjectStore
+from framewatch.errors import FramewatchError
 from framewatch.schemas import topics
 from framewatch.schemas.config import Config
 from framewatch.schemas.events import DeadLetter, DecodeError, Event
 from framewatch.schemas.tasks import CameraTask
-from framewatch.schemas.topics import TopicSpec
+from framewatch.schemas.topics import MAX_RECORD_BYTES, TopicSpec
 from framewatch.streams.deadline import exit_unless_stopped_within
 
 log = logging.getLogger("framewatch.worker")
@@ -63,12 +64,17 @@ def _too_large(error: BaseException | None) -> bool:
     return False
 
 
+class RecordTooLarge(FramewatchError):
+    """A record larger than Kafka takes (`MAX_RECORD_BYTES`): sending it again cannot help."""
+
+
 class Topology:
-    """Every topic and table of the worker, declared once."""
+    """Every topic and table of the worker, declared once; `send` is the one way records leave the agents."""
 
     def __init__(self, app: faust.App, config: Config) -> None:
         self.app = app
         self.config = config
+        self.specs: dict[str, TopicSpec] = {}  # by the topic's full name
         self.frames = self._topic(topics.FRAMES)
         self.detections = self._topic(topics.DETECTIONS)
         self.alerts = self._topic(topics.ALERTS)
@@ -85,6 +91,7 @@ class Topology:
                                     {"min.insync.replicas": str(min_insync)})
 
     def _topic(self, spec: TopicSpec) -> faust.TopicT:
+        self.specs[self.config.topic(spec.name)] = spec
         return self.app.topic(self.config.topic(spec.name), key_type=bytes, value_type=bytes, key_serializer="raw",
                               value_serializer="raw", partitions=self.partitions)
 
@@ -92,30 +99,40 @@ class Topology:
     def partitions(self) -> int:
         return self.config.framewatch.topic_partitions
 
-    async def send(self, topic: faust.TopicT, event: Event, key: str) -> None:
-        """Sends, retrying while Kafka cannot take it: an agent whose body raised would have its records acked
-        (`take` acks a batch whatever its body did), so a stored alert would never be announced for publishing."""
+    async def send(self, topic: faust.TopicT, event: Event) -> None:
+        """Sends with the key its topic's spec gives, retrying while Kafka cannot take it: an agent whose body
+        raised would have its records acked (`take` acks a batch whatever its body did), so a stored alert would
+        never be announced for publishing. A record of the wrong type is a TypeError, one too large
+        `RecordTooLarge`, both before anything is sent."""
+        name = topic.get_topic_name()
+        key = self.specs[name].key_of(event)
         value = event.to_bytes()
+        if len(value) > MAX_RECORD_BYTES:
+            raise RecordTooLarge(f"a {type(event).__name__} of {len(value)} bytes for {name}: more than a record "
+                                 f"may take ({MAX_RECORD_BYTES})")
         backoff = SEND_RETRY_S
         while True:
             try:
-                await topic.send(key=key.encode(), value=value)
+                await topic.send(key=key, value=value)
                 return
             except Exception as error:
                 if _too_large(error) or self.app.should_stop:
                     raise
-                SEND_RETRIES.labels(topic.get_topic_name()).inc()
-                log.warning("sending to %s failed, retrying in %.1fs: %r", topic.get_topic_name(), backoff, error)
+                SEND_RETRIES.labels(name).inc()
+                log.warning("sending to %s failed, retrying in %.1fs: %r", name, backoff, error)
                 await asyncio.sleep(backoff)
                 backoff = min(2 * backoff, SEND_RETRY_MAX_S)
+
+    async def dead_letter(self, topic: faust.TopicT, reason: str, record: bytes, key: str | None = None) -> None:
+        """Keeps a record framewatch could not handle on fw.dead-letters, with the reason."""
+        await self.send(self.dead_letters, DeadLetter.of(topic.get_topic_name(), reason, record, key))
 
     async def decode(self, record: type[E], raw: bytes, topic: faust.TopicT) -> E | None:
         try:
             return record.decode(raw)
         except DecodeError as error:
             log.error("dead letter from %s: %s", topic.get_topic_name(), error)
-            letter = DeadLetter.of(topic.get_topic_name(), str(error), raw)
-            await self.send(self.dead_letters, letter, key=letter.topic)
+            await self.dead_letter(topic, str(error), raw)
             return None
 
 

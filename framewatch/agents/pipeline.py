@@ -7,6 +7,9 @@
                                  └──retain──► delete frames/… ─► fw.retention
 
 fw.alerts-stored is published to mq_topic by `AlertPublisher` (agents/alerts/publisher.py), exactly once per alert.
+
+`Pipeline` holds the agents as methods, each a short `async for` over one topic; `attach` declares them and the
+timers on the app, and `build_worker` assembles app, topology, resources and pipeline.
 """
 
 from __future__ import annotations
@@ -16,13 +19,14 @@ from functools import partial
 from typing import cast
 
 import faust
+from faust.types import AgentT
 from prometheus_client import Counter, Gauge, Histogram
 
 from framewatch.agents.alerts.publisher import AlertPublisher
 from framewatch.agents.alerts.relocation import IMAGE_NOT_COPIED, Relocator
 from framewatch.agents.alerts.sink import AlertSink
 from framewatch.agents.api.web import attach_web
-from framewatch.agents.app import RebalanceWatch, Resources, Topology, create_app
+from framewatch.agents.app import RebalanceWatch, RecordTooLarge, Resources, Topology, create_app
 from framewatch.agents.retention.frames import Retention
 from framewatch.agents.retention.housekeeping import Housekeeping
 from framewatch.rules.engine import Evaluation, Status, evaluate
@@ -41,7 +45,7 @@ from framewatch.schemas.events import (
     Outcome,
     now_ms,
 )
-from framewatch.schemas.topics import MAX_RECORD_BYTES
+from framewatch.schemas.tasks import CameraTask
 
 log = logging.getLogger("framewatch.worker")
 
@@ -71,165 +75,193 @@ def outcome_of(frame: FrameEvent, result: Evaluation, relocation_reasons: list[s
     return FrameOutcome(frame=frame, outcome=Outcome.NO_ALERT, reason=reason)
 
 
-def build_worker(config: Config) -> tuple[faust.App, Topology, Resources]:
+def restore(task_id: str, raw: bytes | None) -> RuleState:
+    try:
+        return RuleState.from_bytes(raw)
+    except StateUnreadable as error:
+        log.error("task %s: its rule state is unreadable (%s); it starts afresh", task_id, error)
+        STATES_RESET.inc()
+        return RuleState()
+
+
+class Pipeline:
+    """The worker's agents and timers, in the order a frame meets them."""
+
+    def __init__(self, topology: Topology, resources: Resources) -> None:
+        config = resources.config
+        self.topology = topology
+        self.resources = resources
+        self.settings = config.ai_analysis
+        self.sink = AlertSink(resources.alerts, self.refused_by_database)
+        self.relocator = Relocator(resources.store)
+        self.retention = Retention(resources.store, self.settings.save_only_with_detection, resources.frame_limit,
+                                   config.frame_extractor.max_frame_age_sec)
+        self.housekeeping = Housekeeping(config, resources.store, resources.alerts)
+        self.rebalance_watch = RebalanceWatch()
+        self.unknown_tasks: set[str] = set()
+        self.agents: dict[str, AgentT] = {}
+
+    def attach(self, app: faust.App) -> None:
+        """Declares the agents (by name, for `agent.test_context()`) and the timers."""
+        topology = self.topology
+        for name, topic, agent in (("infer", topology.frames, self.infer), ("rules", topology.detections, self.rules),
+                                   ("store", topology.alerts, self.store), ("tally", topology.counts, self.tally),
+                                   ("retain", topology.frame_outcomes, self.retain)):
+            self.agents[name] = app.agent(topic, name=f"framewatch.{name}")(agent)
+        app.timer(self.settings.sweep_interval_sec, on_leader=True)(self.sweep)
+        app.timer(PRESSURE_PERIOD_S)(self.report_pressure)
+        app.timer(RETENTION_WITHIN_S)(self.delete_ended_frames)
+        app.timer(WATCH_PERIOD_S)(self.watch_rebalance)
+
+    # fw.frames: inference
+
+    async def infer(self, stream: faust.StreamT[bytes]) -> None:
+        """Hands frames to the scheduler; a frame's offset is acked only once its result is on its way."""
+        frames = cast(faust.Stream[bytes], stream).noack()
+        async for event in frames.events():
+            if (frame := await self.topology.decode(FrameEvent, event.value, self.topology.frames)) is None:
+                await frames.ack(event)
+                continue
+            await self.resources.scheduler.submit(frame, partial(self.hand_on, frames, event))
+
+    async def hand_on(self, frames: faust.StreamT[bytes], event: faust.EventT[bytes],
+                      result: DetectionEvent | FrameOutcome) -> None:
+        topology = self.topology
+        try:
+            if isinstance(result, DetectionEvent):
+                await topology.send(topology.detections, result)
+            else:
+                await topology.send(topology.frame_outcomes, result)
+        except RecordTooLarge as error:
+            log.error("frame %s: %s; the frame fails", result.frame.frame_id, error)
+            failed = FrameOutcome(frame=result.frame, outcome=Outcome.FAILED, reason="too_large")
+            await topology.send(topology.frame_outcomes, failed)
+        await frames.ack(event)
+
+    # fw.detections: the rules
+
+    async def rules(self, stream: faust.StreamT[bytes]) -> None:
+        """Evaluates each frame's rule against its task's state (a table with a changelog)."""
+        async for raw in stream:
+            if (event := await self.topology.decode(DetectionEvent, raw, self.topology.detections)) is not None:
+                await self.evaluate(event)
+
+    async def evaluate(self, event: DetectionEvent) -> None:
+        """The state is saved after the frame's alerts are sent; a frame replayed after a crash sends them
+        again (rules/engine.py)."""
+        topology, frame = self.topology, event.frame
+        if (task := self.resources.task_settings(frame.task_id)) is None:  # not on fw.tasks, not in the config
+            await self.unknown_task(frame)
+            return
+        key = frame.task_id.encode()
+        state = restore(frame.task_id, topology.rule_state.get(key))
+        result = self.apply(task, state, event)
+        reasons = [await self.raise_alert(alert) for alert in result.alerts]
+        for window in result.windows:
+            await topology.send(topology.counts, window)
+        if result.status is Status.EVALUATED:
+            topology.rule_state[key] = state.to_bytes()
+            ACTIVE_TRACKS.labels(frame.camera_id).set(len(state.tracks))
+            OPEN_INCIDENTS.labels(frame.camera_id).set(len(state.incidents))
+        FRAMES_EVALUATED.labels(result.status.value).inc()
+        await topology.send(topology.frame_outcomes, outcome_of(frame, result, reasons))
+
+    def apply(self, task: CameraTask, state: RuleState, event: DetectionEvent) -> Evaluation:
+        with EVALUATION_SECONDS.labels(event.frame.task_type.value).time():
+            return evaluate(task, state, event, self.settings.alert_base_path)
+
+    async def raise_alert(self, alert: AlertEvent) -> str:
+        """Copies the alert image, then sends the alert; the frame outcome's reason (the image not copied)."""
+        reason = ""
+        if (failure := await self.relocator.copy_image(alert)) is not None:
+            await self.topology.dead_letter(self.topology.alerts, f"relocation: {failure}", alert.to_bytes(),
+                                            alert.frame.camera_id)
+            reason = IMAGE_NOT_COPIED
+        await self.topology.send(self.topology.alerts, alert)
+        ALERTS_RAISED.labels(alert.frame.task_type.value, alert.rule).inc()
+        return reason
+
+    async def unknown_task(self, frame: FrameEvent) -> None:
+        if frame.task_id not in self.unknown_tasks:  # once per task: a camera sends several frames a second
+            if len(self.unknown_tasks) >= UNKNOWN_TASKS_REMEMBERED:  # forged task ids must not grow it for ever
+                self.unknown_tasks.clear()
+            self.unknown_tasks.add(frame.task_id)
+            log.error("task %s is neither on fw.tasks nor in this worker's config: its frames end unevaluated",
+                      frame.task_id)
+        FRAMES_EVALUATED.labels("unknown_task").inc()
+        outcome = FrameOutcome(frame=frame, outcome=Outcome.NO_ALERT, reason="unknown_task")
+        await self.topology.send(self.topology.frame_outcomes, outcome)
+
+    # fw.alerts and fw.counts: PostgreSQL
+
+    async def store(self, stream: faust.StreamT[bytes]) -> None:
+        """Alerts into PostgreSQL in batches, then announced on fw.alerts-stored for publishing."""
+        topology = self.topology
+        size = self.settings.alert_batch_size if self.settings.alert_batch_enabled else 1
+        async for batch in stream.take(size, within=self.settings.alert_batch_interval_sec):
+            alerts = [a for raw in batch if (a := await topology.decode(AlertEvent, raw, topology.alerts))]
+            stored = await self.sink.store_batch(alerts)
+            stored_at = now_ms()
+            for alert in stored:
+                await topology.send(topology.alerts_stored, AlertStored(alert=alert, stored_at=stored_at))
+
+    async def tally(self, stream: faust.StreamT[bytes]) -> None:
+        """Closed minutes of the counting tasks into PostgreSQL, where /api/counts reads them."""
+        topology = self.topology
+        async for batch in stream.take(COUNTS_BATCH, within=self.settings.alert_batch_interval_sec):
+            windows = [w for raw in batch if (w := await topology.decode(CountWindow, raw, topology.counts))]
+            await self.sink.store_counts(windows)
+
+    async def refused_by_database(self, record: Event, reason: str) -> None:
+        """A record PostgreSQL refused for its data: kept on fw.dead-letters with the reason."""
+        source = self.topology.alerts if isinstance(record, AlertEvent) else self.topology.counts
+        await self.topology.dead_letter(source, f"database: {reason}", record.to_bytes(), record.event_id)
+
+    # fw.frame-outcomes: retention
+
+    async def retain(self, stream: faust.StreamT[bytes]) -> None:
+        """Schedules each ended frame's deletion; its outcome is acked once the object is gone (a worker that
+        dies first reads the outcome again and deletes it then)."""
+        outcomes = cast(faust.Stream[bytes], stream).noack()
+        async for event in outcomes.events():
+            raw = event.value
+            if (outcome := await self.topology.decode(FrameOutcome, raw, self.topology.frame_outcomes)) is None:
+                await outcomes.ack(event)
+                continue
+            await self.retention.on_outcome(outcome, partial(outcomes.ack, event))
+
+    async def delete_ended_frames(self) -> None:
+        for deleted in await self.retention.delete_due():
+            if deleted.event is not None:
+                await self.topology.send(self.topology.retention, deleted.event)
+            for ack in deleted.acks:
+                await ack()
+
+    async def sweep(self) -> None:
+        """The leader's sweep of what slipped through, and the maximum ages."""
+        for deleted in await self.housekeeping.run():
+            await self.topology.send(self.topology.retention, deleted)
+
+    # to the extractors
+
+    async def report_pressure(self) -> None:
+        """Per task, what inference received and dropped: the extractor slows cameras whose frames are dropped."""
+        for task_id, seen in self.resources.scheduler.take_pressure().items():
+            report = InferencePressure(task_id=task_id, period_ms=int(PRESSURE_PERIOD_S * 1000),
+                                       received=seen.received, dropped=seen.dropped, ended=seen.ended)
+            await self.topology.send(self.topology.pressure, report)
+
+    async def watch_rebalance(self) -> None:
+        self.rebalance_watch.observe(self.topology.app.rebalancing)
+
+
+def build_worker(config: Config) -> tuple[faust.App, Topology, Resources, Pipeline]:
     app = create_app(config)
     topology = Topology(app, config)
     resources = Resources(config)
     app.add_dependency(resources)
     app.add_dependency(AlertPublisher(config, app.conf.id))  # fw.alerts-stored -> mq_topic, in transactions
-    settings = config.ai_analysis
-
-    async def dead_letter(record: Event, reason: str) -> None:
-        """A record PostgreSQL refused for its data: kept on fw.dead-letters with the reason."""
-        source = topology.alerts if isinstance(record, AlertEvent) else topology.counts
-        letter = DeadLetter.of(source.get_topic_name(), f"database: {reason}", record.to_bytes(), record.event_id)
-        await topology.send(topology.dead_letters, letter, key=letter.topic)
-
-    sink = AlertSink(resources.alerts, dead_letter)
-    relocator = Relocator(resources.store)
-    extraction = config.frame_extractor
-    retention = Retention(resources.store, settings.save_only_with_detection, resources.frame_limit,
-                          extraction.max_frame_age_sec)
-
-    async def hand_on(frames: faust.StreamT[bytes], event: faust.EventT[bytes],
-                      result: DetectionEvent | FrameOutcome) -> None:
-        if isinstance(result, DetectionEvent) and (size := len(result.to_bytes())) > MAX_RECORD_BYTES:
-            log.error("frame %s: its detections take %d bytes, more than a record may (%d): the frame fails",
-                      result.frame.frame_id, size, MAX_RECORD_BYTES)
-            result = FrameOutcome(frame=result.frame, outcome=Outcome.FAILED, reason="too_large")
-        target = topology.detections if isinstance(result, DetectionEvent) else topology.frame_outcomes
-        await topology.send(target, result, key=result.frame.camera_id)
-        await frames.ack(event)
-
-    @app.agent(topology.frames)
-    async def infer(stream: faust.StreamT[bytes]) -> None:
-        """Hands frames to the scheduler; a frame's offset is acked only once its result is on its way."""
-        frames = cast(faust.Stream[bytes], stream).noack()
-        async for event in frames.events():
-            if (frame := await topology.decode(FrameEvent, event.value, topology.frames)) is None:
-                await frames.ack(event)
-                continue
-            await resources.scheduler.submit(frame, partial(hand_on, frames, event))
-
-    async def relocate(alert: AlertEvent) -> str:
-        """Copies the alert image before the alert goes out; the outcome's reason when it could not."""
-        if (reason := await relocator.copy_image(alert)) is None:
-            return ""
-        letter = DeadLetter.of(topology.alerts.get_topic_name(), f"relocation: {reason}", alert.to_bytes(),
-                               alert.frame.camera_id)
-        await topology.send(topology.dead_letters, letter, key=letter.topic)
-        return IMAGE_NOT_COPIED
-
-    async def raise_alert(alert: AlertEvent) -> str:
-        """Copies the image and sends the alert; the frame outcome's reason."""
-        reason = await relocate(alert)
-        await topology.send(topology.alerts, alert, key=alert.frame.camera_id)
-        ALERTS_RAISED.labels(alert.frame.task_type.value, alert.rule).inc()
-        return reason
-
-    def restore(task_id: str, raw: bytes | None) -> RuleState:
-        try:
-            return RuleState.from_bytes(raw)
-        except StateUnreadable as error:
-            log.error("task %s: its rule state is unreadable (%s); it starts afresh", task_id, error)
-            STATES_RESET.inc()
-            return RuleState()
-
-    unknown_tasks: set[str] = set()
-
-    async def unknown_task(frame: FrameEvent) -> None:
-        if frame.task_id not in unknown_tasks:  # once per task: a camera sends several frames a second
-            if len(unknown_tasks) >= UNKNOWN_TASKS_REMEMBERED:  # forged task ids must not grow the set for ever
-                unknown_tasks.clear()
-            unknown_tasks.add(frame.task_id)
-            log.error("task %s is neither on fw.tasks nor in this worker's config: its frames end unevaluated",
-                      frame.task_id)
-        FRAMES_EVALUATED.labels("unknown_task").inc()
-        outcome = FrameOutcome(frame=frame, outcome=Outcome.NO_ALERT, reason="unknown_task")
-        await topology.send(topology.frame_outcomes, outcome, key=frame.camera_id)
-
-    @app.agent(topology.detections)
-    async def rules(stream: faust.StreamT[bytes]) -> None:
-        """Evaluates each frame's rule against its task's state (a table with a changelog). The state is saved
-        after the frame's alerts are sent; a frame replayed after a crash sends them again (rules/engine.py)."""
-        async for raw in stream:
-            if (event := await topology.decode(DetectionEvent, raw, topology.detections)) is None:
-                continue
-            frame = event.frame
-            if (task := resources.task_settings(frame.task_id)) is None:  # not on fw.tasks, not in the config
-                await unknown_task(frame)
-                continue
-            key = frame.task_id.encode()
-            state = restore(frame.task_id, topology.rule_state.get(key))
-            with EVALUATION_SECONDS.labels(frame.task_type.value).time():
-                result = evaluate(task, state, event, settings.alert_base_path)
-            reasons = [await raise_alert(alert) for alert in result.alerts]
-            for window in result.windows:
-                await topology.send(topology.counts, window, key=window.task_id)
-            if result.status is Status.EVALUATED:
-                topology.rule_state[key] = state.to_bytes()
-                ACTIVE_TRACKS.labels(frame.camera_id).set(len(state.tracks))
-                OPEN_INCIDENTS.labels(frame.camera_id).set(len(state.incidents))
-            FRAMES_EVALUATED.labels(result.status.value).inc()
-            await topology.send(topology.frame_outcomes, outcome_of(frame, result, reasons), key=frame.camera_id)
-
-    @app.agent(topology.alerts)
-    async def store(stream: faust.StreamT[bytes]) -> None:
-        size = settings.alert_batch_size if settings.alert_batch_enabled else 1
-        async for batch in stream.take(size, within=settings.alert_batch_interval_sec):
-            alerts = [a for raw in batch if (a := await topology.decode(AlertEvent, raw, topology.alerts))]
-            stored = await sink.store_batch(alerts)
-            stored_at = now_ms()
-            for alert in stored:
-                await topology.send(topology.alerts_stored, AlertStored(alert=alert, stored_at=stored_at),
-                                    key=alert.frame.camera_id)
-
-    @app.agent(topology.counts)
-    async def tally(stream: faust.StreamT[bytes]) -> None:
-        """Closed minutes of the counting tasks into PostgreSQL, where /api/counts reads them."""
-        async for batch in stream.take(COUNTS_BATCH, within=settings.alert_batch_interval_sec):
-            windows = [w for raw in batch if (w := await topology.decode(CountWindow, raw, topology.counts))]
-            await sink.store_counts(windows)
-
-    @app.agent(topology.frame_outcomes)
-    async def retain(stream: faust.StreamT[bytes]) -> None:
-        """Schedules each ended frame's deletion; its outcome is acked once the object is gone (a worker that
-        dies first reads the outcome again and deletes it then)."""
-        outcomes = cast(faust.Stream[bytes], stream).noack()
-        async for event in outcomes.events():
-            if (outcome := await topology.decode(FrameOutcome, event.value, topology.frame_outcomes)) is None:
-                await outcomes.ack(event)
-                continue
-            await retention.on_outcome(outcome, partial(outcomes.ack, event))
-
-    housekeeping = Housekeeping(config, resources.store, resources.alerts)
-
-    @app.timer(settings.sweep_interval_sec, on_leader=True)
-    async def sweep() -> None:
-        for deleted in await housekeeping.run():
-            await topology.send(topology.retention, deleted, key=deleted.task_id)
-
-    @app.timer(PRESSURE_PERIOD_S)
-    async def report_pressure() -> None:
-        """Per task, what inference received and dropped: the extractor slows cameras whose frames are dropped."""
-        for task_id, seen in resources.scheduler.take_pressure().items():
-            report = InferencePressure(task_id=task_id, period_ms=int(PRESSURE_PERIOD_S * 1000),
-                                       received=seen.received, dropped=seen.dropped, ended=seen.ended)
-            await topology.send(topology.pressure, report, key=task_id)
-
-    @app.timer(RETENTION_WITHIN_S)
-    async def delete_ended_frames() -> None:
-        for deleted in await retention.delete_due():
-            if deleted.event is not None:
-                await topology.send(topology.retention, deleted.event, key=deleted.event.task_id)
-            for ack in deleted.acks:
-                await ack()
-
-    rebalance_watch = RebalanceWatch()
-
-    @app.timer(WATCH_PERIOD_S)
-    async def watch_rebalance() -> None:
-        rebalance_watch.observe(app.rebalancing)
-
+    pipeline = Pipeline(topology, resources)
+    pipeline.attach(app)
     attach_web(app, resources)
-    return app, topology, resources
+    return app, topology, resources, pipeline

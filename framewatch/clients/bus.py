@@ -108,8 +108,8 @@ class EventProducer:
     async def stop(self) -> None:
         await self._producer.stop()
 
-    async def send(self, spec: TopicSpec, event: Event, key: str) -> None:
-        await self._producer.send_and_wait(self.config.topic(spec.name), event.to_bytes(), key=key.encode())
+    async def send(self, spec: TopicSpec, event: Event) -> None:
+        await self._producer.send_and_wait(self.config.topic(spec.name), event.to_bytes(), key=spec.key_of(event))
 
     async def send_tombstone(self, spec: TopicSpec, key: str) -> None:
         """Deletes `key` from a compacted topic."""

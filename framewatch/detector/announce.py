@@ -37,7 +37,7 @@ class Announcer:
         while True:
             for heartbeat in self.heartbeats():
                 try:
-                    await self.producer.send(SERVICES, heartbeat, key=heartbeat.service_id)
+                    await self.producer.send(SERVICES, heartbeat)
                 except Exception as error:  # noqa: BLE001 - a missed heartbeat must not end the loop
                     log.warning("heartbeat of %s failed: %s", heartbeat.service_id, error)
             await asyncio.sleep(HEARTBEAT_INTERVAL_S)

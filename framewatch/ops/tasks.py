@@ -67,7 +67,7 @@ async def _publish(config: Config, task_id: str, task: CameraTask | None) -> Non
         if task is None:
             await producer.send_tombstone(TASKS, key=task_id)
         else:
-            await producer.send(TASKS, TaskEvent(task_id=task_id, task=task, origin=TaskOrigin.COMMAND), key=task_id)
+            await producer.send(TASKS, TaskEvent(task_id=task_id, task=task, origin=TaskOrigin.COMMAND))
     finally:
         await producer.stop()
 

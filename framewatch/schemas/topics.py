@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from operator import attrgetter
+from typing import Any
 
 from framewatch.schemas import events
 
@@ -11,29 +14,38 @@ from framewatch.schemas import events
 class TopicSpec:
     name: str
     record: type[events.Event]
-    key: str
+    key: Callable[[Any], str]  # the record's key: what decides its partition (and, compacted, what it replaces)
     compacted: bool = False
     retention_ms: int | None = None
     shards_cameras: bool = False  # its partitions share the cameras among extractors: `task_partitions` of them
+
+    def key_of(self, record: events.Event) -> bytes:
+        """The record's key; a record of another type is a programming error, named before anything is sent."""
+        if not isinstance(record, self.record):
+            raise TypeError(f"{self.name} carries {self.record.__name__} records, not {type(record).__name__}")
+        return str(self.key(record)).encode()
 
 
 HOUR_MS = 3600 * 1000
 MAX_RECORD_BYTES = 1_000_000  # what a record may take: under the 1 MiB default of Kafka's brokers and producers
 
-FRAMES = TopicSpec("fw.frames", events.FrameEvent, "camera_id", retention_ms=6 * HOUR_MS)
-DETECTIONS = TopicSpec("fw.detections", events.DetectionEvent, "camera_id", retention_ms=6 * HOUR_MS)
-ALERTS = TopicSpec("fw.alerts", events.AlertEvent, "camera_id", retention_ms=7 * 24 * HOUR_MS)
-ALERTS_STORED = TopicSpec("fw.alerts-stored", events.AlertStored, "camera_id", retention_ms=7 * 24 * HOUR_MS)
-FRAME_OUTCOMES = TopicSpec("fw.frame-outcomes", events.FrameOutcome, "camera_id", retention_ms=6 * HOUR_MS)
-RETENTION = TopicSpec("fw.retention", events.RetentionEvent, "task_id", retention_ms=7 * 24 * HOUR_MS)
-PUBLISHED = TopicSpec("fw.published", events.AlertPublished, "alert_id", retention_ms=24 * HOUR_MS)
-COUNTS = TopicSpec("fw.counts", events.CountWindow, "task_id", retention_ms=7 * 24 * HOUR_MS)
-SERVICES = TopicSpec("fw.services", events.ServiceHeartbeat, "service_id", compacted=True)
+BY_FRAME_CAMERA = attrgetter("frame.camera_id")  # every frame's records go where its camera's frames go
+
+FRAMES = TopicSpec("fw.frames", events.FrameEvent, attrgetter("camera_id"), retention_ms=6 * HOUR_MS)
+DETECTIONS = TopicSpec("fw.detections", events.DetectionEvent, BY_FRAME_CAMERA, retention_ms=6 * HOUR_MS)
+ALERTS = TopicSpec("fw.alerts", events.AlertEvent, BY_FRAME_CAMERA, retention_ms=7 * 24 * HOUR_MS)
+ALERTS_STORED = TopicSpec("fw.alerts-stored", events.AlertStored, attrgetter("alert.frame.camera_id"),
+                          retention_ms=7 * 24 * HOUR_MS)
+FRAME_OUTCOMES = TopicSpec("fw.frame-outcomes", events.FrameOutcome, BY_FRAME_CAMERA, retention_ms=6 * HOUR_MS)
+RETENTION = TopicSpec("fw.retention", events.RetentionEvent, attrgetter("task_id"), retention_ms=7 * 24 * HOUR_MS)
+PUBLISHED = TopicSpec("fw.published", events.AlertPublished, attrgetter("alert_id"), retention_ms=24 * HOUR_MS)
+COUNTS = TopicSpec("fw.counts", events.CountWindow, attrgetter("task_id"), retention_ms=7 * 24 * HOUR_MS)
+SERVICES = TopicSpec("fw.services", events.ServiceHeartbeat, attrgetter("service_id"), compacted=True)
 # cameras are shared among extractors by fw.tasks' partitions: more partitions, a finer split
-TASKS = TopicSpec("fw.tasks", events.TaskEvent, "task_id", compacted=True, shards_cameras=True)
-CAMERAS = TopicSpec("fw.cameras", events.CameraStatus, "camera_id", compacted=True)
-PRESSURE = TopicSpec("fw.pressure", events.InferencePressure, "task_id", retention_ms=HOUR_MS)
-DEAD_LETTERS = TopicSpec("fw.dead-letters", events.DeadLetter, "topic", retention_ms=30 * 24 * HOUR_MS)
+TASKS = TopicSpec("fw.tasks", events.TaskEvent, attrgetter("task_id"), compacted=True, shards_cameras=True)
+CAMERAS = TopicSpec("fw.cameras", events.CameraStatus, attrgetter("camera_id"), compacted=True)
+PRESSURE = TopicSpec("fw.pressure", events.InferencePressure, attrgetter("task_id"), retention_ms=HOUR_MS)
+DEAD_LETTERS = TopicSpec("fw.dead-letters", events.DeadLetter, attrgetter("topic"), retention_ms=30 * 24 * HOUR_MS)
 
 ALL_TOPICS = (FRAMES, DETECTIONS, ALERTS, ALERTS_STORED, PUBLISHED, FRAME_OUTCOMES, RETENTION, COUNTS, SERVICES,
               TASKS, CAMERAS, PRESSURE, DEAD_LETTERS)

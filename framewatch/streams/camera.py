@@ -285,7 +285,7 @@ class Camera:
                            width=sample.width, height=sample.height,
                            freshness=Freshness.ALL if self.lossless else Freshness.LATEST)
         try:
-            await self.uplink.producer.send(FRAMES, event, key=event.camera_id)
+            await self.uplink.producer.send(FRAMES, event)
         except KafkaError as error:
             log.warning("camera %s: frame %s not sent: %r", self.task.id, event.frame_id, error)
             FRAMES_DROPPED.labels(self.task.id, "kafka").inc()

@@ -137,7 +137,7 @@ async def publish_config_tasks(config: Config, producer: EventProducer) -> None:
                 continue
             if known is not None and known.task == task:
                 continue
-        await producer.send(TASKS, TaskEvent(task_id=task.id, task=task), key=task.id)
+        await producer.send(TASKS, TaskEvent(task_id=task.id, task=task))
 
 
 @dataclass
@@ -293,7 +293,7 @@ class ExtractorService(ConsumerRebalanceListener):
     async def _send_status(self, camera: Camera) -> None:
         status = camera.status(self.name, self.reported.get(camera.task.id))
         try:
-            await self.uplink.producer.send(CAMERAS, status, key=status.camera_id)
+            await self.uplink.producer.send(CAMERAS, status)
         except KafkaError as error:
             log.warning("camera %s: status not sent: %r", status.camera_id, error)
             return

@@ -253,7 +253,7 @@ class AlertPublisher(Service):
             stored = AlertStored.decode(raw)
         except DecodeError as error:
             letter = DeadLetter.of(self.source, str(error), raw)
-            await producer.send(self.config.topic(DEAD_LETTERS.name), letter.to_bytes(), key=self.source.encode())
+            await producer.send(self.config.topic(DEAD_LETTERS.name), letter.to_bytes(), key=DEAD_LETTERS.key_of(letter))
             return None
         alert = stored.alert
         if alert.alert_id in self.published or alert.alert_id in fresh:
@@ -262,5 +262,5 @@ class AlertPublisher(Service):
         camera = alert.frame.camera_id.encode()
         await producer.send(self.config.ai_analysis.mq_topic, orjson.dumps(payload(stored)), key=camera)
         marker = AlertPublished(alert_id=alert.alert_id, camera_id=alert.frame.camera_id)
-        await producer.send(self.markers, marker.to_bytes(), key=alert.alert_id.encode())
+        await producer.send(self.markers, marker.to_bytes(), key=PUBLISHED.key_of(marker))
         return alert.alert_id

@@ -1,0 +1,152 @@
+"""The worker's agents in this process, through Faust's `agent.test_context()`: the rules agent's glue (state
+loaded, rule evaluated, image copied, records sent, state saved) and the store agent's (a batch into PostgreSQL,
+then announced for publishing), against the real MinIO and PostgreSQL. What the agents send to Kafka is recorded
+at `Topology.send`, the one way records leave them (the worker-process tests cover Kafka itself)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import faust
+import pytest
+
+from framewatch.agents.app import Resources, Topology
+from framewatch.agents.pipeline import Pipeline, build_worker
+from framewatch.rules.state import RuleState
+from framewatch.schemas.config import load_config
+from framewatch.schemas.events import (
+    AlertEvent,
+    AlertStored,
+    DeadLetter,
+    Detection,
+    DetectionEvent,
+    Event,
+    FrameEvent,
+    FrameOutcome,
+    Outcome,
+)
+from framewatch.schemas.tasks import TaskType
+from tests.conftest import SAMPLE_JPEG, write_config
+
+CONFIG = """[ai_analysis]
+alert_batch_size = 10
+alert_batch_interval_sec = 0.2
+[[frame_extractor.tasks]]
+id = "{task}"
+task_type = "area_intrusion"
+rtsp_url = "unused"
+cooldown_sec = 0
+"""
+
+
+@dataclass
+class Sent:
+    """Records by topic name (without the namespace), in the order the agents sent them."""
+    records: dict[str, list[Event]] = field(default_factory=dict)
+
+    def recorder(self, topology: Topology) -> Callable[[faust.TopicT, Event], Awaitable[None]]:
+        async def send(topic: faust.TopicT, event: Event) -> None:
+            spec = topology.specs[topic.get_topic_name()]
+            spec.key_of(event)  # the type check `Topology.send` makes
+            self.records.setdefault(spec.name, []).append(event)
+        return send
+
+    async def wait_for(self, topic: str, count: int, timeout_s: float = 30) -> list[Event]:
+        async with asyncio.timeout(timeout_s):
+            while len(self.records.get(topic, [])) < count:
+                await asyncio.sleep(0.02)
+        return self.records[topic]
+
+
+@dataclass
+class InProcessWorker:
+    task: str  # the one task of its config, an area intrusion over the whole frame
+    topology: Topology
+    resources: Resources
+    pipeline: Pipeline
+    sent: Sent
+
+
+@pytest.fixture
+async def worker(tmp_path: Path, isolated_env: dict[str, str], namespace: str) -> AsyncIterator[InProcessWorker]:
+    task = f"{namespace}-gate"
+    config, _ = load_config(write_config(tmp_path / "framewatch.toml", CONFIG.format(task=task)), isolated_env)
+    app, topology, resources, pipeline = build_worker(config)
+    app.finalize()
+    sent = Sent()
+    topology.send = sent.recorder(topology)  # type: ignore[method-assign,assignment]
+    await resources.store.ensure_bucket()
+    await resources.alerts.connect()
+    yield InProcessWorker(task, topology, resources, pipeline, sent)
+    await resources.alerts.close()
+
+
+def detections(worker: InProcessWorker, seq: int, boxes: list[tuple[float, float, float, float]]) -> DetectionEvent:
+    captured_at, task = 1_700_000_000_000 + seq * 200, worker.task
+    frame = FrameEvent(frame_id=FrameEvent.make_id(task, captured_at, seq), task_id=task, camera_id=task,
+                       task_type=TaskType.AREA_INTRUSION, seq=seq, captured_at=captured_at,
+                       bucket=worker.resources.store.bucket, object_key=f"frames/{task}/{captured_at}-{seq}.jpg",
+                       width=640, height=480)
+    return DetectionEvent(frame=frame, service_id="hog", inference_ms=5.0,
+                          detections=[Detection(label="person", score=0.9, box=box) for box in boxes])
+
+
+async def test_the_rules_agent_copies_the_image_sends_the_alert_and_outcome_and_saves_the_state(
+        worker: InProcessWorker) -> None:
+    empty = detections(worker, 0, [])
+    person = detections(worker, 1, [(0.4, 0.3, 0.5, 0.8)])
+    await worker.resources.store.put(person.frame.object_key, SAMPLE_JPEG)
+    rules = worker.pipeline.agents["rules"]
+    async with rules.test_context() as agent:
+        await agent.put(empty.to_bytes())
+        await agent.put(person.to_bytes())
+        outcomes = await worker.sent.wait_for("fw.frame-outcomes", 2)
+        assert [(o.frame.seq, o.outcome) for o in outcomes if isinstance(o, FrameOutcome)] == [
+            (0, Outcome.NO_ALERT), (1, Outcome.ALERT)]
+        (alert,) = worker.sent.records["fw.alerts"]
+        assert isinstance(alert, AlertEvent) and alert.frame == person.frame and alert.rule == "area_intrusion"
+        assert await worker.resources.store.get(alert.image_key) == SAMPLE_JPEG, "the image is copied first"
+        state = RuleState.from_bytes(worker.topology.rule_state[worker.task.encode()])
+        assert len(state.tracks) == 1 and person.frame.captured_at in state.seen
+
+        await agent.put(person.to_bytes())  # the same frame again (a replay after a crash): no second state change
+        await worker.sent.wait_for("fw.frame-outcomes", 3)
+        assert RuleState.from_bytes(worker.topology.rule_state[worker.task.encode()]) == state
+
+
+async def test_the_rules_agent_dead_letters_what_it_cannot_read_and_goes_on(worker: InProcessWorker) -> None:
+    rules = worker.pipeline.agents["rules"]
+    async with rules.test_context() as agent:
+        await agent.put(b'{"not": "detections"}')
+        await agent.put(detections(worker, 0, []).to_bytes())
+        await worker.sent.wait_for("fw.frame-outcomes", 1)
+    (letter,) = worker.sent.records["fw.dead-letters"]
+    assert isinstance(letter, DeadLetter) and "DetectionEvent" in letter.reason and letter.topic.endswith(
+        "fw.detections")
+
+
+async def test_the_store_agent_writes_a_batch_once_and_announces_each_alert(worker: InProcessWorker) -> None:
+    alerts = [AlertEvent(alert_id=AlertEvent.make_id(d.frame.frame_id, "area_intrusion"), frame=d.frame,
+                         rule="area_intrusion", evidence={"seq": d.frame.seq}, image_key=f"alerts/{d.frame.seq}.jpg")
+              for d in (detections(worker, seq, []) for seq in range(3))]
+    store = worker.pipeline.agents["store"]
+    async with store.test_context() as agent:
+        for alert in alerts + alerts[:1]:  # the first one twice: a replay
+            await agent.put(alert.to_bytes(), wait=False)
+        announced = await worker.sent.wait_for("fw.alerts-stored", 3)
+    # a repeat in a later batch is announced again (the publisher skips it): every alert, none other
+    assert {a.alert.alert_id for a in announced if isinstance(a, AlertStored)} == {a.alert_id for a in alerts}
+    for alert in alerts:
+        row = await worker.resources.alerts.get(alert.alert_id)
+        assert row is not None and row["camera_id"] == worker.task
+    async with worker.resources.alerts.pool.acquire() as connection:
+        assert await connection.fetchval("SELECT count(*) FROM alerts WHERE camera_id = $1", worker.task) == 3
+
+
+def test_a_topic_refuses_a_record_of_another_type(worker: InProcessWorker) -> None:
+    spec = worker.topology.specs[worker.topology.alerts.get_topic_name()]
+    with pytest.raises(TypeError, match="fw.alerts carries AlertEvent records, not DetectionEvent"):
+        spec.key_of(detections(worker, 0, []))
