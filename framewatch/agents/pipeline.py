@@ -36,7 +36,6 @@ from framewatch.schemas.events import (
     AlertEvent,
     AlertStored,
     CountWindow,
-    DeadLetter,
     DetectionEvent,
     Event,
     FrameEvent,

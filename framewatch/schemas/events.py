@@ -11,7 +11,7 @@ import math
 import time
 import uuid
 from enum import StrEnum
-from typing import Any, ClassVar, Literal, Self, TypeVar
+from typing import Any, Literal, Self, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -41,7 +41,6 @@ def stable_id(*parts: str) -> str:
 
 class Event(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
-    kind: ClassVar[str]
 
     schema_version: Literal[1] = SCHEMA_VERSION
     emitted_at: int = Field(default_factory=now_ms, description="ms since the epoch when this record was made")
@@ -64,14 +63,10 @@ class Event(BaseModel):
         except ValidationError as error:
             raise DecodeError(f"{cls.__name__}: {describe(error, 'record')}") from None
 
-    def restamped(self) -> Self:
-        return self.model_copy(update={"emitted_at": now_ms()})
-
 
 class FrameEvent(Event):
     """A sampled frame whose JPEG is already in the object store."""
 
-    kind = "frame"
     frame_id: str
     task_id: str
     camera_id: str
@@ -161,7 +156,6 @@ class Detection(BaseModel):
 
 
 class DetectionEvent(Event):
-    kind = "detections"
     frame: FrameEvent
     service_id: str
     inference_ms: float = Field(ge=0, description="the request's round trip, seen from the worker")
@@ -176,7 +170,6 @@ class DetectionEvent(Event):
 
 
 class AlertEvent(Event):
-    kind = "alert"
     alert_id: str
     frame: FrameEvent
     rule: str
@@ -195,7 +188,6 @@ class AlertEvent(Event):
 class CountWindow(Event):
     """A closed minute of a counting task, on the stream's own clock: people in the region, line crossings."""
 
-    kind = "count_window"
     task_id: str
     camera_id: str
     task_type: TaskType
@@ -222,7 +214,6 @@ class Outcome(StrEnum):
 class FrameOutcome(Event):
     """How a frame's journey ended; retention deletes the object of every outcome but `alert`."""
 
-    kind = "frame_outcome"
     frame: FrameEvent
     outcome: Outcome
     reason: str = ""
@@ -233,7 +224,6 @@ class FrameOutcome(Event):
 
 
 class ServiceHeartbeat(Event):
-    kind = "service_heartbeat"
     service_id: str = Field(min_length=1, max_length=128)
     endpoint: str = Field(pattern=r"^https?://[^\s/]+(/\S*)?$", max_length=512,
                           description="http(s)://host:port[/prefix]")
@@ -255,7 +245,6 @@ class TaskOrigin(StrEnum):
 class TaskEvent(Event):
     """A camera task as it stands now (compacted topic fw.tasks, keyed by task id); `task` None deletes it."""
 
-    kind = "task"
     task_id: str
     task: CameraTask | None
     origin: TaskOrigin = TaskOrigin.CONFIG
@@ -277,7 +266,6 @@ class CameraState(StrEnum):
 class CameraStatus(Event):
     """How one camera is doing, from the extractor running it (compacted topic fw.cameras, keyed by camera)."""
 
-    kind = "camera_status"
     camera_id: str
     extractor: str
     state: CameraState
@@ -298,7 +286,6 @@ class CameraStatus(Event):
 class InferencePressure(Event):
     """What inference made of one task's frames over a period (fw.pressure): the extractor's credit signal."""
 
-    kind = "inference_pressure"
     task_id: str
     period_ms: int = Field(gt=0)
     received: int = Field(ge=0, description="frames that reached the scheduler")
@@ -311,7 +298,6 @@ class InferencePressure(Event):
 
 
 class RetentionEvent(Event):
-    kind = "retention"
     bucket: str
     object_key: str
     task_id: str
@@ -325,7 +311,6 @@ class RetentionEvent(Event):
 class AlertStored(Event):
     """An alert committed to the database: the publisher's only input, so nothing unstored is published."""
 
-    kind = "alert_stored"
     alert: AlertEvent
     stored_at: int
 
@@ -337,7 +322,6 @@ class AlertStored(Event):
 class AlertPublished(Event):
     """An alert's message is on the alert topic: written in the same Kafka transaction as the message itself."""
 
-    kind = "alert_published"
     alert_id: str
     camera_id: str
 
@@ -351,7 +335,6 @@ MAX_LETTER_REASON = 2048
 
 
 class DeadLetter(Event):
-    kind = "dead_letter"
     topic: str
     reason: str
     key: str | None

@@ -48,10 +48,6 @@ class CircuitBreaker:
             self._probing = False
         return self._state
 
-    @property
-    def reopens_in(self) -> float:
-        return max(0.0, self._reopens_at - self.clock()) if self._state is BreakerState.OPEN else 0.0
-
     def allows(self) -> bool:
         state = self.state
         return state is BreakerState.CLOSED or (state is BreakerState.HALF_OPEN and not self._probing)

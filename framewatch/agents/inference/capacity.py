@@ -120,10 +120,6 @@ class CapacityShare(Service):
         slots = self.services.get(service_id)
         return 0 if slots is None else len(slots.held)
 
-    @property
-    def coordinated(self) -> bool:
-        return self._connection is not None
-
     def _slots(self, service_id: str, capacity: int) -> ServiceSlots:
         slots = self.services.get(service_id)
         if slots is None:
