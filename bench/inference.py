@@ -80,7 +80,7 @@ async def overload(fleet: Fleet, seconds: float) -> dict[str, Any]:
     steady = [float(d.dispatched_at - d.frame.captured_at) for d in detections if d.dispatched_at is not None
               and started + WARM_UP_MS <= d.frame.captured_at and d.dispatched_at <= ended]
     outcomes = [e for e in events if isinstance(e, FrameOutcome)]
-    stats = fleet.run.stats() or {}
+    stats = fleet.run.stats()
     return {"offered_fps": 98, "capacity_fps": round(1000 / LATENCY_MS, 2), "frames": sent,
             "inferred": len(detections), "dropped": sum(o.outcome is Outcome.DROPPED for o in outcomes),
             "failed": sum(o.outcome is Outcome.FAILED for o in outcomes),
@@ -88,7 +88,7 @@ async def overload(fleet: Fleet, seconds: float) -> dict[str, Any]:
             "age_at_dispatch_ms_p50": round(statistics.median(ages)),
             "age_at_dispatch_ms_p99": round(percentile(ages, 99)),
             "age_at_dispatch_ms_p99_steady": round(percentile(steady, 99)), "age_at_dispatch_ms_max": round(max(ages)),
-            "most_waiting": stats.get("queue_max")}
+            "most_waiting": None if stats is None else stats.queue_max}
 
 
 def main() -> int:

@@ -1,4 +1,8 @@
-"""The `framewatch` command."""
+"""The `framewatch` command.
+
+Exit status: 0 done; 1 the command ran and found something wrong (a service of the stack down, a camera failed);
+2 bad usage or input (arguments, config, an unknown task: `BadInput`); 3 a peer it needs cannot be reached (Kafka,
+PostgreSQL, the worker: `Unreachable`); 130 interrupted. Listings take `--json` (one JSON document on stdout)."""
 
 from __future__ import annotations
 
@@ -9,10 +13,15 @@ import logging
 import os
 import socket
 import sys
+from collections.abc import Callable
+from dataclasses import asdict
 from datetime import UTC, datetime
+from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
-from framewatch.errors import FramewatchError
+from framewatch.errors import BadInput, FramewatchError, Unreachable
+from framewatch.ops.table import text_table
 from framewatch.schemas.config import Config, ConfigError, load_config, mask_url, masked
 
 log = logging.getLogger("framewatch")
@@ -25,6 +34,11 @@ def _config(args: argparse.Namespace) -> Config:
     return config
 
 
+def listing(args: argparse.Namespace, records: list[dict[str, Any]], table: Callable[[], list[str]]) -> None:
+    """A listing on stdout: `records` as JSON with --json, else the table's lines."""
+    print(json.dumps(records, ensure_ascii=False, default=str) if args.json else "\n".join(table()))
+
+
 def cmd_stack(args: argparse.Namespace) -> int:
     from framewatch.stack import LocalStack
 
@@ -34,10 +48,10 @@ def cmd_stack(args: argparse.Namespace) -> int:
     elif args.action == "down":
         stack.down()
     elif args.action == "status":
-        print(f"{'service':10} {'address':18} {'pid':>8}  health")
         statuses = stack.status()
-        for s in statuses:
-            print(f"{s.name:10} {s.address:18} {s.pid or '-':>8}  {'up' if s.healthy else 'DOWN'}")
+        listing(args, [asdict(s) for s in statuses], lambda: text_table(
+            ["service", "address", "pid", "health"],
+            [[s.name, s.address, s.pid or "-", "up" if s.healthy else "DOWN"] for s in statuses], right={2}))
         return 0 if all(s.healthy for s in statuses) else 1
     else:
         for name, value in stack.env().items():
@@ -73,10 +87,12 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from framewatch.streams.extractor import run_extractor, serve_extractor
 
     config = _config(args)
-    start_http_server(config.framewatch.extractor_metrics_port, addr=config.framewatch.bind_host)
     if not args.once:
-        uvloop.run(serve_extractor(config))
-        return 0
+        import mode.loop
+
+        mode.loop.use("uvloop")
+        serve_extractor(config)  # with /metrics, /healthz and /readyz
+    start_http_server(config.framewatch.extractor_metrics_port, addr=config.framewatch.bind_host)
     report = uvloop.run(run_extractor(config))
     print(json.dumps({"frames_emitted": report.emitted, "cameras": [c.__dict__ for c in report.cameras]},
                      ensure_ascii=False))
@@ -88,7 +104,8 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 
     config = _config(args)
     if args.action == "list":
-        print("\n".join(tasks.tasks_table(asyncio.run(tasks.current_tasks(config)))))
+        current = asyncio.run(tasks.current_tasks(config))
+        listing(args, tasks.tasks_json(current), lambda: tasks.tasks_table(current))
         return 0
     changes = dict(tasks.parse_setting(s) for s in args.set)
     if args.action == "add":
@@ -111,7 +128,8 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 def cmd_cameras(args: argparse.Namespace) -> int:
     from framewatch.ops.tasks import camera_statuses, cameras_table
 
-    print("\n".join(cameras_table(asyncio.run(camera_statuses(_config(args))))))
+    statuses = asyncio.run(camera_statuses(_config(args)))
+    listing(args, [s.model_dump(mode="json") for s in statuses], lambda: cameras_table(statuses))
     return 0
 
 
@@ -152,21 +170,27 @@ def cmd_fake_detector(args: argparse.Namespace) -> int:
 
 
 def cmd_services(args: argparse.Namespace) -> int:
+    import urllib.error
     import urllib.request
 
     url = args.worker.rstrip("/") + "/api/services"
+    token = _config(args).framewatch.api_token.get_secret_value()
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
     try:
-        with urllib.request.urlopen(url, timeout=5) as answer:
+        with urllib.request.urlopen(request, timeout=5) as answer:
             services = json.loads(answer.read())["services"]
+    except urllib.error.HTTPError as error:
+        raise BadInput(f"the worker at {url} answered {error.code}: {error.reason}"
+                       + (" (set FRAMEWATCH_API_TOKEN or the config's api_token)" if error.code == 401 else "")) from None
     except OSError as error:
-        raise LookupError(f"cannot reach the worker at {url}: {error}") from None
-    print(f"{'service':24} {'health':8} {'breaker':9} {'in flight':>9} {'cap':>4} {'mine':>4} {'batch':>5} {'latency ms':>10} "
-          f"{'requests':>8} {'faults':>7}  endpoint")
-    for s in services:
-        health = "healthy" if s["healthy"] else ("alive" if s["alive"] else "gone")
-        latency = "-" if s["latency_ms"] is None else f"{s['latency_ms']:.1f}"
-        print(f"{s['service_id']:24} {health:8} {s['breaker']:9} {s['in_flight']:>9} {s['capacity']:>4} "
-              f"{s['usable']:>4} {s['max_batch']:>5} {latency:>10} {s['requests']:>8} {s['faults']:>7}  {s['endpoint']}")
+        raise Unreachable(f"cannot reach the worker at {url}: {error}") from None
+    rows = [[s["service_id"], "healthy" if s["healthy"] else ("alive" if s["alive"] else "gone"), s["breaker"],
+             s["in_flight"], s["capacity"], s["usable"], s["max_batch"],
+             "-" if s["latency_ms"] is None else f"{s['latency_ms']:.1f}", s["requests"], s["faults"], s["endpoint"]]
+            for s in services]
+    listing(args, services, lambda: text_table(["service", "health", "breaker", "in flight", "cap", "mine", "batch",
+                                                "latency ms", "requests", "faults", "endpoint"], rows,
+                                               right=range(3, 10)))
     return 0
 
 
@@ -191,10 +215,10 @@ def cmd_topics(args: argparse.Namespace) -> int:
     config = _config(args)
     if args.action == "list":
         infos = asyncio.run(list_topics(config))
-        print(f"{'topic':40} {'parts':>5} {'end offset':>10}  consumer lag")
-        for info in infos:
-            lag = ", ".join(f"{g}={n}" for g, n in sorted(info.lag.items())) or "-"
-            print(f"{info.name:40} {info.partitions:>5} {info.end_offset:>10}  {lag}")
+        rows = [[i.name, i.partitions, i.end_offset, ", ".join(f"{g}={n}" for g, n in sorted(i.lag.items())) or "-"]
+                for i in infos]
+        listing(args, [asdict(i) for i in infos],
+                lambda: text_table(["topic", "parts", "end offset", "consumer lag"], rows, right={1, 2}))
     else:
         for record in asyncio.run(tail(config, args.topic, args.n)):
             print(json.dumps(record, ensure_ascii=False))
@@ -203,12 +227,14 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
 def cmd_schemas(args: argparse.Namespace) -> int:
     from framewatch.schemas.events import json_schemas
+    from framewatch.schemas.feed import AlertMessage
 
     out = Path(args.dir)
     out.mkdir(parents=True, exist_ok=True)
-    for name, schema in json_schemas().items():
+    schemas = {**json_schemas(), "AlertMessage": AlertMessage.model_json_schema()}
+    for name, schema in schemas.items():
         (out / f"{name}.schema.json").write_text(json.dumps(schema, indent=2) + "\n")
-    print(f"wrote {len(json_schemas())} schemas to {out}")
+    print(f"wrote {len(schemas)} schemas to {out} (AlertMessage: the alert feed on mq_topic)")
     return 0
 
 
@@ -253,8 +279,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="framewatch", description=__doc__)
+    root = argparse.ArgumentParser(prog="framewatch", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     root.add_argument("-v", "--verbose", action="store_true")
+    root.add_argument("--version", action="version", version=f"framewatch {version('framewatch')}")
     sub = root.add_subparsers(dest="command", required=True)
 
     def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -262,7 +290,11 @@ def parser() -> argparse.ArgumentParser:
                        help="config.toml (default: $FRAMEWATCH_CONFIG, else built-in defaults)")
         return p
 
-    p = sub.add_parser("stack", help="the local Kafka, MinIO and PostgreSQL")
+    def with_json(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--json", action="store_true", help="one JSON document instead of the table")
+        return p
+
+    p = with_json(sub.add_parser("stack", help="the local Kafka, MinIO and PostgreSQL"))
     p.add_argument("action", choices=["up", "down", "status", "env"])
     p.add_argument("--brokers", type=int, choices=[1, 3], default=1,
                    help="3: a three-node KRaft cluster (ports 19192-19197) instead of the single broker")
@@ -282,7 +314,7 @@ def parser() -> argparse.ArgumentParser:
                    help="run the config's own tasks to the end of their sources instead, without fw.tasks")
     p.set_defaults(func=cmd_extract)
 
-    p = with_config(sub.add_parser("tasks", help="camera tasks on fw.tasks, changed at run time"))
+    p = with_json(with_config(sub.add_parser("tasks", help="camera tasks on fw.tasks, changed at run time")))
     p.add_argument("action", choices=["list", "add", "update", "disable", "enable", "remove"])
     p.add_argument("task_id", nargs="?")
     p.add_argument("--type", help="add: the task type (区域入侵, area_intrusion, ...)")
@@ -292,7 +324,8 @@ def parser() -> argparse.ArgumentParser:
                    help="any task setting, the value in TOML (region=[[0,0],[1,0],[1,1]], change_gate=true)")
     p.set_defaults(func=cmd_tasks)
 
-    p = with_config(sub.add_parser("cameras", help="every camera: state, rates, last frame, reconnects, last error"))
+    p = with_json(with_config(sub.add_parser("cameras",
+                                             help="every camera: state, rates, last frame, reconnects, last error")))
     p.set_defaults(func=cmd_cameras)
 
     p = with_config(sub.add_parser("detector", help="run the reference HOG algorithm service"))
@@ -320,7 +353,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-announce", action="store_true", help="do not announce on fw.services")
     p.set_defaults(func=cmd_fake_detector)
 
-    p = sub.add_parser("services", help="the algorithm services a worker routes to, with health and load")
+    p = with_json(with_config(sub.add_parser("services",
+                                             help="the algorithm services a worker routes to, with health and load")))
     p.add_argument("--worker", default="http://127.0.0.1:6066", help="the worker's web address")
     p.set_defaults(func=cmd_services)
 
@@ -330,13 +364,13 @@ def parser() -> argparse.ArgumentParser:
 
     p = with_config(sub.add_parser("topics", help="inspect topics"))
     tsub = p.add_subparsers(dest="action", required=True)
-    tsub.add_parser("list")
+    with_json(tsub.add_parser("list"))
     t = tsub.add_parser("tail")
     t.add_argument("topic")
     t.add_argument("-n", type=int, default=10)
     p.set_defaults(func=cmd_topics)
 
-    p = sub.add_parser("schemas", help="export the JSON Schema of every event record")
+    p = sub.add_parser("schemas", help="export the JSON Schema of every event record and of the alert feed")
     p.add_argument("action", choices=["export"])
     p.add_argument("dir")
     p.set_defaults(func=cmd_schemas)
@@ -373,11 +407,19 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("aiokafka").setLevel(logging.DEBUG if args.verbose else logging.ERROR)
     try:
         return int(args.func(args) or 0)
-    except (FramewatchError, LookupError) as error:
-        print(f"framewatch: error: {error}", file=sys.stderr)
-        return 2
+    except (BadInput, LookupError) as error:
+        return _failed(error, 2)
+    except Unreachable as error:
+        return _failed(error, 3)
+    except FramewatchError as error:
+        return _failed(error, 1)
     except KeyboardInterrupt:
         return 130
+
+
+def _failed(error: BaseException, status: int) -> int:
+    print(f"framewatch: error: {error}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+import jsonschema
 import orjson
 
 from framewatch.clients.bus import read_records
@@ -17,6 +18,7 @@ from framewatch.clients.objectstore import ObjectStore
 from framewatch.ops.load import FrameLoad, TopicFollower, start_fleet
 from framewatch.schemas.config import Config
 from framewatch.schemas.events import AlertEvent, DeadLetter, now_ms
+from framewatch.schemas.feed import AlertMessage
 from framewatch.schemas.topics import ALERTS, DEAD_LETTERS
 from framewatch.stack.base import StackHome
 from framewatch.stack.minio import Minio
@@ -43,9 +45,16 @@ async def stored(config: Config, prefix: str) -> dict[str, str]:
     return {r["alert_id"]: r["image_key"] for r in rows}
 
 
+FEED = jsonschema.Draft202012Validator(AlertMessage.model_json_schema())
+
+
 async def published(config: Config) -> collections.Counter[str]:
+    """Alert ids on the alert feed, each message checked against the feed's exported JSON Schema."""
     records = await read_records(config, config.ai_analysis.mq_topic)
-    return collections.Counter(orjson.loads(r.value)["alert_id"] for r in records if r.value)
+    messages = [orjson.loads(r.value) for r in records if r.value]
+    for message in messages:
+        FEED.validate(message)
+    return collections.Counter(message["alert_id"] for message in messages)
 
 
 async def missing_images(config: Config, keys: list[str]) -> list[str]:

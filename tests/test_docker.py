@@ -24,7 +24,17 @@ def test_compose_has_every_part_and_valid_commands() -> None:
         assert services[name]["environment"]["FRAMEWATCH_BIND_HOST"] == "0.0.0.0"
     assert "admin123" not in COMPOSE.read_text() and "${POSTGRES_PASSWORD:?" in COMPOSE.read_text()
     published = {name: s["ports"] for name, s in services.items() if s.get("ports")}
-    assert published == {"worker": ["${FRAMEWATCH_PUBLISH:-127.0.0.1}:6066:6066"]}, "only the dashboard, on loopback"
+    assert published == {"worker": ["${FRAMEWATCH_PUBLISH:-127.0.0.1}::6066"],  # any host port: workers scale
+                         "minio": ["${FRAMEWATCH_PUBLISH:-127.0.0.1}:9000:9000"],  # presigned image URLs
+                         "grafana": ["${FRAMEWATCH_PUBLISH:-127.0.0.1}:3000:3000"]}, "on loopback by default"
+    for name in ("kafka", "minio", "postgres", "detector", "worker", "extractor"):
+        assert services[name]["healthcheck"]["test"], f"{name} has a healthcheck"
+    assert services["worker"]["depends_on"]["postgres"] == {"condition": "service_healthy"}
+    assert "/readyz" in " ".join(services["worker"]["healthcheck"]["test"])
+    assert services["kafka"]["environment"]["CLUSTER_ID"] and services["kafka"]["environment"]["KAFKA_LOG_DIRS"]
+    assert "USER framewatch" in (ROOT / "docker" / "Dockerfile").read_text(), "the image runs unprivileged"
+    mounted = " ".join(services["grafana"]["volumes"])
+    assert "grafana/dashboards" in mounted and "grafana/provisioning" in mounted
     app = services["worker"]["environment"]
     assert app["FRAMEWATCH_API_TOKEN"].startswith("${FRAMEWATCH_API_TOKEN:?"), "the API wants a token"
     assert app["FRAMEWATCH_MINIO_ACCESS_KEY"] != services["minio"]["environment"]["MINIO_ROOT_USER"]

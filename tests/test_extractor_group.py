@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from framewatch.ops.demo import ServiceProcess
@@ -37,9 +38,11 @@ class Extractors:
         self.path = write_config(folder / "extractor.toml", config_text())
         self.config: Config = load_config(self.path, env)[0]
         self.processes: list[ServiceProcess] = []
+        self.ports: list[int] = []  # each process's /metrics, /healthz and /readyz
 
     def start(self) -> ServiceProcess:
-        env = {**self.env, "FRAMEWATCH_EXTRACTOR_METRICS_PORT": str(free_port())}
+        self.ports.append(free_port())
+        env = {**self.env, "FRAMEWATCH_EXTRACTOR_METRICS_PORT": str(self.ports[-1])}
         process = ServiceProcess(f"extractor-{len(self.processes)}", ["extract", "-c", str(self.path)], env,
                                  self.folder / "logs")
         self.processes.append(process)
@@ -92,6 +95,10 @@ def test_two_extractors_split_the_cameras_and_one_takes_over_when_the_other_dies
     moved = [c for c in CAMERAS if statuses[c].extractor != survivor]
     assert moved and len(moved) < len(CAMERAS)  # a split, both ways
     assert "Traceback" not in first.log_path.read_text()
+    for port in extractors.ports:  # the probes a supervisor uses
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).json() == {"alive": True}
+        ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5)
+        assert ready.status_code == 200 and ready.json() == {"ready": True, "assigned": True, "object_store": True}
 
     first.stop(signal.SIGKILL)
     killed_at = now_ms()
@@ -158,7 +165,9 @@ def test_bad_task_changes_are_refused_with_the_field_named(extractors: Extractor
     assert tail.returncode == 0 and "rtsp://***@10.0.0.9/1" in tail.stdout
     listing = extractors.cli("tasks", "list")
     assert "rtsp://***@10.0.0.9/1" in listing
-    assert "secret" not in added.stdout + added.stderr + tail.stdout + listing
+    as_json = json.loads(extractors.cli("tasks", "list", "--json"))
+    assert {"task_id": "door", "origin": "command"}.items() <= next(t for t in as_json if t["task_id"] == "door").items()
+    assert "secret" not in added.stdout + added.stderr + tail.stdout + listing + str(as_json)
     missing = subprocess.run([sys.executable, "-m", "framewatch.cli", "tasks", "-c", str(extractors.path),
                               "update", "nobody", "--set", "interval_ms=100"],
                              capture_output=True, text=True, env=extractors.env, cwd=ROOT, timeout=60)

@@ -91,8 +91,8 @@ async def test_overload_at_the_seeds_ratio_stays_fresh_and_bounded(one: Fleet) -
     samples: list[tuple[float, float, int]] = []
     while not running.done():
         await asyncio.sleep(5)
-        stats = one.run.stats() or {}
-        samples.append((time.monotonic(), one.worker_rss_mb(), int(stats.get("queue_size", -1))))
+        stats = one.run.stats()
+        samples.append((time.monotonic(), one.worker_rss_mb(), -1 if stats is None else stats.queue_size))
         await follower.poll(0)
     await running
     stopped = now_ms()
@@ -100,7 +100,7 @@ async def test_overload_at_the_seeds_ratio_stays_fresh_and_bounded(one: Fleet) -
         lambda events: len({e.frame.frame_id for e in events if isinstance(e, FrameOutcome)}) >= load.sent,
         timeout_s=60)
     await follower.stop()
-    stats = one.run.stats() or {}
+    stats = one.run.stats()
 
     outcomes = [e for e in follower.events if isinstance(e, FrameOutcome)]
     assert len(outcomes) == len({o.frame.frame_id for o in outcomes}) == load.sent  # each frame ends exactly once
@@ -116,7 +116,7 @@ async def test_overload_at_the_seeds_ratio_stays_fresh_and_bounded(one: Fleet) -
     assert p99 < 1000, f"p99 frame age at dispatch {p99} ms"
     oldest = max(d.dispatched_at - d.frame.captured_at for d in detections if d.dispatched_at is not None)
     assert oldest <= one.run.config.ai_analysis.max_frame_age_ms
-    assert max(queued for _, _, queued in samples) <= 14 and stats["queue_max"] <= 14
+    assert max(queued for _, _, queued in samples) <= 14 and stats is not None and stats.queue_max <= 14
     early = [rss for t, rss, _ in samples if t - samples[0][0] < 30]
     late = [rss for t, rss, _ in samples if t - samples[0][0] >= 90]
     assert max(late) < max(early) + 30, f"worker memory grew from {max(early):.0f} to {max(late):.0f} MB"

@@ -131,6 +131,26 @@ def test_the_api_wants_the_token(api: tuple[Fleet, str], path: str) -> None:
     assert get(api[0], path, **params).status_code == 200
 
 
+def test_an_alert_image_has_a_stable_address_redirecting_to_a_fresh_presigned_url(api: tuple[Fleet, str]) -> None:
+    fleet, prefix = api
+    (alert,) = get(fleet, "/api/alerts", limit=1, camera_id=f"{prefix}a-000").json()["alerts"]
+    redirect = get(fleet, f"/api/alerts/{alert['alert_id']}/image")
+    assert redirect.status_code == 302 and "X-Amz-Signature=" in redirect.headers["location"]
+    assert httpx.get(redirect.headers["location"], timeout=10).content == SAMPLE_JPEG
+    assert get(fleet, f"/api/alerts/{alert['alert_id']}/image", token=None).status_code == 401
+    assert get(fleet, f"/api/alerts/{uuid.uuid4()}/image").status_code == 404
+
+
+def test_probes_answer_without_the_token_and_name_each_check(api: tuple[Fleet, str]) -> None:
+    assert get(api[0], "/healthz", token=None).json() == {"alive": True}
+    ready = get(api[0], "/readyz", token=None)
+    assert ready.status_code == 200
+    assert ready.json() == {"ready": True, "assigned": True, "recovered": True, "database": True,
+                            "object_store": True}
+    stats = get(api[0], "/api/stats").json()
+    assert stats["alerts_stored"] > 0 and stats["frames_evaluated"] >= stats["alerts_raised"] > 0
+
+
 def test_dashboard_shows_the_alerts_and_their_images_in_chromium(api: tuple[Fleet, str], tmp_path: Path) -> None:
     fleet, prefix = api
     camera = f"{prefix}a-000"

@@ -6,12 +6,11 @@ with its reason instead of ending the agent (robinhood/faust#586).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
-import signal
 import tempfile
 import time
+from collections.abc import Iterator
 from typing import TypeVar
 
 import faust
@@ -20,7 +19,9 @@ from faust.transport.drivers import aiokafka as kafka_driver
 from faust.types import TP
 from faust.types.transports import TransportT
 from mode import Service
-from prometheus_client import Counter, Gauge
+from prometheus_client import REGISTRY, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from framewatch.agents.catalog import camera_states, task_catalog
 from framewatch.agents.inference.capacity import CapacityShare
@@ -31,12 +32,13 @@ from framewatch.clients.bus import kafka_options
 from framewatch.clients.database import AlertStore
 from framewatch.clients.objectstore import ObjectStore
 from framewatch.errors import FramewatchError
+from framewatch.retry import Backoff, logged
 from framewatch.schemas import topics
 from framewatch.schemas.config import Config
 from framewatch.schemas.events import DeadLetter, DecodeError, Event
 from framewatch.schemas.tasks import CameraTask
 from framewatch.schemas.topics import MAX_RECORD_BYTES, TopicSpec
-from framewatch.streams.deadline import exit_unless_stopped_within
+from framewatch.streams.deadline import StopsWithinDeadline
 
 log = logging.getLogger("framewatch.worker")
 
@@ -49,8 +51,9 @@ REBALANCE_WAITS_ABANDONED = Counter("framewatch_worker_rebalance_waits_abandoned
 
 SEND_RETRIES = Counter("framewatch_worker_send_retries_total", "Sends retried while Kafka could not take them",
                        ["topic"])
-SEND_RETRY_S = 0.5
-SEND_RETRY_MAX_S = 5.0
+SEND_BACKOFF = Backoff(first_s=0.5, max_s=5.0)
+DEAD_LETTERS = Counter("framewatch_worker_dead_letters_total", "Records kept on fw.dead-letters, by source topic",
+                       ["topic"])
 
 E = TypeVar("E", bound=Event)
 
@@ -110,22 +113,13 @@ class Topology:
         if len(value) > MAX_RECORD_BYTES:
             raise RecordTooLarge(f"a {type(event).__name__} of {len(value)} bytes for {name}: more than a record "
                                  f"may take ({MAX_RECORD_BYTES})")
-        backoff = SEND_RETRY_S
-        while True:
-            try:
-                await topic.send(key=key, value=value)
-                return
-            except Exception as error:
-                if _too_large(error) or self.app.should_stop:
-                    raise
-                SEND_RETRIES.labels(name).inc()
-                log.warning("sending to %s failed, retrying in %.1fs: %r", name, backoff, error)
-                await asyncio.sleep(backoff)
-                backoff = min(2 * backoff, SEND_RETRY_MAX_S)
+        await SEND_BACKOFF.call(topic.send, lambda error: not _too_large(error) and not self.app.should_stop,
+                                logged(log, f"sending to {name}", SEND_RETRIES.labels(name).inc), key=key, value=value)
 
     async def dead_letter(self, topic: faust.TopicT, reason: str, record: bytes, key: str | None = None) -> None:
         """Keeps a record framewatch could not handle on fw.dead-letters, with the reason."""
         await self.send(self.dead_letters, DeadLetter.of(topic.get_topic_name(), reason, record, key))
+        DEAD_LETTERS.labels(topic.get_topic_name()).inc()
 
     async def decode(self, record: type[E], raw: bytes, topic: faust.TopicT) -> E | None:
         try:
@@ -237,15 +231,38 @@ class WorkerApp(faust.App):
         return KafkaTransport(self.conf.broker_consumer, self)
 
 
-class Worker(faust.Worker):
+class Worker(StopsWithinDeadline, faust.Worker):
     """Faust's worker, stopped within 25 s of SIGTERM or SIGINT whatever it waits on (a consumer that
-    cannot reach the broker waits for minutes): past it, the process exits with status 1, logging why. Records
-    not yet acknowledged are read again by whoever takes the partitions over."""
+    cannot reach the broker waits for minutes). Records not yet acknowledged are read again by whoever takes the
+    partitions over."""
 
-    def _schedule_shutdown(self, received: signal.Signals) -> None:
-        if not self._signal_stop_time:
-            exit_unless_stopped_within("the worker")
-        super()._schedule_shutdown(received)
+
+class ConsumerCollector(Collector):
+    """Faust's own figures of the worker's consumer, for Prometheus: the lag per partition (end offset minus
+    committed offset, as Faust's monitor tracks them) and the rebalances so far."""
+
+    def __init__(self) -> None:
+        self.app: faust.App | None = None
+        REGISTRY.register(self)
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # collected only once a worker is watched: nothing to declare before
+
+    def collect(self) -> Iterator[Metric]:
+        if self.app is None:
+            return
+        monitor = self.app.monitor
+        lag = GaugeMetricFamily("framewatch_worker_consumer_lag", "Records not yet committed, per partition read",
+                                labels=["topic", "partition"])
+        for tp, end in list(monitor.tp_end_offsets.items()):
+            if (committed := monitor.tp_committed_offsets.get(tp)) is not None:
+                lag.add_metric([tp.topic, str(tp.partition)], max(0, end - committed))
+        yield lag
+        yield CounterMetricFamily("framewatch_worker_rebalances", "Consumer group rebalances this worker went "
+                                  "through", value=self.app.rebalancing_count)
+
+
+CONSUMER = ConsumerCollector()
 
 
 class RebalanceWatch:

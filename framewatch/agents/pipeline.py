@@ -19,16 +19,21 @@ from functools import partial
 from typing import cast
 
 import faust
+from faust.tables.manager import TableManager
 from faust.types import AgentT
 from prometheus_client import Counter, Gauge, Histogram
 
+from framewatch.agents.alerts import publisher, relocation, sink
 from framewatch.agents.alerts.publisher import AlertPublisher
 from framewatch.agents.alerts.relocation import IMAGE_NOT_COPIED, Relocator
 from framewatch.agents.alerts.sink import AlertSink
 from framewatch.agents.api.web import attach_web
-from framewatch.agents.app import RebalanceWatch, RecordTooLarge, Resources, Topology, create_app
+from framewatch.agents.app import CONSUMER, RebalanceWatch, RecordTooLarge, Resources, Topology, create_app
+from framewatch.agents.inference import scheduler as inference
+from framewatch.agents.retention import frames
 from framewatch.agents.retention.frames import Retention
 from framewatch.agents.retention.housekeeping import Housekeeping
+from framewatch.metrics import Tally
 from framewatch.rules.engine import Evaluation, Status, evaluate
 from framewatch.rules.state import RuleState, StateUnreadable
 from framewatch.schemas.config import Config
@@ -44,12 +49,13 @@ from framewatch.schemas.events import (
     Outcome,
     now_ms,
 )
+from framewatch.schemas.stats import WorkerStats
 from framewatch.schemas.tasks import CameraTask
 
 log = logging.getLogger("framewatch.worker")
 
-ALERTS_RAISED = Counter("framewatch_rules_alerts_total", "Alerts raised", ["task_type", "rule"])
-FRAMES_EVALUATED = Counter("framewatch_rules_frames_total", "Frames seen by the rules: evaluated, replayed, late",
+ALERTS_RAISED = Tally("framewatch_rules_alerts_total", "Alerts raised", ["task_type", "rule"])
+FRAMES_EVALUATED = Tally("framewatch_rules_frames_total", "Frames seen by the rules: evaluated, replayed, late",
                            ["status"])
 EVALUATION_SECONDS = Histogram("framewatch_rules_evaluation_seconds", "Rule evaluation time per frame", ["task_type"],
                                buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1))
@@ -253,14 +259,40 @@ class Pipeline:
     async def watch_rebalance(self) -> None:
         self.rebalance_watch.observe(self.topology.app.rebalancing)
 
+    async def readiness(self) -> dict[str, bool]:
+        """What `/readyz` checks: the group's assignment settled, the rule state recovered, the stores reachable."""
+        app = self.topology.app
+        return {"assigned": not app.rebalancing, "recovered": cast(TableManager, app.tables).recovery.completed.is_set(),
+                "database": await self.resources.alerts.reachable(),
+                "object_store": await self.resources.store.reachable()}
+
+    def stats(self) -> WorkerStats:
+        """This worker's figures now: what `/api/stats` answers."""
+        scheduler = self.resources.scheduler
+        return WorkerStats(
+            partitions_assigned=len(self.topology.app.consumer.assignment()),
+            services_alive=len(self.resources.registry.alive()),
+            requests=inference.REQUESTS.total(), responses=inference.RESPONSES.total(),
+            failures=inference.FAILURES.total(), queue_size=scheduler.queued, queue_max=scheduler.waiting_max,
+            max_size=scheduler.max_waiting, in_flight=scheduler.in_flight,
+            processed_total=inference.FRAMES_DONE.total(outcome="inferred"),
+            dropped_total=inference.FRAMES_DONE.total(outcome="dropped"),
+            failed_total=inference.FRAMES_DONE.total(outcome="failed"),
+            frames_evaluated=FRAMES_EVALUATED.total(), alerts_raised=ALERTS_RAISED.total(),
+            alerts_relocated=relocation.COPIED.total(), relocation_dead_letters=relocation.DEAD.total(),
+            alerts_stored=sink.ALERTS_STORED.total(), alerts_published=publisher.PUBLISHED_TOTAL.total(),
+            frames_deleted=frames.DELETED.total(),
+            freshness={camera: seen.freshness.value for camera, seen in scheduler.cameras.items()})
+
 
 def build_worker(config: Config) -> tuple[faust.App, Topology, Resources, Pipeline]:
     app = create_app(config)
+    CONSUMER.app = app
     topology = Topology(app, config)
     resources = Resources(config)
     app.add_dependency(resources)
     app.add_dependency(AlertPublisher(config, app.conf.id))  # fw.alerts-stored -> mq_topic, in transactions
     pipeline = Pipeline(topology, resources)
     pipeline.attach(app)
-    attach_web(app, resources)
+    attach_web(app, resources, pipeline.stats, pipeline.readiness)
     return app, topology, resources, pipeline

@@ -11,7 +11,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from aiokafka.helpers import create_ssl_context
 
-from framewatch.errors import FramewatchError
+from framewatch.errors import Unreachable
 from framewatch.schemas.config import Config
 from framewatch.schemas.events import Event
 from framewatch.schemas.topics import ALL_TOPICS, TopicSpec
@@ -20,7 +20,7 @@ CONNECT_TIMEOUT_S = 10.0
 TOPIC_CREATION_CHECKS = 6
 
 
-class BrokerUnavailable(FramewatchError, RuntimeError):
+class BrokerUnavailable(Unreachable):
     """Kafka could not be reached at the configured address."""
 
 

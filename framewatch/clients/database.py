@@ -3,6 +3,7 @@ alert id), the per-minute counts, and the queries behind the API."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from datetime import UTC, datetime
@@ -11,7 +12,7 @@ from importlib.resources import files
 import asyncpg
 import orjson
 
-from framewatch.errors import FramewatchError
+from framewatch.errors import BadInput, Unreachable
 from framewatch.schemas.events import AlertEvent, CountWindow
 from framewatch.schemas.queries import AlertQuery, CountQuery
 
@@ -36,11 +37,11 @@ UPSERT_COUNT = ("INSERT INTO counts (task_id, camera_id, task_type, window_start
                 "crossed_in = EXCLUDED.crossed_in, crossed_out = EXCLUDED.crossed_out")
 
 
-class DatabaseUnavailable(FramewatchError, RuntimeError):
+class DatabaseUnavailable(Unreachable):
     """PostgreSQL could not be reached or could not run the statement now: worth retrying."""
 
 
-class DataRejected(FramewatchError, ValueError):
+class DataRejected(BadInput):
     """PostgreSQL refused the rows themselves (a data exception or a constraint): retrying cannot help."""
 
 
@@ -120,6 +121,15 @@ class AlertStore:
     async def close(self) -> None:
         if self._pool is not None:
             await self._pool.close()
+
+    async def reachable(self, timeout_s: float = 2.0) -> bool:
+        """Whether PostgreSQL answers a query within `timeout_s` (readiness probes)."""
+        try:
+            async with asyncio.timeout(timeout_s), self.pool.acquire() as connection:
+                await connection.fetchval("SELECT 1")
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError, DatabaseUnavailable):
+            return False
+        return True
 
     async def insert(self, alerts: list[AlertEvent]) -> int:
         """Store a batch in one transaction; alerts already stored are skipped. Returns how many were new."""

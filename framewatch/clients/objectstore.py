@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -15,9 +16,14 @@ from minio.deleteobjects import DeleteObject
 from minio.error import S3Error
 
 from framewatch.errors import FramewatchError
+from framewatch.retry import Backoff, logged
 from framewatch.schemas.config import MinioSettings
 
 T = TypeVar("T")
+log = logging.getLogger("framewatch.objectstore")
+
+
+BUCKET_BACKOFF = Backoff(first_s=0.5, max_s=2.0, attempts=4)
 
 
 class StoreError(FramewatchError, RuntimeError):
@@ -28,11 +34,16 @@ class ObjectStore:
     def __init__(self, settings: MinioSettings, bucket: str | None = None, pool_size: int = 16) -> None:
         self.settings = settings
         self.bucket = bucket or settings.bucket
+        # no retries here: each caller's own policy retries (framewatch/retry.py), so they never multiply
         http = urllib3.PoolManager(maxsize=pool_size, timeout=urllib3.Timeout(connect=3.0, read=20.0),
-                                   retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=[502, 503, 504]))
+                                   retries=urllib3.Retry(total=0, redirect=0, raise_on_status=False))
         self._client = Minio(settings.endpoint, access_key=settings.access_key,
                              secret_key=settings.secret_key.get_secret_value(), secure=settings.use_ssl,
                              region=settings.region, http_client=http)
+        # presigning makes no request: a client named for the public address signs URLs for that host
+        self._signer = self._client if not settings.public_endpoint else Minio(
+            settings.public_endpoint, access_key=settings.access_key,
+            secret_key=settings.secret_key.get_secret_value(), secure=settings.use_ssl, region=settings.region)
 
     def key(self, *parts: str) -> str:
         return "/".join(p.strip("/") for p in (self.settings.base_path, *parts) if p)
@@ -57,6 +68,19 @@ class ObjectStore:
             raise StoreError(f"{what} {self._where(key)}: object store unreachable ({error})") from error
 
     async def ensure_bucket(self) -> None:
+        """Creates the bucket if missing; retried a few times, a process starting beside the store may be early."""
+        await BUCKET_BACKOFF.call(self._ensure_bucket, lambda error: isinstance(error, StoreError),
+                                  logged(log, f"checking the bucket {self._where()}"))
+
+    async def reachable(self, timeout_s: float = 2.0) -> bool:
+        """Whether the store answers for the bucket within `timeout_s` (readiness probes)."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await self._call("checking bucket", "", self._client.bucket_exists, self.bucket)
+        except (TimeoutError, StoreError):
+            return False
+
+    async def _ensure_bucket(self) -> None:
         if not await self._call("checking bucket", "", self._client.bucket_exists, self.bucket):
             try:
                 await self._call("creating bucket", "", self._client.make_bucket, self.bucket)
@@ -123,4 +147,4 @@ class ObjectStore:
 
     def presign(self, key: str, expiry_sec: int) -> str:
         """A GET URL computed locally (the region is configured, so no request is made)."""
-        return self._client.presigned_get_object(self.bucket, key, expires=timedelta(seconds=expiry_sec))
+        return self._signer.presigned_get_object(self.bucket, key, expires=timedelta(seconds=expiry_sec))

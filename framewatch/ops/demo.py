@@ -8,7 +8,6 @@ reads back what landed in PostgreSQL, MinIO and the alert topic.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import statistics
@@ -18,7 +17,6 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import orjson
@@ -27,6 +25,7 @@ from framewatch.clients.bus import ensure_topics, read_records
 from framewatch.clients.objectstore import ObjectStore
 from framewatch.schemas.config import load_config
 from framewatch.schemas.events import FrameOutcome, Outcome
+from framewatch.schemas.stats import WorkerStats
 from framewatch.schemas.topics import FRAME_OUTCOMES
 from framewatch.stack.base import port_open
 from framewatch.streams.extractor import ExtractReport, run_extractor
@@ -132,7 +131,7 @@ class PipelineRun:
                 if not process.alive():
                     raise RuntimeError(f"{process.name} exited while starting:\n{process.tail()}")
             stats = self.stats()
-            if stats and stats["services_alive"] >= services and stats["partitions_assigned"] > 0:
+            if stats and stats.services_alive >= services and stats.partitions_assigned > 0:
                 return
             time.sleep(0.5)
         raise RuntimeError(f"the worker was not ready within {timeout_s:.0f}s:\n{self.processes[-1].tail()}")
@@ -149,12 +148,12 @@ class PipelineRun:
         for process in reversed(self.processes):
             process.stop()
 
-    def stats(self) -> dict[str, Any] | None:
+    def stats(self) -> WorkerStats | None:
+        """The worker's `/api/stats`; None while it does not answer."""
         try:
             request = urllib.request.Request(self.stats_url, headers=self.auth_headers)
             with urllib.request.urlopen(request, timeout=2) as answer:
-                stats: dict[str, Any] = json.loads(answer.read())
-                return stats
+                return WorkerStats.model_validate_json(answer.read())
         except OSError:
             return None
 
@@ -167,10 +166,10 @@ class PipelineRun:
         while time.monotonic() < deadline:
             outcomes = await self._outcomes()
             alerts = sum(1 for o in outcomes if o.outcome is Outcome.ALERT)
-            stats = self.stats() or {}
-            if (len(outcomes) >= frames and stats.get("alerts_published", 0) >= alerts
-                    and stats.get("alerts_relocated", 0) + stats.get("relocation_dead_letters", 0) >= alerts
-                    and stats.get("frames_deleted", 0) + stats.get("relocation_dead_letters", 0) >= len(outcomes)):
+            stats = self.stats() or WorkerStats()
+            if (len(outcomes) >= frames and stats.alerts_published >= alerts
+                    and stats.alerts_relocated + stats.relocation_dead_letters >= alerts
+                    and stats.frames_deleted + stats.relocation_dead_letters >= len(outcomes)):
                 return
             await asyncio.sleep(1)
         raise TimeoutError(f"pipeline not settled within {timeout_s:.0f}s: {len(await self._outcomes())}/{frames} "

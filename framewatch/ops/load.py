@@ -33,6 +33,7 @@ from framewatch.clients.bus import (
 )
 from framewatch.clients.objectstore import ObjectStore
 from framewatch.ops.demo import PipelineRun
+from framewatch.ops.table import text_table
 from framewatch.schemas.config import Config
 from framewatch.schemas.events import (
     DecodeError,
@@ -248,10 +249,7 @@ def start_fleet(folder: Path, stack_env: dict[str, str], instances: int, config:
 
 def print_table(rows: list[tuple[str, Any, str]]) -> None:
     """A benchmark's figures for reading: name, value, goal."""
-    width = max(len(name) for name, _, _ in rows)
-    print(f"\n{'figure':{width}} {'value':>10}   goal")
-    for name, value, goal in rows:
-        print(f"{name:{width}} {value!s:>10}   {goal}")
+    print("\n" + "\n".join(text_table(["figure", "value", "goal"], rows, right={1})))
 
 
 def print_figures(figures: dict[str, Any], json_path: Path | None) -> None:

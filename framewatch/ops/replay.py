@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import threading
 from base64 import b64encode
 from dataclasses import dataclass, field
@@ -28,7 +29,9 @@ from framewatch.agents.inference.client import InferenceFailure, ServiceClient
 from framewatch.clients.bus import BrokerUnavailable, latest, read_records
 from framewatch.errors import FramewatchError
 from framewatch.ops.scoring import RuleScore, ScoredAlert
+from framewatch.ops.table import text_table
 from framewatch.ops.tasks import validated
+from framewatch.retry import Backoff, logged
 from framewatch.rules.engine import evaluate
 from framewatch.rules.state import RuleState
 from framewatch.schemas.config import Config, StaticService
@@ -49,7 +52,10 @@ from framewatch.streams.handoff import Handoff
 from framewatch.streams.source import Source, SourceError, SourceSettings
 
 CACHE_VERSION = 1
-ATTEMPTS = 3  # per frame, with backoff: a replay waits out a detector's hiccup instead of losing the frame
+log = logging.getLogger("framewatch.replay")
+
+# per frame: a replay waits out a detector's hiccup instead of losing the frame
+DETECTOR_BACKOFF = Backoff(first_s=0.5, max_s=1.0, attempts=3)
 DIGEST_CHUNK = 1 << 20
 
 
@@ -232,17 +238,14 @@ class VideoDetections:
                 failed=answer.reason if isinstance(answer, InferenceFailure) else "")
 
     async def _send(self, detector: Detector, request: InferRequest) -> dict[str, list[Detection] | InferenceFailure]:
-        failure = InferenceFailure("internal", "no attempt made")
-        for attempt in range(ATTEMPTS):
-            if attempt:
-                await asyncio.sleep(0.5 * 2 ** (attempt - 1))
-            try:
-                return (await self.client.send(detector.endpoint, request)).results
-            except InferenceFailure as error:
-                failure = error
-        if failure.reason == "connect":
-            self.unreachable = f"the detector cannot be reached: {failure}"
-        return {frame.frame_id: failure for frame in request.frames}
+        try:
+            answer = await DETECTOR_BACKOFF.call(self.client.send, lambda error: isinstance(error, InferenceFailure),
+                                                 logged(log, f"asking {detector.endpoint}"), detector.endpoint, request)
+        except InferenceFailure as failure:
+            if failure.reason == "connect":
+                self.unreachable = f"the detector cannot be reached: {failure}"
+            return {frame.frame_id: failure for frame in request.frames}
+        return answer.results
 
 
 async def detect_video(config: Config, task: CameraTask, video: Path, detectors: list[Detector],
@@ -320,12 +323,10 @@ WINDOW_FIGURES = {"samples", "people_max", "people_mean", "crossed_in", "crossed
 
 
 def alerts_table(result: ReplayResult) -> list[str]:
-    lines = [f"{'time':>9}  {'rule':16} {'subject':10} evidence"]
-    for alert in result.alerts:
-        evidence = " ".join(f"{k}={_shown(v)}" for k, v in alert.evidence.items() if k not in HIDDEN_EVIDENCE)
-        lines.append(f"{result.at_s(alert.frame.captured_at):>8.1f}s  {alert.rule:16} "
-                     f"{str(alert.evidence.get('subject', '')):10} {evidence}")
-    return lines
+    rows = [[f"{result.at_s(a.frame.captured_at):.1f}s", a.rule, a.evidence.get("subject", ""),
+             " ".join(f"{k}={_shown(v)}" for k, v in a.evidence.items() if k not in HIDDEN_EVIDENCE)]
+            for a in result.alerts]
+    return text_table(["time", "rule", "subject", "evidence"], rows, right={0})
 
 
 def as_json(result: ReplayResult) -> dict[str, Any]:
@@ -342,11 +343,10 @@ def scores_table(scores: list[RuleScore]) -> list[str]:
     def figure(value: float | None, unit: str = "") -> str:
         return "-" if value is None else f"{value:.2f}{unit}"
 
-    lines = [f"{'rule':16} {'alerts':>6} {'truth':>6} {'found':>6} {'precision':>9} {'recall':>7} {'time error':>11}"]
-    for s in scores:
-        lines.append(f"{s.rule:16} {s.alerts:>6} {s.events:>6} {s.matched:>6} {figure(s.precision):>9} "
-                     f"{figure(s.recall):>7} {figure(s.mean_time_error_s, ' s'):>11}")
-    return lines
+    rows = [[s.rule, s.alerts, s.events, s.matched, figure(s.precision), figure(s.recall),
+             figure(s.mean_time_error_s, " s")] for s in scores]
+    return text_table(["rule", "alerts", "truth", "found", "precision", "recall", "time error"], rows,
+                      right=range(1, 7))
 
 
 # -- the command --------------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from framewatch.clients.bus import EventProducer, ensure_topics, latest
 from framewatch.errors import describe
+from framewatch.ops.table import text_table
 from framewatch.schemas.config import Config, ConfigError, mask_url
 from framewatch.schemas.events import (
     CameraState,
@@ -101,15 +102,18 @@ async def remove_task(config: Config, task_id: str) -> None:
     await _publish(config, task_id, None)
 
 
+def tasks_json(tasks: dict[str, TaskEvent]) -> list[dict[str, Any]]:
+    """The tasks as `tasks list --json` prints them, camera URLs masked."""
+    return [{"task_id": task_id, "origin": event.origin.value,
+             "task": {**event.task.model_dump(mode="json"), "rtsp_url": mask_url(event.task.rtsp_url)}}
+            for task_id, event in sorted(tasks.items()) if event.task is not None]
+
+
 def tasks_table(tasks: dict[str, TaskEvent]) -> list[str]:
-    lines = [f"{'task':24} {'type':16} {'enabled':7} {'interval':>8} {'origin':7}  source"]
-    for task_id, event in sorted(tasks.items()):
-        if (task := event.task) is None:
-            continue
-        interval = f"{task.interval_ms}ms" if task.interval_ms else "default"
-        lines.append(f"{task_id:24} {task.task_type.value:16} {'yes' if task.enabled else 'no':7} {interval:>8} "
-                     f"{event.origin.value:7}  {mask_url(task.rtsp_url)}")
-    return lines
+    rows = [[task_id, task.task_type.value, "yes" if task.enabled else "no",
+             f"{task.interval_ms}ms" if task.interval_ms else "default", event.origin.value, mask_url(task.rtsp_url)]
+            for task_id, event in sorted(tasks.items()) if (task := event.task) is not None]
+    return text_table(["task", "type", "enabled", "interval", "origin", "source"], rows, right={3})
 
 
 async def camera_statuses(config: Config) -> list[CameraStatus]:
@@ -124,13 +128,13 @@ async def camera_statuses(config: Config) -> list[CameraStatus]:
 
 
 def cameras_table(statuses: list[CameraStatus]) -> list[str]:
-    lines = [f"{'camera':24} {'state':10} {'fps in':>7} {'fps out':>7} {'interval':>8} {'last frame':>10} "
-             f"{'reconnects':>10}  {'extractor':24} last error"]
     now = now_ms()
+    rows = []
     for s in statuses:
         stale = (now - s.emitted_at) / 1000 > STALE_STATUS_S and s.state is not CameraState.STOPPED
-        state = "unknown" if stale else s.state.value  # its extractor stopped reporting
-        age = "-" if s.last_frame_at is None else f"{(now - s.last_frame_at) / 1000:.1f}s"
-        lines.append(f"{s.camera_id:24} {state:10} {s.fps_in:>7.1f} {s.fps_out:>7.1f} {s.interval_ms:>6}ms "
-                     f"{age:>10} {s.reconnects:>10}  {s.extractor:24} {s.last_error}")
-    return lines
+        rows.append([s.camera_id, "unknown" if stale else s.state.value,  # unknown: its extractor stopped reporting
+                     f"{s.fps_in:.1f}", f"{s.fps_out:.1f}", f"{s.interval_ms}ms",
+                     "-" if s.last_frame_at is None else f"{(now - s.last_frame_at) / 1000:.1f}s", s.reconnects,
+                     s.extractor, s.last_error])
+    return text_table(["camera", "state", "fps in", "fps out", "interval", "last frame", "reconnects", "extractor",
+                       "last error"], rows, right=range(2, 7))

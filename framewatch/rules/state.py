@@ -8,13 +8,13 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from framewatch.errors import FramewatchError, describe
+from framewatch.errors import BadInput, describe
 from framewatch.schemas.geometry import Box, Point, foot
 
 SEEN_FRAMES = 64  # capture times remembered to recognise a replayed frame
 
 
-class StateUnreadable(FramewatchError, ValueError):
+class StateUnreadable(BadInput):
     """A stored rule state that does not decode (corrupt, or written by an incompatible version)."""
 
 

@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from framewatch.errors import FramewatchError
+from framewatch.errors import BadInput
 from framewatch.schemas.tasks import (
     CameraTask,
     Freshness,
@@ -31,7 +31,7 @@ from framewatch.schemas.tasks import (
 )
 
 
-class ConfigError(FramewatchError, ValueError):
+class ConfigError(BadInput):
     """A config file could not be read or holds a value framewatch cannot use; the message names file and key."""
 
 
@@ -57,6 +57,9 @@ class MinioSettings(Section):
     use_ssl: bool = False
     base_path: str = ""
     region: str = "us-east-1"
+    # where browsers and integrators reach the store, when not at `endpoint` (a container network's name):
+    # presigned URLs name this host, e.g. "localhost:9000" for compose on a laptop
+    public_endpoint: str = ""
 
     @field_validator("base_path")
     @classmethod
@@ -248,6 +251,7 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "FRAMEWATCH_MINIO_ACCESS_KEY": ("frame_extractor", "minio", "access_key"),
     "FRAMEWATCH_MINIO_SECRET_KEY": ("frame_extractor", "minio", "secret_key"),
     "FRAMEWATCH_MINIO_BUCKET": ("frame_extractor", "minio", "bucket"),
+    "FRAMEWATCH_MINIO_PUBLIC_ENDPOINT": ("frame_extractor", "minio", "public_endpoint"),
     "FRAMEWATCH_POSTGRES_DSN": ("database", "dsn"),
     "FRAMEWATCH_NAMESPACE": ("framewatch", "namespace"),
     "FRAMEWATCH_BIND_HOST": ("framewatch", "bind_host"),

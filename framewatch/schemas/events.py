@@ -16,7 +16,7 @@ from typing import Any, Literal, Self, TypeVar
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from framewatch.errors import FramewatchError, describe
+from framewatch.errors import BadInput, describe
 from framewatch.schemas.geometry import Point, foot
 from framewatch.schemas.tasks import CameraTask, Freshness, TaskType
 
@@ -26,7 +26,7 @@ ID_NAMESPACE = uuid.UUID("6f1c0e62-4c55-4d0e-9a57-1f1f3e0f7a11")
 E = TypeVar("E", bound="Event")
 
 
-class DecodeError(FramewatchError, ValueError):
+class DecodeError(BadInput):
     """Bytes on a topic that are not a valid record of the expected kind."""
 
 

@@ -13,13 +13,13 @@ from typing import Any, ClassVar, Self
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from framewatch.errors import FramewatchError, describe
+from framewatch.errors import BadInput, describe
 from framewatch.schemas.tasks import TaskType, parse_task_type
 
 MAX_PAGE = 500
 
 
-class BadQuery(FramewatchError, ValueError):
+class BadQuery(BadInput):
     """A query parameter framewatch cannot use; the message names it."""
 
 

@@ -31,6 +31,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from framewatch.clients.bus import EventProducer
 from framewatch.clients.objectstore import ObjectStore, StoreError
+from framewatch.retry import Backoff, logged
 from framewatch.schemas.config import FrameExtractorSettings, mask_url
 from framewatch.schemas.events import CameraState, CameraStatus, FrameEvent, now_ms
 from framewatch.schemas.tasks import CameraTask, Freshness
@@ -59,6 +60,8 @@ UPLOAD_SECONDS = Histogram("framewatch_extractor_upload_seconds", "Time to uploa
 CAPTURE_TO_EVENT = Histogram("framewatch_extractor_capture_to_event_seconds", "Capture to FrameEvent sent",
                              buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
 CAMERA_UP = Gauge("framewatch_extractor_camera_up", "1 while a camera is streaming", ["task"])
+LAST_FRAME = Gauge("framewatch_extractor_last_frame_timestamp_seconds", "When the camera's last frame was captured "
+                   "(the age of its last frame: time() minus this)", ["task"])
 CAMERA_STATE = Gauge("framewatch_extractor_camera_state", "1 for the state a camera is in", ["task", "state"])
 CAMERA_ERRORS = Counter("framewatch_extractor_camera_errors_total", "Source sessions that failed",
                         ["task", "reason"])
@@ -71,7 +74,7 @@ FRAMES_AHEAD = Gauge("framewatch_extractor_frames_ahead", "Frames of a lossless 
 HELD_BACK = Counter("framewatch_extractor_held_back_seconds_total", "Time a lossless camera waited for inference",
                     ["task"])
 
-UPLOAD_ATTEMPTS = 3
+UPLOAD_BACKOFF = Backoff(first_s=0.4, max_s=1.6, attempts=3)  # the store's client itself does not retry
 
 
 @dataclass(frozen=True)
@@ -294,6 +297,7 @@ class Camera:
             return
         self.emitted += 1
         self.last_frame_at = sample.captured_at
+        LAST_FRAME.labels(self.task.id).set(sample.captured_at / 1000)
         FRAMES_EMITTED.labels(self.task.id).inc()
         CAPTURE_TO_EVENT.observe((now_ms() - sample.captured_at) / 1000)
 
@@ -306,21 +310,22 @@ class Camera:
             log.warning("camera %s: unsent frame %s left for the sweep: %s", self.task.id, key, error)
 
     async def _upload(self, key: str, data: bytes) -> bool:
-        for attempt in range(1, UPLOAD_ATTEMPTS + 1):
-            started = time.perf_counter()
-            try:
-                async with self.uplink.uploads:
-                    await self.uplink.store.put(key, data)
-            except StoreError as error:
-                log.warning("camera %s: upload attempt %d/%d failed: %s", self.task.id, attempt, UPLOAD_ATTEMPTS,
-                            error)
-                await asyncio.sleep(0.2 * 2 ** attempt)
-                continue
-            UPLOAD_SECONDS.observe(time.perf_counter() - started)
-            UPLOAD_BYTES.labels(self.task.id).inc(len(data))
-            return True
-        FRAMES_DROPPED.labels(self.task.id, "upload").inc()
-        return False
+        try:
+            await UPLOAD_BACKOFF.call(self._put, lambda error: isinstance(error, StoreError),
+                                      logged(log, f"camera {self.task.id}: uploading {key}"), key, data)
+        except StoreError as error:
+            log.error("camera %s: frame dropped, its upload failed %d times: %s", self.task.id,
+                      UPLOAD_BACKOFF.attempts, error)
+            FRAMES_DROPPED.labels(self.task.id, "upload").inc()
+            return False
+        UPLOAD_BYTES.labels(self.task.id).inc(len(data))
+        return True
+
+    async def _put(self, key: str, data: bytes) -> None:
+        started = time.perf_counter()
+        async with self.uplink.uploads:
+            await self.uplink.store.put(key, data)
+        UPLOAD_SECONDS.observe(time.perf_counter() - started)
 
     # -- what `framewatch cameras` shows ------------------------------------------------------------------------
 

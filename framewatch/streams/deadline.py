@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
+
+from mode import Worker
 
 log = logging.getLogger("framewatch")
 
@@ -25,3 +28,13 @@ def exit_unless_stopped_within(what: str, seconds: float = STOP_DEADLINE_S) -> N
     deadline = threading.Timer(seconds, stop_now)
     deadline.daemon = True
     deadline.start()
+
+
+class StopsWithinDeadline(Worker):
+    """A mode (or Faust) worker stopped within `STOP_DEADLINE_S` of SIGTERM or SIGINT whatever it waits on:
+    past it, the process exits with status 1, saying so."""
+
+    def _schedule_shutdown(self, received: signal.Signals) -> None:
+        if not self._signal_stop_time:
+            exit_unless_stopped_within(f"the {type(self).__name__}")
+        super()._schedule_shutdown(received)

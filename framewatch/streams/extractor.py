@@ -15,11 +15,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiokafka import (
     AIOKafkaConsumer,
@@ -28,6 +28,7 @@ from aiokafka import (
     TopicPartition,
 )
 from aiokafka.errors import KafkaError
+from mode import Service, Worker
 from prometheus_client import Counter
 
 from framewatch.clients.bus import (
@@ -50,7 +51,8 @@ from framewatch.schemas.events import (
 from framewatch.schemas.tasks import CameraTask
 from framewatch.schemas.topics import CAMERAS, TASKS
 from framewatch.streams.camera import Camera, Uplink
-from framewatch.streams.deadline import exit_unless_stopped_within
+from framewatch.streams.deadline import StopsWithinDeadline
+from framewatch.streams.health import HealthEndpoint
 from framewatch.streams.pressure import Throttle
 
 log = logging.getLogger("framewatch.extractor")
@@ -85,18 +87,34 @@ class ExtractReport:
         return [c for c in self.cameras if c.error]
 
 
-@asynccontextmanager
-async def open_uplink(config: Config) -> AsyncIterator[Uplink]:
+async def connect_uplink(config: Config) -> Uplink:
     """Topics and bucket created if missing, a started producer, the upload bound."""
     await ensure_topics(config)
     store = ObjectStore(config.frame_extractor.minio, pool_size=config.frame_extractor.upload_concurrency)
     await store.ensure_bucket()
     producer = EventProducer(config)
     await producer.start()
+    return Uplink(store, producer, asyncio.Semaphore(config.frame_extractor.upload_concurrency))
+
+
+@asynccontextmanager
+async def open_uplink(config: Config) -> AsyncIterator[Uplink]:
+    uplink = await connect_uplink(config)
     try:
-        yield Uplink(store, producer, asyncio.Semaphore(config.frame_extractor.upload_concurrency))
+        yield uplink
     finally:
-        await producer.stop()
+        await uplink.producer.stop()
+
+
+class UplinkService(Service):
+    """Stops the uplink's producer once the services that depend on it have stopped."""
+
+    def __init__(self, uplink: Uplink, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.uplink = uplink
+
+    async def on_stop(self) -> None:
+        await self.uplink.producer.stop()
 
 
 async def run_extractor(config: Config) -> ExtractReport:
@@ -158,8 +176,12 @@ class Running:
     runner: asyncio.Task[None]
 
 
-class ExtractorService(ConsumerRebalanceListener):
-    def __init__(self, config: Config, uplink: Uplink) -> None:
+class ExtractorService(Service, ConsumerRebalanceListener):
+    """A mode service: started and stopped by `mode.Worker` (signals included); a background task that ends
+    crashes the service, and the worker exits with status 1 for its supervisor to restart it."""
+
+    def __init__(self, config: Config, uplink: Uplink, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.config = config
         self.uplink = uplink
         self.name = f"{socket.gethostname()}-{os.getpid()}"
@@ -168,31 +190,41 @@ class ExtractorService(ConsumerRebalanceListener):
         self.reported: dict[str, CameraStatus] = {}
         self.replaying: dict[TopicPartition, Replay] = {}  # assigned, being read to their end
         self.owned: set[TopicPartition] = set()  # assigned and read to their end: records apply as they come
+        self.joined = False  # the group has assigned this extractor its partitions (maybe none) at least once
         self.consumer = AIOKafkaConsumer(
             **kafka_options(config), group_id=config.topic("framewatch-extractors"),
             enable_auto_commit=False, auto_offset_reset="earliest",
             session_timeout_ms=10000, heartbeat_interval_ms=2000)  # a dead extractor's cameras move within ~10 s
 
-    async def run(self) -> None:
-        """Until cancelled."""
+    async def on_start(self) -> None:
         await publish_config_tasks(self.config, self.uplink.producer)
         self.consumer.subscribe([self.config.topic(TASKS.name)], listener=self)
         await self.consumer.start()
-        helpers = [asyncio.create_task(self.throttle.follow(self.config), name="pressure follower"),
-                   asyncio.create_task(self._report(), name="status reporter")]
-        try:
-            while True:
-                batches = await self.consumer.getmany(timeout_ms=1000)
-                for records in batches.values():
-                    for record in records:
-                        await self._take(record)
-                await self._end_replays()
-                _raise_if_ended(helpers)
-        finally:
-            for helper in helpers:
-                helper.cancel()
-            await self.release(None)
-            await self.consumer.stop()
+
+    async def readiness(self) -> dict[str, bool]:
+        """What `/readyz` checks: in the group with its partitions read to their end, the store reachable."""
+        return {"assigned": self.joined and not self.replaying,
+                "object_store": await self.uplink.store.reachable()}
+
+    async def on_stop(self) -> None:
+        """The cameras stop (their last statuses say so) and the group is left, so the other extractors take
+        the cameras over at once instead of after the session timeout."""
+        await self.release(None)
+        await self.consumer.stop()
+
+    @Service.task
+    async def _follow_tasks(self) -> None:
+        while not self.should_stop:
+            batches = await self.consumer.getmany(timeout_ms=1000)
+            for records in batches.values():
+                for record in records:
+                    await self._take(record)
+            await self._end_replays()
+
+    @Service.task
+    async def _follow_pressure(self) -> None:
+        await self.throttle.follow(self.config)
+        raise HelperEnded("the pressure follower ended: stopping the extractor")
 
     # -- ownership: the partitions of fw.tasks Kafka assigns this extractor ------------------------------------
 
@@ -206,6 +238,7 @@ class ExtractorService(ConsumerRebalanceListener):
         only each task's last record is kept, so a task changed since its first version starts once, as it is."""
         log.info("extractor %s owns fw.tasks partitions %s", self.name, sorted(tp.partition for tp in assigned))
         self.replaying = {tp: Replay() for tp in assigned}  # first: records come while this listener awaits
+        self.joined = True
         if assigned:
             await self.consumer.seek_to_beginning(*assigned)
             for tp, end in (await self.consumer.end_offsets(assigned)).items():
@@ -284,11 +317,10 @@ class ExtractorService(ConsumerRebalanceListener):
 
     # -- status on fw.cameras ----------------------------------------------------------------------------------
 
+    @Service.timer(STATUS_PERIOD_S)
     async def _report(self) -> None:
-        while True:
-            await asyncio.sleep(STATUS_PERIOD_S)
-            for running in list(self.cameras.values()):
-                await self._send_status(running.camera)
+        for running in list(self.cameras.values()):
+            await self._send_status(running.camera)
 
     async def _send_status(self, camera: Camera) -> None:
         status = camera.status(self.name, self.reported.get(camera.task.id))
@@ -304,26 +336,22 @@ class HelperEnded(FramewatchError, RuntimeError):
     """A task the extractor cannot work without has ended; the process stops so that its supervisor restarts it."""
 
 
-def _raise_if_ended(helpers: list[asyncio.Task[None]]) -> None:
-    for helper in helpers:
-        if helper.done():
-            error = None if helper.cancelled() else helper.exception()
-            raise HelperEnded(f"the extractor's {helper.get_name()} ended ({error!r}): stopping the extractor")
+class ExtractorWorker(StopsWithinDeadline, Worker):
+    """Runs the extractor until SIGTERM or SIGINT (then stops it within the deadline) or a crash (status 1)."""
 
 
-async def serve_extractor(config: Config) -> None:
-    """Until SIGTERM or SIGINT, which stop the cameras (their last statuses say so) and leave the group, so the
-    other extractors take the cameras over at once instead of after the session timeout."""
-    main = asyncio.current_task()
-    assert main is not None
-    loop = asyncio.get_running_loop()
-    def stop() -> None:
-        exit_unless_stopped_within("the extractor")
-        main.cancel()
+def serve_extractor(config: Config, loglevel: str = "INFO") -> None:
+    """`framewatch extract`: connects, then runs `ExtractorService` under a mode worker; does not return."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop)
-    async with open_uplink(config) as uplink:
-        with suppress(asyncio.CancelledError):
-            await ExtractorService(config, uplink).run()
-    log.info("extractor stopped")
+    async def connected() -> ExtractorService:  # Kafka's clients are made inside the loop they run in
+        uplink = await connect_uplink(config)
+        service = ExtractorService(config, uplink, loop=loop)
+        service.add_dependency(UplinkService(uplink, loop=loop))  # stopped after the service (the last statuses)
+        service.add_dependency(HealthEndpoint(config.framewatch.bind_host, config.framewatch.extractor_metrics_port,
+                                              service.readiness, loop=loop))
+        return service
+
+    ExtractorWorker(loop.run_until_complete(connected()), loop=loop, loglevel=loglevel,
+                    quiet=True).execute_from_commandline()

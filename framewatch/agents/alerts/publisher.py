@@ -20,7 +20,6 @@ import logging
 import time
 from typing import Any
 
-import orjson
 from aiokafka import (
     AIOKafkaConsumer,
     AIOKafkaProducer,
@@ -38,6 +37,8 @@ from framewatch.clients.bus import (
     key_text,
     partitions,
 )
+from framewatch.metrics import Tally
+from framewatch.retry import Backoff, logged
 from framewatch.schemas.config import Config
 from framewatch.schemas.events import (
     AlertPublished,
@@ -45,11 +46,12 @@ from framewatch.schemas.events import (
     DeadLetter,
     DecodeError,
 )
+from framewatch.schemas.feed import AlertMessage
 from framewatch.schemas.topics import ALERTS_STORED, DEAD_LETTERS, PUBLISHED
 
 log = logging.getLogger("framewatch.publisher")
 
-PUBLISHED_TOTAL = Counter("framewatch_publisher_alerts_published_total", "Alerts published to the alert topic")
+PUBLISHED_TOTAL = Tally("framewatch_publisher_alerts_published_total", "Alerts published to the alert topic")
 REPEATS = Counter("framewatch_publisher_repeats_skipped_total", "Stored alerts already published (replays)")
 ABORTED = Counter("framewatch_publisher_transactions_aborted_total", "Publish transactions aborted and retried")
 REMEMBERED = Gauge("framewatch_publisher_remembered_ids", "Published alert ids kept to skip repeats")
@@ -59,19 +61,9 @@ HANDOVER_FAILURES = Counter("framewatch_publisher_handover_failures_total",
 
 HANDOVER_WAIT_S = 20.0
 MARKERS_READ_S = 30.0
-HANDOVER_RETRY_S = 1.0
-HANDOVER_RETRY_MAX_S = 15.0
-PAYLOAD_VERSION = 1
+HANDOVER_BACKOFF = Backoff(first_s=1.0, max_s=15.0)
+HANDOVER_ERRORS = (KafkaError, BrokerUnavailable, OSError, TimeoutError)
 DEDUP_WINDOW_MS = 24 * 3600 * 1000  # fw.published keeps a day; replays happen within minutes
-
-
-def payload(stored: AlertStored) -> dict[str, Any]:
-    alert = stored.alert
-    frame = alert.frame
-    return {"version": PAYLOAD_VERSION, "alert_id": alert.alert_id, "camera_id": frame.camera_id,
-            "task_id": frame.task_id, "task_type": frame.task_type.value, "rule": alert.rule,
-            "captured_at": frame.captured_at, "emitted_at": alert.emitted_at, "stored_at": stored.stored_at,
-            "evidence": alert.evidence, "bucket": frame.bucket, "image_key": alert.image_key}
 
 
 class _Handover(ConsumerRebalanceListener):
@@ -93,18 +85,21 @@ class _Handover(ConsumerRebalanceListener):
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self.publisher.remembered.clear()
-        backoff = HANDOVER_RETRY_S
-        while not self.publisher.should_stop:
-            try:
-                await self.publisher.take_over(assigned)
-                await self.publisher.remember_published()  # another worker may have published for these
-                break
-            except (KafkaError, BrokerUnavailable, OSError, TimeoutError) as error:  # nothing is published till then
-                HANDOVER_FAILURES.inc()
-                log.warning("taking over fw.alerts-stored partitions failed, retrying in %.0fs: %r", backoff, error)
-                await asyncio.sleep(backoff)
-                backoff = min(2 * backoff, HANDOVER_RETRY_MAX_S)
+        try:  # nothing is published until it succeeds
+            await HANDOVER_BACKOFF.call(self._take_over, self._worth_retrying,
+                                        logged(log, "taking over fw.alerts-stored partitions", HANDOVER_FAILURES.inc),
+                                        assigned)
+        except HANDOVER_ERRORS:
+            if not self.publisher.should_stop:
+                raise
         self.publisher.remembered.set()
+
+    async def _take_over(self, assigned: list[TopicPartition]) -> None:
+        await self.publisher.take_over(assigned)
+        await self.publisher.remember_published()  # another worker may have published for these
+
+    def _worth_retrying(self, error: BaseException) -> bool:
+        return isinstance(error, HANDOVER_ERRORS) and not self.publisher.should_stop
 
 
 class AlertPublisher(Service):
@@ -260,7 +255,7 @@ class AlertPublisher(Service):
             REPEATS.inc()
             return None
         camera = alert.frame.camera_id.encode()
-        await producer.send(self.config.ai_analysis.mq_topic, orjson.dumps(payload(stored)), key=camera)
+        await producer.send(self.config.ai_analysis.mq_topic, AlertMessage.of(stored).to_bytes(), key=camera)
         marker = AlertPublished(alert_id=alert.alert_id, camera_id=alert.frame.camera_id)
         await producer.send(self.markers, marker.to_bytes(), key=PUBLISHED.key_of(marker))
         return alert.alert_id

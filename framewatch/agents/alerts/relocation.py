@@ -8,19 +8,20 @@ the alert is also sent to fw.dead-letters with the reason.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from prometheus_client import Counter
 
 from framewatch.clients.objectstore import ObjectStore, StoreError
+from framewatch.metrics import Tally
+from framewatch.retry import Backoff, logged
 from framewatch.schemas.events import AlertEvent
 
 log = logging.getLogger("framewatch.relocation")
 
-COPIED = Counter("framewatch_relocation_copied_total", "Alert images copied to their alert key")
+COPIED = Tally("framewatch_relocation_copied_total", "Alert images copied to their alert key")
 RETRIES = Counter("framewatch_relocation_retries_total", "Copy attempts that failed and were retried")
-DEAD = Counter("framewatch_relocation_dead_letters_total", "Alert images that could not be copied")
+DEAD = Tally("framewatch_relocation_dead_letters_total", "Alert images that could not be copied")
 
 IMAGE_NOT_COPIED = "image_not_copied"
 
@@ -28,22 +29,18 @@ IMAGE_NOT_COPIED = "image_not_copied"
 class Relocator:
     def __init__(self, store: ObjectStore, retries: int = 3, first_backoff_s: float = 0.5) -> None:
         self.store = store
-        self.retries = retries
-        self.first_backoff_s = first_backoff_s
+        self.backoff = Backoff(first_s=first_backoff_s, max_s=8 * first_backoff_s, attempts=retries + 1)
 
     async def copy_image(self, alert: AlertEvent) -> str | None:
         """Copy the frame's image to the alert key; None on success, else why it could not be copied."""
-        error: StoreError | None = None
-        for attempt in range(self.retries + 1):
-            try:
-                await self.store.copy(alert.frame.object_key, alert.image_key)
-                COPIED.inc()
-                return None
-            except StoreError as failure:
-                error = failure
-                if attempt < self.retries:
-                    RETRIES.inc()
-                    await asyncio.sleep(self.first_backoff_s * 2 ** attempt)
-        DEAD.inc()
-        log.error("alert %s: image not copied after %d retries: %s", alert.alert_id, self.retries, error)
-        return str(error)
+        try:
+            await self.backoff.call(self.store.copy, lambda error: isinstance(error, StoreError),
+                                    logged(log, f"copying the image of alert {alert.alert_id}", RETRIES.inc),
+                                    alert.frame.object_key, alert.image_key)
+        except StoreError as error:
+            DEAD.inc()
+            log.error("alert %s: image not copied after %d attempts: %s", alert.alert_id, self.backoff.attempts,
+                      error)
+            return str(error)
+        COPIED.inc()
+        return None

@@ -8,7 +8,6 @@ record refused goes to `reject` (a dead letter, with PostgreSQL's reason), the o
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -17,6 +16,8 @@ from typing import TypeVar
 from prometheus_client import Counter, Gauge, Histogram
 
 from framewatch.clients.database import AlertStore, DatabaseUnavailable, DataRejected
+from framewatch.metrics import Tally
+from framewatch.retry import Backoff, logged
 from framewatch.schemas.events import AlertEvent, CountWindow, Event
 
 log = logging.getLogger("framewatch.sink")
@@ -24,7 +25,7 @@ log = logging.getLogger("framewatch.sink")
 BATCH_SIZE = Histogram("framewatch_sink_batch_size", "Alerts per database write", buckets=(1, 5, 10, 25, 50, 100, 250))
 WRITE_SECONDS = Histogram("framewatch_sink_write_seconds", "Time to commit one batch",
                           buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1))
-ALERTS_STORED = Counter("framewatch_sink_alerts_stored_total", "Alerts newly stored")
+ALERTS_STORED = Tally("framewatch_sink_alerts_stored_total", "Alerts newly stored")
 ALERTS_DUPLICATE = Counter("framewatch_sink_alerts_duplicate_total", "Alerts already stored (replays)")
 WRITE_FAILURES = Counter("framewatch_sink_write_failures_total", "Failed attempts to write a batch")
 DATABASE_UP = Gauge("framewatch_sink_database_up", "0 while the sink cannot write to the database")
@@ -33,7 +34,7 @@ COUNT_WINDOWS_STORED = Counter("framewatch_sink_count_windows_stored_total", "Cl
 REJECTED = Counter("framewatch_sink_rejected_total", "Records PostgreSQL refused for their data (dead-lettered)",
                    ["kind"])
 
-MAX_BACKOFF_S = 10.0
+WRITE_BACKOFF = Backoff(first_s=0.2, max_s=10.0)
 T = TypeVar("T")
 R = TypeVar("R", bound=Event)
 Reject = Callable[[Event, str], Awaitable[None]]
@@ -84,16 +85,11 @@ class AlertSink:
         return written, reported
 
     async def _until_committed(self, write: Callable[[], Awaitable[T]], what: str) -> T:
-        backoff = 0.2
-        while True:
-            try:
-                result = await write()
-            except DatabaseUnavailable as error:
-                WRITE_FAILURES.inc()
-                DATABASE_UP.set(0)
-                log.warning("%s not stored yet, retrying in %.1fs: %s", what, backoff, error)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_S)
-                continue
-            DATABASE_UP.set(1)
-            return result
+        def database_down() -> None:
+            WRITE_FAILURES.inc()
+            DATABASE_UP.set(0)
+
+        result = await WRITE_BACKOFF.call(write, lambda error: isinstance(error, DatabaseUnavailable),
+                                          logged(log, f"storing the {what}", database_down))
+        DATABASE_UP.set(1)
+        return result

@@ -7,13 +7,13 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from importlib.resources import files
 from typing import Any
 
 import faust
 from faust.web import Request, Response, View
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
 from framewatch.agents.app import Resources
 from framewatch.clients.database import DatabaseUnavailable
@@ -25,19 +25,11 @@ from framewatch.schemas.queries import (
     alert_json,
     count_json,
 )
+from framewatch.schemas.stats import WorkerStats
 
 log = logging.getLogger("framewatch.web")
 
 API_REQUESTS = Counter("framewatch_api_requests_total", "Query API requests", ["path", "status"])
-
-
-def _totals() -> Callable[..., float]:
-    """Sums of the current samples by name (and labels), from one collection of the registry."""
-    samples = [s for m in REGISTRY.collect() for s in m.samples]
-
-    def total(name: str, **labels: str) -> float:
-        return sum(s.value for s in samples if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
-    return total
 
 
 Handler = Callable[[View, Request], Awaitable[Response]]
@@ -62,7 +54,8 @@ def guarded(path: str, token: str, handler: Handler) -> Handler:
     return answer
 
 
-def attach_web(app: faust.App, resources: Resources) -> None:
+def attach_web(app: faust.App, resources: Resources, snapshot: Callable[[], WorkerStats],
+               readiness: Callable[[], Awaitable[dict[str, bool]]]) -> None:
     token = resources.config.framewatch.api_token.get_secret_value()
     expiry_s = resources.config.ai_analysis.presign_expiry_sec
 
@@ -75,38 +68,28 @@ def attach_web(app: faust.App, resources: Resources) -> None:
         async def get(self, request: Request) -> Response:
             return self.bytes(dashboard, content_type="text/html")
 
+    @app.page("/healthz")
+    class Alive(View):
+        """The process answers (a liveness probe): no token, nothing but that."""
+
+        async def get(self, request: Request) -> Response:
+            return self.json({"alive": True})
+
+    @app.page("/readyz")
+    class Ready(View):
+        """200 when ready for traffic, else 503; each check by name (a readiness probe: no token)."""
+
+        async def get(self, request: Request) -> Response:
+            checks = await readiness()
+            return self.json({"ready": all(checks.values()), **checks}, status=200 if all(checks.values()) else 503)
+
     @app.page("/metrics")
     class Metrics(View):
         async def get(self, request: Request) -> Response:
             return self.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
     async def stats(view: View, request: Request) -> Response:
-        scheduler = resources.scheduler
-        total = _totals()
-        stats: dict[str, Any] = {
-            "partitions_assigned": len(app.consumer.assignment()),
-            "services_alive": len(resources.registry.alive()),
-            "requests": total("framewatch_inference_requests_total"),
-            "responses": total("framewatch_inference_responses_total"),
-            "failures": total("framewatch_inference_failures_total"),
-            "queue_size": scheduler.queued,
-            "queue_max": scheduler.waiting_max,
-            "max_size": scheduler.max_waiting,
-            "in_flight": scheduler.in_flight,
-            "processed_total": total("framewatch_inference_frames_total", outcome="inferred"),
-            "dropped_total": total("framewatch_inference_frames_total", outcome="dropped"),
-            "failed_total": total("framewatch_inference_frames_total", outcome="failed"),
-            "alerts_stored": total("framewatch_sink_alerts_stored_total"),
-            "alerts_published": total("framewatch_publisher_alerts_published_total"),
-            "alerts_relocated": total("framewatch_relocation_copied_total"),
-            "relocation_dead_letters": total("framewatch_relocation_dead_letters_total"),
-            "frames_deleted": total("framewatch_retention_deleted_total"),
-            "frames_evaluated": total("framewatch_rules_frames_total"),
-            "alerts_raised": total("framewatch_rules_alerts_total"),
-            "freshness": {camera: seen.freshness.value for camera, seen in scheduler.cameras.items()},
-        }
-        return view.json(stats)
-
+        return view.json(snapshot().model_dump())
 
     async def services(view: View, request: Request) -> Response:
         return view.json({"services": resources.scheduler.services_view()})
@@ -119,15 +102,23 @@ def attach_web(app: faust.App, resources: Resources) -> None:
         return view.json({"alerts": [alert_json(r, resources.store.presign(r["image_key"], expiry_s)) for r in rows],
                           "next_cursor": cursor})
 
-    async def alert(view: View, request: Request) -> Response:
+    async def stored_alert(request: Request) -> Mapping[str, Any] | None:
         alert_id = request.match_info["alert_id"]
         try:
-            row = await resources.alerts.get(alert_id)
+            return await resources.alerts.get(alert_id)
         except ValueError:
             raise BadQuery(f"alert id {alert_id!r} is not a UUID") from None
-        if row is None:
-            return view.json({"error": f"no alert {alert_id}"}, status=404)
+
+    async def alert(view: View, request: Request) -> Response:
+        if (row := await stored_alert(request)) is None:
+            return view.json({"error": f"no alert {request.match_info['alert_id']}"}, status=404)
         return view.json(alert_json(row, resources.store.presign(row["image_key"], expiry_s)))
+
+    async def alert_image(view: View, request: Request) -> Response:
+        """The alert image's stable address: a redirect to a presigned URL made now (those expire)."""
+        if (row := await stored_alert(request)) is None:
+            return view.json({"error": f"no alert {request.match_info['alert_id']}"}, status=404)
+        return view.bytes(b"", status=302, headers={"Location": resources.store.presign(row["image_key"], expiry_s)})
 
     async def cameras(view: View, request: Request) -> Response:
         now_ms = time.time() * 1000
@@ -155,6 +146,7 @@ def attach_web(app: faust.App, resources: Resources) -> None:
         return view.json({"counts": [count_json(r) for r in rows]})
 
     routes: dict[str, Handler] = {"/api/stats": stats, "/api/services": services, "/api/alerts": alerts,
-                                  "/api/alerts/{alert_id}": alert, "/api/cameras": cameras, "/api/counts": counts}
+                                  "/api/alerts/{alert_id}": alert, "/api/alerts/{alert_id}/image": alert_image,
+                                  "/api/cameras": cameras, "/api/counts": counts}
     for path, handler in routes.items():
-        app.page(path)(type(f"View{abs(hash(path))}", (View,), {"get": guarded(path, token, handler)}))
+        app.page(path, name=handler.__name__)(guarded(path, token, handler))

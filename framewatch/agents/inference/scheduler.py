@@ -29,6 +29,8 @@ from prometheus_client import Counter, Gauge, Histogram
 from framewatch.agents.inference.breaker import BreakerSettings, BreakerState, CircuitBreaker
 from framewatch.agents.inference.client import BatchAnswer, InferenceFailure, ServiceClient
 from framewatch.agents.inference.registry import RegisteredService, ServiceRegistry
+from framewatch.metrics import Tally
+from framewatch.retry import Backoff, logged
 from framewatch.schemas.config import Config
 from framewatch.schemas.events import (
     DetectionEvent,
@@ -41,12 +43,12 @@ from framewatch.schemas.tasks import Freshness
 
 log = logging.getLogger("framewatch.scheduler")
 
-REQUESTS = Counter("framewatch_inference_requests_total", "Requests sent to algorithm services", ["service"])
-RESPONSES = Counter("framewatch_inference_responses_total", "Requests answered without a service fault",
+REQUESTS = Tally("framewatch_inference_requests_total", "Requests sent to algorithm services", ["service"])
+RESPONSES = Tally("framewatch_inference_responses_total", "Requests answered without a service fault",
                     ["service"])
-FAILURES = Counter("framewatch_inference_failures_total", "Failed requests or frames, by reason",
+FAILURES = Tally("framewatch_inference_failures_total", "Failed requests or frames, by reason",
                    ["service", "reason"])
-FRAMES_DONE = Counter("framewatch_inference_frames_total", "Frames leaving inference, by outcome and reason",
+FRAMES_DONE = Tally("framewatch_inference_frames_total", "Frames leaving inference, by outcome and reason",
                       ["outcome", "reason"])
 INFER_SECONDS = Histogram("framewatch_inference_seconds", "Request round trip per service", ["service"],
                           buckets=(0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.5, 1, 2.5, 5, 10))
@@ -68,8 +70,7 @@ HAND_ON_FAILURES = Counter("framewatch_inference_hand_on_failures_total",
 FORGET_EVERY_S = 60.0
 FORGET_AFTER_S = 3600.0
 MAX_ATTEMPTS = 2
-HAND_ON_RETRY_S = 0.5
-HAND_ON_RETRY_MAX_S = 5.0
+HAND_ON_BACKOFF = Backoff(first_s=0.5, max_s=5.0)
 WAIT_FOR_SERVICE_S = 5.0
 IDLE_TICK_S = 0.05
 
@@ -267,17 +268,12 @@ class InferenceScheduler(Service):
         its partition's commits."""
         while not self.should_stop:
             done, result = await self._finished.get()
-            backoff = HAND_ON_RETRY_S
-            while not self.should_stop:
-                try:
-                    await done(result)
-                    break
-                except Exception as error:
-                    HAND_ON_FAILURES.inc()
-                    log.warning("could not hand on the result of frame %s, retrying in %.1fs: %r",
-                                result.frame.frame_id, backoff, error)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, HAND_ON_RETRY_MAX_S)
+            on_retry = logged(log, f"handing on the result of frame {result.frame.frame_id}", HAND_ON_FAILURES.inc)
+            try:
+                await HAND_ON_BACKOFF.call(done, lambda _: not self.should_stop, on_retry, result)
+            except Exception:
+                if not self.should_stop:
+                    raise
 
     def _dispatch_ready(self) -> float:
         """Send every request that can go now; returns how long to sleep before looking again."""

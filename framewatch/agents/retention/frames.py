@@ -25,6 +25,7 @@ from prometheus_client import Counter, Gauge
 
 from framewatch.agents.alerts.relocation import IMAGE_NOT_COPIED
 from framewatch.clients.objectstore import ObjectStore, StoreError
+from framewatch.metrics import Tally
 from framewatch.schemas.events import (
     FrameEvent,
     FrameOutcome,
@@ -35,7 +36,7 @@ from framewatch.schemas.events import (
 
 log = logging.getLogger("framewatch.retention")
 
-DELETED = Counter("framewatch_retention_deleted_total", "Frame objects deleted", ["reason"])
+DELETED = Tally("framewatch_retention_deleted_total", "Frame objects deleted", ["reason"])
 DELETE_FAILURES = Counter("framewatch_retention_delete_failures_total", "Frame objects that could not be deleted")
 PENDING = Gauge("framewatch_retention_pending", "Frame objects waiting out the grace period before deletion")
 REFUSED = Counter("framewatch_retention_refused_total",

@@ -1,0 +1,68 @@
+"""`Tally`: a counter framewatch reads itself (the worker's `/api/stats`, the demo) and Prometheus scrapes.
+
+The figures a process reports about itself live here, once: Prometheus derives its samples from the tally when it
+collects, so the stats snapshot never scrapes the registry by metric name (a renamed metric cannot break it)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+
+from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+
+class Tally(Collector):
+    """A Prometheus counter (same `labels(...).inc()` use) whose totals are read with `total(**labels)`."""
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = (),
+                 registry: CollectorRegistry = REGISTRY) -> None:
+        self.name = name.removesuffix("_total")
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self._values: dict[tuple[str, ...], float] = {} if self.labelnames else {(): 0.0}
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def labels(self, *values: str) -> TallyChild:
+        if len(values) != len(self.labelnames):
+            raise ValueError(f"{self.name} has labels {self.labelnames}, given {values}")
+        return TallyChild(self, tuple(str(v) for v in values))
+
+    def inc(self, amount: float = 1) -> None:
+        if self.labelnames:
+            raise ValueError(f"{self.name} is counted by {self.labelnames}: use labels(...).inc()")
+        self._add((), amount)
+
+    def _add(self, key: tuple[str, ...], amount: float) -> None:
+        if amount < 0:
+            raise ValueError("a tally only goes up")
+        with self._lock:
+            self._values[key] = self._values.get(key, 0.0) + amount
+
+    def total(self, **labels: str) -> float:
+        """The sum over every label set matching `labels` (all of them when none is given)."""
+        positions = {self.labelnames.index(name): value for name, value in labels.items()}
+        with self._lock:
+            return sum(value for key, value in self._values.items()
+                       if all(key[i] == wanted for i, wanted in positions.items()))
+
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        with self._lock:
+            for key, value in self._values.items():
+                family.add_metric(list(key), value)
+        yield family
+
+
+class TallyChild:
+    def __init__(self, tally: Tally, key: tuple[str, ...]) -> None:
+        self._tally = tally
+        self._key = key
+
+    def inc(self, amount: float = 1) -> None:
+        self._tally._add(self._key, amount)
