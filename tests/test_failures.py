@@ -20,7 +20,7 @@ def test_unreachable_broker_is_named(tmp_path: Path) -> None:
                             capture_output=True, text=True, cwd=ROOT, timeout=60,
                             env={"PATH": "/usr/bin:/bin", "FRAMEWATCH_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}",
                                  "FRAMEWATCH_EXTRACTOR_METRICS_PORT": str(free_port())})
-    assert result.returncode == 2
+    assert result.returncode == 3  # unreachable
     assert f"framewatch: error: cannot reach Kafka at 127.0.0.1:{port}" in result.stderr
 
 

@@ -138,5 +138,5 @@ def test_services_command_lists_the_fleet_with_health_and_load(six: Fleet) -> No
 def test_services_command_names_an_unreachable_worker() -> None:
     result = subprocess.run([sys.executable, "-m", "framewatch.cli", "services", "--worker", "http://127.0.0.1:9"],
                             capture_output=True, text=True, timeout=30, check=False)
-    assert result.returncode == 2
+    assert result.returncode == 3  # unreachable
     assert "cannot reach the worker at http://127.0.0.1:9/api/services" in result.stderr
