@@ -275,7 +275,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from framewatch.ops.demo import run_demo
 
-    return run_demo(keep_stack=not args.stop_stack)
+    return run_demo(keep_stack=not args.stop_stack, keep_running=args.keep)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -394,6 +394,8 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run the whole pipeline on the bundled sample clip")
     p.add_argument("--stop-stack", action="store_true", help="stop the local stack afterwards")
+    p.add_argument("--keep", action="store_true", help="keep the worker and detector (and the dashboard) running "
+                                                       "after the summary, until Ctrl-C")
     p.set_defaults(func=cmd_demo)
     return root
 

@@ -106,6 +106,10 @@ class PipelineRun:
         return {"Authorization": f"Bearer {token}"} if token else {}
 
     @property
+    def dashboard_url(self) -> str:
+        return f"http://127.0.0.1:{self.config.framewatch.worker_web_port}/"
+
+    @property
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.config.framewatch.worker_web_port}/metrics"
 
@@ -234,7 +238,9 @@ def _print_summary(summary: RunSummary, run: PipelineRun, elapsed_s: float) -> N
         print(f"  {alert_id}")
 
 
-def run_demo(keep_stack: bool = True) -> int:
+def run_demo(keep_stack: bool = True, keep_running: bool = False) -> int:
+    """The sample clip through the whole pipeline; with `keep_running`, the worker and detector stay up afterwards
+    (the dashboard keeps answering) until Ctrl-C."""
     from framewatch.stack import LocalStack
 
     stack = LocalStack()
@@ -258,16 +264,22 @@ def run_demo(keep_stack: bool = True) -> int:
             for line in answer.read().decode().splitlines():
                 if line.startswith("framewatch_") and ("_total" in line or "_up " in line or "_alive " in line):
                     print(f"  {line}")
+        _print_summary(summary, run, time.monotonic() - started)
+        if keep_running:
+            print(f"\n[demo] dashboard: {run.dashboard_url}  (the worker and detector keep running: Ctrl-C stops "
+                  f"them)", flush=True)
+            while True:
+                time.sleep(3600)
     except KeyboardInterrupt:
-        print("\n[demo] interrupted")
-        return 130
+        print("\n[demo] interrupted" if not keep_running else "\n[demo] stopping")
+        return 130 if not keep_running else 0
     finally:
         run.stop()
         if not keep_stack:
             stack.down()
-    _print_summary(summary, run, time.monotonic() - started)
-    print(f"\nThe detector and worker have stopped. The local stack {'is still running' if keep_stack else 'stopped'}"
-          f" (framewatch stack status / framewatch stack down).")
+    print(f"\nThe dashboard was at {run.dashboard_url} (`framewatch demo --keep` keeps it up). The detector and "
+          f"worker have stopped; the local stack {'is still running' if keep_stack else 'stopped'} "
+          f"(framewatch stack status / framewatch stack down).")
     ok = (summary.stored_alert_ids and all(summary.alert_images.values())
           and sorted(summary.published_alert_ids) == sorted(summary.stored_alert_ids))
     return 0 if ok else 1
