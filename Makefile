@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install stack browser prometheus testdata demo test bench typecheck down clean
+.PHONY: install stack testtools testdata demo test bench typecheck down clean
 
 install: $(STAMP)
 
@@ -19,16 +19,15 @@ stack: install
 demo: stack
 	$(BIN)/framewatch demo
 
-# the dashboard test drives Debian's chromium headless; the operations test runs Debian's Prometheus
+# Debian packages the tests drive: chromium (the dashboard, headless), prometheus (the alert rules against live
+# metrics), mosquitto (the MQTT bridge)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_INSTALL := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends
-browser:
-	@command -v chromium >/dev/null || $(APT_INSTALL) chromium || \
-		{ $(SUDO) apt-get update && $(APT_INSTALL) chromium; }
-
-prometheus:
-	@command -v prometheus >/dev/null || { echo "installing Debian's prometheus (about a minute)"; \
-		$(APT_INSTALL) prometheus || { $(SUDO) apt-get update && $(APT_INSTALL) prometheus; }; }
+APT_INSTALL := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y
+TEST_PACKAGES := chromium prometheus mosquitto
+testtools:
+	@missing=""; for p in $(TEST_PACKAGES); do command -v $$p >/dev/null || [ -x /usr/sbin/$$p ] || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "installing$$missing from Debian (a minute or two, once)"; \
+		$(APT_INSTALL) $$missing || { $(SUDO) apt-get update && $(APT_INSTALL) $$missing; }; fi
 
 # the rules' end-to-end tests play OpenCV's vtest.avi: the copy beside the checkout when there is one, else
 # the one in Debian's opencv-doc package (downloaded, not installed; the same file)
@@ -43,7 +42,7 @@ $(VTEST):
 		tar -xO ./usr/share/doc/opencv-doc/examples/data/vtest.avi > $@.part && rm -rf $$tmp; fi
 	@mv $@.part $@
 
-test: stack browser prometheus testdata
+test: stack testtools testdata
 	FRAMEWATCH_TEST_VIDEO=$(VTEST) $(BIN)/python -m pytest -q --durations=15
 
 bench: stack testdata

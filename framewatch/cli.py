@@ -194,6 +194,33 @@ def cmd_services(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bridge(args: argparse.Namespace) -> int:
+    import mode.loop
+    from mode import Service
+
+    from framewatch.bridges.mqtt import MqttBridge
+    from framewatch.bridges.webhook import WebhookBridge
+    from framewatch.clients.bus import ensure_topics
+    from framewatch.health import Readiness
+    from framewatch.process import serve
+
+    config = _config(args)
+    asyncio.run(ensure_topics(config))
+
+    async def build() -> tuple[Service, Readiness]:
+        if args.kind == "mqtt":
+            host, _, port = args.target.rpartition(":")
+            mqtt = MqttBridge(config, host or "127.0.0.1", int(port or 1883), args.prefix,
+                              os.environ.get("FRAMEWATCH_MQTT_USERNAME", ""), os.environ.get("FRAMEWATCH_MQTT_PASSWORD", ""))
+            return mqtt, mqtt.readiness
+        webhook = WebhookBridge(config, args.target, os.environ.get("FRAMEWATCH_WEBHOOK_SECRET", ""))
+        return webhook, webhook.readiness
+
+    mode.loop.use("uvloop")
+    serve(build, config.framewatch.bind_host, args.port)
+    return 0
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     import mode.loop
 
@@ -357,6 +384,14 @@ def parser() -> argparse.ArgumentParser:
                                              help="the algorithm services a worker routes to, with health and load")))
     p.add_argument("--worker", default="http://127.0.0.1:6066", help="the worker's web address")
     p.set_defaults(func=cmd_services)
+
+    p = with_config(sub.add_parser("bridge", help="the alert feed to MQTT (Home Assistant style) or to a webhook"))
+    p.add_argument("kind", choices=["mqtt", "webhook"])
+    p.add_argument("target", help="mqtt: the broker, HOST:PORT (credentials: FRAMEWATCH_MQTT_USERNAME and "
+                                  "_PASSWORD); webhook: the URL to POST to (FRAMEWATCH_WEBHOOK_SECRET signs the bodies)")
+    p.add_argument("--prefix", default="framewatch", help="mqtt: the topic prefix")
+    p.add_argument("--port", type=int, default=9465, help="where /metrics, /healthz and /readyz answer")
+    p.set_defaults(func=cmd_bridge)
 
     p = with_config(sub.add_parser("worker", help="run the Faust worker (inference, rules, sink, ...)"))
     p.add_argument("--loglevel", default="warn", choices=["crit", "error", "warn", "info", "debug"])

@@ -24,6 +24,7 @@ from tests.conftest import ROOT, Clips
 from tests.test_cameras import publishing
 
 RULES = ROOT / "docker" / "prometheus" / "rules.yml"
+RULES_TESTS = ROOT / "docker" / "prometheus" / "rules.test.yml"
 DASHBOARD = ROOT / "docker" / "grafana" / "dashboards" / "framewatch.json"
 METRIC = re.compile(r"\b((?:framewatch|process)_[a-z_]+)\b")
 
@@ -47,6 +48,17 @@ def declared_metrics(exposition: str) -> set[str]:
         if kind == "counter" and not name.endswith("_total"):
             names.add(f"{name}_total")
     return names
+
+
+def test_every_alert_rule_fires_and_stays_quiet_as_its_unit_tests_say() -> None:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: `make test` installs it (Debian package prometheus)"
+    tested = {case["alertname"] for test in yaml.safe_load(RULES_TESTS.read_text())["tests"]
+              for case in test["alert_rule_test"]}
+    assert tested == set(rule_expressions()), "every rule has its synthetic series"
+    result = subprocess.run([promtool, "test", "rules", RULES_TESTS.name], cwd=RULES.parent, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0 and "SUCCESS" in result.stdout, result.stdout + result.stderr
 
 
 class Prometheus:

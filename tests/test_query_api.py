@@ -11,7 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import cv2
 import httpx
+import numpy as np
 import pytest
 
 from framewatch.ops.load import Fleet, FrameLoad, start_fleet
@@ -167,6 +169,19 @@ def test_dashboard_shows_the_alerts_and_their_images_in_chromium(api: tuple[Flee
     assert shown == newest and len(shown) == 10  # the page's filters come from its URL too
     assert loaded == ["1"] * 10  # every image fetched from its presigned URL
     assert f"<td>{camera}</td>" in page.stdout
+    drawn = re.findall(r'class="frame" data-boxes="(\d+)"', page.stdout)
+    assert len(drawn) == 10 and all(int(n) >= 1 for n in drawn), "each intrusion's box drawn over its image"
+    assert re.search(r'<span>person( [0-9.]+)?</span>', page.stdout), "with its label"
+
+    shot = tmp_path / "dashboard.png"
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path}",
+                    "--virtual-time-budget=10000", "--window-size=1280,1600", f"--screenshot={shot}",
+                    f"http://127.0.0.1:{port}/?token={TOKEN}&camera_id={camera}"],
+                   capture_output=True, timeout=120, check=True)
+    pixels = cv2.imread(str(shot))
+    assert pixels is not None, "chromium wrote no screenshot"
+    box_colour = np.all(np.abs(pixels.astype(int) - (85, 45, 255)) <= 12, axis=2)  # #ff2d55, in BGR
+    assert box_colour.sum() > 500, f"the boxes are on the screenshot ({box_colour.sum()} pixels of their colour)"
 
 
 def listening_addresses(pid: int) -> set[str]:

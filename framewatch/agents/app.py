@@ -32,13 +32,13 @@ from framewatch.clients.bus import kafka_options
 from framewatch.clients.database import AlertStore
 from framewatch.clients.objectstore import ObjectStore
 from framewatch.errors import FramewatchError
+from framewatch.process import StopsWithinDeadline
 from framewatch.retry import Backoff, logged
 from framewatch.schemas import topics
 from framewatch.schemas.config import Config
 from framewatch.schemas.events import DeadLetter, DecodeError, Event
 from framewatch.schemas.tasks import CameraTask
 from framewatch.schemas.topics import MAX_RECORD_BYTES, TopicSpec
-from framewatch.streams.deadline import StopsWithinDeadline
 
 log = logging.getLogger("framewatch.worker")
 

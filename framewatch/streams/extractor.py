@@ -28,7 +28,7 @@ from aiokafka import (
     TopicPartition,
 )
 from aiokafka.errors import KafkaError
-from mode import Service, Worker
+from mode import Service
 from prometheus_client import Counter
 
 from framewatch.clients.bus import (
@@ -40,6 +40,8 @@ from framewatch.clients.bus import (
 )
 from framewatch.clients.objectstore import ObjectStore
 from framewatch.errors import FramewatchError
+from framewatch.health import Readiness
+from framewatch.process import serve
 from framewatch.schemas.config import Config
 from framewatch.schemas.events import (
     CameraState,
@@ -51,8 +53,6 @@ from framewatch.schemas.events import (
 from framewatch.schemas.tasks import CameraTask
 from framewatch.schemas.topics import CAMERAS, TASKS
 from framewatch.streams.camera import Camera, Uplink
-from framewatch.streams.deadline import StopsWithinDeadline
-from framewatch.streams.health import HealthEndpoint
 from framewatch.streams.pressure import Throttle
 
 log = logging.getLogger("framewatch.extractor")
@@ -336,22 +336,13 @@ class HelperEnded(FramewatchError, RuntimeError):
     """A task the extractor cannot work without has ended; the process stops so that its supervisor restarts it."""
 
 
-class ExtractorWorker(StopsWithinDeadline, Worker):
-    """Runs the extractor until SIGTERM or SIGINT (then stops it within the deadline) or a crash (status 1)."""
-
-
-def serve_extractor(config: Config, loglevel: str = "INFO") -> None:
-    """`framewatch extract`: connects, then runs `ExtractorService` under a mode worker; does not return."""
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-
-    async def connected() -> ExtractorService:  # Kafka's clients are made inside the loop they run in
+def serve_extractor(config: Config) -> None:
+    """`framewatch extract`: connects, then runs `ExtractorService` with /metrics, /healthz and /readyz; does not
+    return."""
+    async def build() -> tuple[Service, Readiness]:
         uplink = await connect_uplink(config)
-        service = ExtractorService(config, uplink, loop=loop)
-        service.add_dependency(UplinkService(uplink, loop=loop))  # stopped after the service (the last statuses)
-        service.add_dependency(HealthEndpoint(config.framewatch.bind_host, config.framewatch.extractor_metrics_port,
-                                              service.readiness, loop=loop))
-        return service
+        service = ExtractorService(config, uplink)
+        service.add_dependency(UplinkService(uplink))  # stopped after the service (the last statuses)
+        return service, service.readiness
 
-    ExtractorWorker(loop.run_until_complete(connected()), loop=loop, loglevel=loglevel,
-                    quiet=True).execute_from_commandline()
+    serve(build, config.framewatch.bind_host, config.framewatch.extractor_metrics_port)

@@ -1,6 +1,6 @@
-"""The extractor's HTTP surface: `/metrics` for Prometheus, `/healthz` (the process answers) and `/readyz` (ready
-for its cameras: 200, else 503 with each check by name) for supervisors' probes. No token: nothing here but
-figures and booleans."""
+"""The HTTP surface of a process that is not the worker (the extractor, the bridges): `/metrics` for Prometheus,
+`/healthz` (the process answers) and `/readyz` (ready for its work: 200, else 503 with each check by name) for
+supervisors' probes. No token: nothing here but figures and booleans."""
 
 from __future__ import annotations
 
