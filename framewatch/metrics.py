@@ -5,10 +5,11 @@ collects, so the stats snapshot never scrapes the registry by metric name (a ren
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator, Sequence
 
-from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client import REGISTRY, CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
@@ -66,3 +67,18 @@ class TallyChild:
 
     def inc(self, amount: float = 1) -> None:
         self._tally._add(self._key, amount)
+
+
+LOOP_LAG = Histogram("framewatch_event_loop_lag_seconds", "How late the event loop ran a task due now: its work "
+                     "between awaits (a blocking call shows here)",
+                     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5))
+LOOP_LAG_PERIOD_S = 0.25
+
+
+async def watch_loop_lag() -> None:
+    """Until cancelled: every 250 ms, how much later than asked a sleep ended."""
+    loop = asyncio.get_running_loop()
+    while True:
+        asked = loop.time() + LOOP_LAG_PERIOD_S
+        await asyncio.sleep(LOOP_LAG_PERIOD_S)
+        LOOP_LAG.observe(max(0.0, loop.time() - asked))

@@ -33,7 +33,7 @@ from framewatch.agents.inference import scheduler as inference
 from framewatch.agents.retention import frames
 from framewatch.agents.retention.frames import Retention
 from framewatch.agents.retention.housekeeping import Housekeeping
-from framewatch.metrics import Tally
+from framewatch.metrics import Tally, watch_loop_lag
 from framewatch.rules.engine import Evaluation, Status, evaluate
 from framewatch.rules.state import RuleState, StateUnreadable
 from framewatch.schemas.config import Config
@@ -117,6 +117,7 @@ class Pipeline:
         app.timer(PRESSURE_PERIOD_S)(self.report_pressure)
         app.timer(RETENTION_WITHIN_S)(self.delete_ended_frames)
         app.timer(WATCH_PERIOD_S)(self.watch_rebalance)
+        app.task(watch_loop_lag)
 
     # fw.frames: inference
 

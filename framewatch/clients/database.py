@@ -141,7 +141,8 @@ class AlertStore:
             raise classified(error, f"storing {len(alerts)} alerts") from None
         return int(status.rsplit(" ", 1)[-1])
 
-    async def store_counts(self, windows: list[CountWindow]) -> None:
+    async def store_counts(self, windows: list[CountWindow]) -> int:
+        """Upserts closed count minutes (a replayed one replaces itself); returns how many were written."""
         rows = [(w.task_id, w.camera_id, w.task_type.value, _ts(w.window_start), w.window_sec, w.samples,
                  w.people_max, w.people_mean, w.crossed_in, w.crossed_out) for w in windows]
         try:
@@ -149,6 +150,7 @@ class AlertStore:
                 await connection.executemany(UPSERT_COUNT, rows)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
             raise classified(error, f"storing {len(windows)} count windows") from None
+        return len(rows)
 
     async def counts(self, query: CountQuery) -> list[asyncpg.Record]:
         where, args = query.where()

@@ -41,6 +41,7 @@ from framewatch.clients.bus import (
 from framewatch.clients.objectstore import ObjectStore
 from framewatch.errors import FramewatchError
 from framewatch.health import Readiness
+from framewatch.metrics import watch_loop_lag
 from framewatch.process import serve
 from framewatch.schemas.config import Config
 from framewatch.schemas.events import (
@@ -220,6 +221,10 @@ class ExtractorService(Service, ConsumerRebalanceListener):
                 for record in records:
                     await self._take(record)
             await self._end_replays()
+
+    @Service.task
+    async def _watch_loop_lag(self) -> None:
+        await watch_loop_lag()
 
     @Service.task
     async def _follow_pressure(self) -> None:

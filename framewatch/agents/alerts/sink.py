@@ -63,13 +63,12 @@ class AlertSink:
             stored, _ = await self._write(windows, self.store.store_counts, "count window")
             COUNT_WINDOWS_STORED.inc(len(stored))
 
-    async def _write(self, records: list[R], write: Callable[[list[R]], Awaitable[object]],
+    async def _write(self, records: list[R], write: Callable[[list[R]], Awaitable[int]],
                      kind: str) -> tuple[list[R], int]:
         """Writes the records in one statement, or one by one once PostgreSQL refuses the batch for its data.
         Returns the records written and the count the statements reported (new alerts, for the alert insert)."""
         try:
-            result = await self._until_committed(lambda: write(records), f"{kind} batch of {len(records)}")
-            return records, result if isinstance(result, int) else len(records)
+            return records, await self._until_committed(lambda: write(records), f"{kind} batch of {len(records)}")
         except DataRejected as error:
             if len(records) == 1:
                 REJECTED.labels(kind).inc()
