@@ -172,7 +172,8 @@ def test_dashboard_shows_the_alerts_and_their_images_in_chromium(api: tuple[Flee
     drawn = re.findall(r'class="frame" data-boxes="(\d+)"', page.stdout)
     assert len(drawn) == 10 and all(int(n) >= 1 for n in drawn), "each intrusion's box drawn over its image"
     assert re.search(r'<span>person( [0-9.]+)?</span>', page.stdout), "with its label"
-    assert f'data-task="{prefix}p-000"' in page.stdout, "a counts chart per counting task"
+    charts = re.search(r'<div id="counts">.*?</div>', page.stdout, flags=re.S)
+    assert f'data-task="{prefix}p-000"' in page.stdout, f"a counts chart per counting task: {charts and charts[0]}"
 
     shot = tmp_path / "dashboard.png"
     subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path}",
