@@ -10,7 +10,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --progress-bar on -e ".[test,local]"
+	$(BIN)/pip install --progress-bar on -e ".[test,local,onnx]"
 	@touch $@
 
 stack: install

@@ -136,13 +136,19 @@ def cmd_cameras(args: argparse.Namespace) -> int:
 def cmd_detector(args: argparse.Namespace) -> int:
     from framewatch.clients.bus import ensure_topics
     from framewatch.detector.service import DetectorSettings, serve
+    from framewatch.schemas.tasks import parse_task_type
 
     config = _config(args)
     asyncio.run(ensure_topics(config))
-    service_id = args.service_id or f"hog-{socket.gethostname()}-{args.port}"
+    kind = "hog" if args.model is None else Path(args.model).stem
+    service_id = args.service_id or f"{kind}-{socket.gethostname()}-{args.port}"
+    labels = [line.strip() for line in Path(args.labels).read_text().splitlines() if line.strip()] \
+        if args.labels else None
+    task_types = [parse_task_type(name) for name in args.task_types.split(",")] if args.task_types else None
     serve(DetectorSettings(service_id=service_id, host=config.framewatch.bind_host, port=args.port,
                            capacity=args.capacity or os.cpu_count() or 1, advertise_url=args.advertise_url,
-                           upscale=args.upscale), config)
+                           upscale=args.upscale, model=Path(args.model) if args.model else None, labels=labels,
+                           max_batch=args.max_batch, **({"task_types": task_types} if task_types else {})), config)
     return 0
 
 
@@ -362,6 +368,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--advertise-url", help="the URL workers reach this service at (default: http://HOST:PORT)")
     p.add_argument("--upscale", type=float, default=1.0,
                    help="enlarge frames first, to find people under 128 pixels tall (costs about upscale² the time)")
+    p.add_argument("--model", help="an ONNX detection model instead of HOG (yolo, end-to-end nms or boxes/scores "
+                                   "outputs: see README, Bring your own model)")
+    p.add_argument("--labels", help="--model: its class names, one per line, in order (default: COCO's 80)")
+    p.add_argument("--max-batch", type=int, default=16, help="--model: frames per request and per model run")
+    p.add_argument("--task-types", help="the task types it serves, comma-separated (default: the people tasks)")
     p.set_defaults(func=cmd_detector)
 
     p = with_config(sub.add_parser("fake-detector", help="run misbehaving algorithm services (tests, benchmarks)"))

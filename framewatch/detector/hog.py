@@ -54,6 +54,18 @@ class HogPeopleDetector:
             self._local.hog = hog
         return hog
 
+    def describe(self) -> dict[str, object]:
+        return {"model": "hog-opencv-" + cv2.__version__, "labels": ["person"], "upscale": self.upscale}
+
+    def detect_jpegs(self, images: list[bytes]) -> list[list[Detection] | ValueError]:
+        results: list[list[Detection] | ValueError] = []
+        for image in images:
+            try:
+                results.append(self.detect_jpeg(image))
+            except ValueError as error:
+                results.append(error)
+        return results
+
     def detect_jpeg(self, jpeg: bytes) -> list[Detection]:
         size = image_size(jpeg)
         if size is None:

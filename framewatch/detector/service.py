@@ -1,6 +1,8 @@
-"""The reference algorithm service: HOG people detection behind the contract in `schemas.contract`.
+"""The algorithm service framewatch ships, behind the contract in `schemas.contract`: OpenCV's HOG people
+detector (the reference), or a model the user brings as an ONNX file (`detector/onnx.py`, `--model`).
 
-CPU work runs in a thread pool sized to the cores (OpenCV releases the GIL), never on the event loop. The service
+CPU work runs in a thread pool sized to the cores (OpenCV and ONNX Runtime release the GIL), never on the event
+loop: HOG one frame per thread, an ONNX model one batch per request (`max_batch` frames in one run). The service
 announces itself on fw.services every few seconds so the inference agent can route to it.
 """
 
@@ -12,9 +14,10 @@ import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
 
-import cv2
 import httpx
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
@@ -33,17 +36,27 @@ from framewatch.schemas.contract import (
     InferResponse,
     ServiceError,
 )
-from framewatch.schemas.events import ServiceHeartbeat
+from framewatch.schemas.events import Detection, ServiceHeartbeat
 from framewatch.schemas.tasks import TaskType
 
 log = logging.getLogger("framewatch.detector")
 
 REQUESTS = Counter("framewatch_detector_requests_total", "Inference requests", ["outcome"])
-DETECT_SECONDS = Histogram("framewatch_detector_detect_seconds", "HOG time per frame",
+DETECT_SECONDS = Histogram("framewatch_detector_detect_seconds", "Detection time per frame (a batch's time / its frames)",
                            buckets=(0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5))
 
 
 MAX_IMAGE_BYTES = 16 * 1024 * 1024
+
+
+PEOPLE_TASKS = [TaskType.PEOPLE_COUNTING, TaskType.AREA_INTRUSION, TaskType.LINE_CROSSING, TaskType.LOITERING,
+                TaskType.OFF_POST]
+
+
+class Detector(Protocol):
+    def detect_jpegs(self, images: list[bytes]) -> list[list[Detection] | ValueError]: ...
+
+    def describe(self) -> dict[str, object]: ...
 
 
 @dataclass(frozen=True)
@@ -54,6 +67,10 @@ class DetectorSettings:
     capacity: int = os.cpu_count() or 1
     advertise_url: str | None = None
     upscale: float = 1.0
+    model: Path | None = None  # an ONNX file; HOG when None
+    labels: list[str] | None = None  # the model's class names, in order (COCO when None)
+    max_batch: int = 1  # frames per request (and per model run) a model takes
+    task_types: list[TaskType] = field(default_factory=lambda: list(PEOPLE_TASKS))
 
     @property
     def endpoint(self) -> str:
@@ -64,7 +81,12 @@ class DetectorService:
     def __init__(self, settings: DetectorSettings, config: Config) -> None:
         self.settings = settings
         self.config = config
-        self.detector = HogPeopleDetector(upscale=settings.upscale)
+        self.detector: Detector = HogPeopleDetector(upscale=settings.upscale)
+        if settings.model is not None:
+            from framewatch.detector.onnx import OnnxDetector  # ONNX Runtime is the `onnx` extra: imported on use
+
+            self.detector = OnnxDetector(settings.model, settings.labels)
+        self.max_batch = 1 if settings.model is None else settings.max_batch
         self.pool = ThreadPoolExecutor(max_workers=settings.capacity, thread_name_prefix="hog")
         self.images: httpx.AsyncClient | None = None
         self.announcer: Announcer | None = None
@@ -92,13 +114,13 @@ class DetectorService:
 
     def heartbeat(self) -> ServiceHeartbeat:
         return ServiceHeartbeat(service_id=self.settings.service_id, endpoint=self.settings.endpoint,
-                                task_types=[TaskType.PEOPLE_COUNTING, TaskType.AREA_INTRUSION,
-                                            TaskType.LINE_CROSSING, TaskType.LOITERING, TaskType.OFF_POST],
-                                capacity=self.settings.capacity, max_batch=1, version="hog-opencv-" + cv2.__version__)
+                                task_types=self.settings.task_types, capacity=self.settings.capacity,
+                                max_batch=self.max_batch, version=str(self.detector.describe()["model"]))
 
     async def health(self, _: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "service_id": self.settings.service_id,
-                                  "capacity": self.settings.capacity})
+                                  "capacity": self.settings.capacity, "max_batch": self.max_batch,
+                                  **self.detector.describe()})
 
     async def metrics(self, _: web.Request) -> web.Response:
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -111,25 +133,40 @@ class DetectorService:
             REQUESTS.labels("bad_request").inc()
             answer = InferResponse(error=ServiceError(code=ErrorCode.BAD_REQUEST, message=str(error)))
             return web.json_response(text=answer.model_dump_json(), status=400)
-        results = await asyncio.gather(*(self._infer_frame(frame) for frame in body.frames))
+        if self.max_batch > 1:
+            results = await self._infer_batch(body.frames)
+        else:
+            results = list(await asyncio.gather(*(self._infer_frame(frame) for frame in body.frames)))
         REQUESTS.labels("ok").inc()
-        answer = InferResponse(results=list(results), inference_ms=(time.perf_counter() - started) * 1000)
+        answer = InferResponse(results=results, inference_ms=(time.perf_counter() - started) * 1000)
         return web.json_response(text=answer.model_dump_json())
 
     async def _infer_frame(self, frame: InferFrame) -> FrameResult:
-        try:
-            jpeg = await self._image(frame)
-        except (httpx.HTTPError, ValueError) as error:
-            return FrameResult(frame_id=frame.frame_id,
-                               error=ServiceError(code=ErrorCode.IMAGE_UNAVAILABLE, message=str(error)))
-        started = time.perf_counter()
-        try:
-            detections = await asyncio.get_running_loop().run_in_executor(self.pool, self.detector.detect_jpeg, jpeg)
-        except ValueError as error:
-            return FrameResult(frame_id=frame.frame_id, error=ServiceError(code=ErrorCode.BAD_REQUEST,
-                                                                           message=str(error)))
-        DETECT_SECONDS.observe(time.perf_counter() - started)
-        return FrameResult(frame_id=frame.frame_id, detections=detections)
+        return (await self._infer_batch([frame]))[0]
+
+    async def _infer_batch(self, frames: list[InferFrame]) -> list[FrameResult]:
+        """The frames' images fetched together, then detected in one call (one model run for a batch)."""
+        images = await asyncio.gather(*(self._image(frame) for frame in frames), return_exceptions=True)
+        results: dict[str, FrameResult] = {}
+        fetched: list[tuple[InferFrame, bytes]] = []
+        for frame, image in zip(frames, images, strict=True):
+            if isinstance(image, bytes):
+                fetched.append((frame, image))
+            elif isinstance(image, httpx.HTTPError | ValueError):
+                results[frame.frame_id] = FrameResult(frame_id=frame.frame_id, error=ServiceError(
+                    code=ErrorCode.IMAGE_UNAVAILABLE, message=str(image)))
+            else:
+                raise image
+        if fetched:
+            started = time.perf_counter()
+            found = await asyncio.get_running_loop().run_in_executor(
+                self.pool, self.detector.detect_jpegs, [image for _, image in fetched])
+            DETECT_SECONDS.observe((time.perf_counter() - started) / len(fetched))
+            for (frame, _), detections in zip(fetched, found, strict=True):
+                results[frame.frame_id] = FrameResult(frame_id=frame.frame_id, detections=detections) \
+                    if not isinstance(detections, ValueError) else FrameResult(
+                        frame_id=frame.frame_id, error=ServiceError(code=ErrorCode.BAD_REQUEST, message=str(detections)))
+        return [results[frame.frame_id] for frame in frames]
 
     async def _image(self, frame: InferFrame) -> bytes:
         if frame.image_b64 is not None:
