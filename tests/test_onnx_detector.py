@@ -116,3 +116,55 @@ async def test_the_service_runs_a_batch_behind_the_contract_and_reports_the_mode
     assert [r.frame_id for r in results] == ["f0", "f1", "f2"]
     assert all([d.label for d in r.detections] == ["no_helmet"] for r in results)
     assert service.heartbeat().max_batch == 4 and service.heartbeat().task_types == [TaskType.NO_HELMET]
+
+
+def test_worker_onnx_service_rules_and_stored_alerts_for_labels_hog_cannot_produce(
+        tmp_path: Path, stack_env: dict[str, str]) -> None:
+    """worker → the ONNX service → rules → PostgreSQL, for no_helmet, smoking and object_left tasks: a model that
+    sees, in every frame, a worker without a helmet, a cigarette and a suitcase nobody attends."""
+    import asyncio
+    import uuid
+
+    import asyncpg
+
+    from framewatch.clients.bus import ensure_topics
+    from framewatch.ops.demo import PipelineRun
+    from framewatch.ops.load import FrameLoad, free_port, namespaced_env
+    from tests.conftest import SAMPLE_JPEG, write_config
+
+    labels = ["no_helmet", "smoking", "suitcase"]
+    seen = np.array([[[8, 8, 20, 40, 0.9, 0], [40, 10, 44, 14, 0.8, 1], [30, 44, 46, 60, 0.85, 2]]], np.float32)
+    model = constant_model(tmp_path / "safety.onnx", {"output0": seen})
+    (tmp_path / "safety.labels").write_text("\n".join(labels) + "\n")
+    prefix = "x" + uuid.uuid4().hex[:6]
+    kinds = {"h": "no_helmet", "s": "smoking", "o": "object_left"}
+    config = "".join(f'[[frame_extractor.tasks]]\nid = "{prefix}{k}-000"\ntask_type = "{kind}"\nrtsp_url = "unused"\n'
+                     f'cooldown_sec = 0\nstationary_sec = 1\n' for k, kind in kinds.items())
+    port = free_port()
+    run = PipelineRun(write_config(tmp_path / "fw.toml", config), namespaced_env(stack_env), tmp_path / "logs",
+                      detectors=["detector", "--model", str(model), "--labels", str(tmp_path / "safety.labels"),
+                                 "--task-types", ",".join(kinds.values()), "--max-batch", "4", "--port", str(port)])
+    asyncio.run(ensure_topics(run.config))
+    run.start()
+    try:
+        async def load_and_count() -> dict[str, int]:
+            loads = [FrameLoad(run.config, 1, 2, prefix=f"{prefix}{k}", image=SAMPLE_JPEG, task_type=TaskType(kind))
+                     for k, kind in kinds.items()]
+            await asyncio.gather(*(load.run(duration_s=6) for load in loads))
+            connection = await asyncpg.connect(run.config.database.dsn.get_secret_value())
+            try:
+                async with asyncio.timeout(60):
+                    while True:
+                        rows = await connection.fetch("SELECT task_type, count(*) AS n FROM alerts WHERE camera_id "
+                                                      "LIKE $1 GROUP BY task_type", f"{prefix}%")
+                        stored = {r["task_type"]: r["n"] for r in rows}
+                        if set(stored) == set(kinds.values()):
+                            return stored
+                        await asyncio.sleep(1)
+            finally:
+                await connection.close()
+
+        stored = asyncio.run(load_and_count())
+    finally:
+        run.stop()
+    assert set(stored) == {"no_helmet", "smoking", "object_left"} and all(n >= 1 for n in stored.values())
