@@ -51,6 +51,7 @@ bench: stack testdata
 	$(BIN)/python bench/sink.py
 	$(BIN)/python bench/scale.py
 	$(BIN)/python bench/rules.py
+	FRAMEWATCH_TEST_VIDEO=$(VTEST) $(BIN)/python bench/detector.py
 
 typecheck: install
 	$(BIN)/mypy framewatch tests bench
