@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
+from framewatch.clients.bus import connect_admin
 from framewatch.ops.camera import h264_clip
 from framewatch.ops.load import free_port, free_ports
 from framewatch.schemas.config import Config, load_config
@@ -28,9 +31,38 @@ __all__ = ["SAMPLE_JPEG", "ROOT", "SAMPLE_CLIP", "VTEST", "free_port", "free_por
 
 @pytest.fixture(scope="session")
 def stack_env() -> Iterator[dict[str, str]]:
+    """The local stack, up for the session; the topics the session made (every test has a namespace of its own)
+    are deleted at its end, so the local Kafka does not grow by thousands of partitions a run."""
     stack = LocalStack()
     stack.up()
-    yield stack.env()
+    env = stack.env()
+    config, _ = load_config(None, {**os.environ, **env})
+    before = asyncio.run(topic_names(config))
+    yield env
+    try:
+        removed = asyncio.run(delete_topics_but(config, before))
+        print(f"\n[tests] deleted the {removed} topics this session made")
+    except Exception as error:  # the stack may be down after a fault test that failed: leave them, say so
+        warnings.warn(f"the session's topics were left on Kafka: {error!r}", stacklevel=1)
+
+
+async def topic_names(config: Config) -> set[str]:
+    admin = await connect_admin(config)
+    try:
+        return set(await admin.list_topics())
+    finally:
+        await admin.close()
+
+
+async def delete_topics_but(config: Config, kept: set[str]) -> int:
+    admin = await connect_admin(config)
+    try:
+        made = sorted(set(await admin.list_topics()) - kept)
+        for start in range(0, len(made), 100):
+            await admin.delete_topics(made[start:start + 100], timeout_ms=60_000)
+        return len(made)
+    finally:
+        await admin.close()
 
 
 @dataclass(frozen=True)
