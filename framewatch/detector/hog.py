@@ -36,6 +36,19 @@ def image_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
+def decode_image(data: bytes) -> np.ndarray:
+    """A JPEG or PNG as BGR pixels; ValueError, naming why, for anything else or a picture too big to take."""
+    size = image_size(data)
+    if size is None:
+        raise ValueError("not a JPEG or PNG image")
+    if size[0] * size[1] > MAX_PIXELS:
+        raise ValueError(f"a {size[0]}x{size[1]} image is over the {MAX_PIXELS} pixels this detector takes")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError("not a decodable image")
+    return image
+
+
 class HogPeopleDetector:
     """Thread-safe: each thread gets its own HOGDescriptor."""
 
@@ -67,15 +80,7 @@ class HogPeopleDetector:
         return results
 
     def detect_jpeg(self, jpeg: bytes) -> list[Detection]:
-        size = image_size(jpeg)
-        if size is None:
-            raise ValueError("not a JPEG or PNG image")
-        if size[0] * size[1] > MAX_PIXELS:
-            raise ValueError(f"a {size[0]}x{size[1]} image is over the {MAX_PIXELS} pixels this detector takes")
-        image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
-        if image is None:
-            raise ValueError("not a decodable image")
-        return self.detect(image)
+        return self.detect(decode_image(jpeg))
 
     def detect(self, image: np.ndarray) -> list[Detection]:
         height, width = image.shape[:2]

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import onnxruntime
 
-from framewatch.detector.hog import MAX_PIXELS, image_size
+from framewatch.detector.hog import decode_image
 from framewatch.errors import BadInput
 from framewatch.schemas.events import Detection
 
@@ -126,14 +126,12 @@ class OnnxDetector:
                 results[index] = self._detections(named, outputs, row, box)
         return results
 
-    def _decode(self, data: bytes) -> np.ndarray | ValueError:
-        size = image_size(data)
-        if size is None:
-            return ValueError("not a JPEG or PNG image")
-        if size[0] * size[1] > MAX_PIXELS:
-            return ValueError(f"a {size[0]}x{size[1]} image is over the {MAX_PIXELS} pixels this detector takes")
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-        return ValueError("not a decodable image") if image is None else image
+    @staticmethod
+    def _decode(data: bytes) -> np.ndarray | ValueError:
+        try:
+            return decode_image(data)
+        except ValueError as error:
+            return error
 
     def _detections(self, named: dict[str, np.ndarray], outputs: list[np.ndarray], row: int,
                     box: Letterbox) -> list[Detection]:
