@@ -62,7 +62,7 @@ def evaluate(task: CameraTask, state: RuleState, event: DetectionEvent, alert_ba
     windows = _roll_window(task, state, frame)
     detections = [d for d in event.detections if d.score >= task.min_score]
     watched = [d for d in detections if d.label in task.watched]
-    tracks = update_tracks(state, watched, now, int(task.track_gap_sec * 1000))
+    tracks = update_tracks(state, watched, now, int(task.track_gap_sec * 1000), task.track_score)
     rule, condition = CONDITIONS[task.task_type]
     findings = condition(Scene(task, state, now, frame.width / frame.height, detections, tracks))
     alerts = [_alert(task, event, rule, finding, incident, alert_base)

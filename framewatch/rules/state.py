@@ -28,7 +28,7 @@ class Track(BaseModel):
     first_seen: int
     last_seen: int
     hits: int = 1
-    velocity: Point = (0.0, 0.0)  # of the box centre, normalised units per second
+    motion: tuple[float, ...] = ()  # its Kalman filter at `last_seen` (rules/motion.py)
     side: int = 0  # line_crossing: -1 left of the line, 1 right, 0 not yet known
     side_point: Point | None = None  # where the side was last decided
     inside_since: int | None = None  # loitering: entered the region at

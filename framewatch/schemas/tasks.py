@@ -174,6 +174,8 @@ class CameraTask(BaseModel):
     cooldown_sec: float = Field(default=10.0, ge=0.0, description="no second alert per camera, rule and track")
     clear_sec: float = Field(default=2.0, ge=0.0, description="an incident ends when its condition is false so long")
     track_gap_sec: float = Field(default=2.0, gt=0, description="a track unseen this long is forgotten")
+    track_score: float = Field(default=0.5, ge=0.0, le=1.0, description="a detection scoring less (but at least "
+                               "min_score) only continues a track seen in the previous frame, never starts one")
 
     @field_validator("task_type", mode="before")
     @classmethod
