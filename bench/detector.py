@@ -1,16 +1,25 @@
-"""The ONNX detector's throughput by batch size, side by side in one run, on this machine's CPU (or GPU).
+"""The ONNX detector's throughput by batch size, side by side in one run, on this machine's CPU (or GPU), and how
+much of it the pipeline uses when cameras feed it through the worker.
 
-    .venv/bin/python bench/detector.py [--frames 64] [--size 320] [--json out.json]
+    .venv/bin/python bench/detector.py [--frames 64] [--size 320] [--worker-size 640] [--worker-seconds 40]
+                                       [--json out.json]
 
 No weights are downloaded: the model is a small YOLO-shaped network made here with the `onnx` helper API (four
 strided convolutions, 80 classes, a `[batch, 84, anchors]` head), random weights, scores kept low as a trained
 model's mostly are. Each figure is the whole serving path of `OnnxDetector.detect_jpegs`: JPEG decode, letterbox,
 one `InferenceSession.run` per batch, decode and NMS. Frames are vtest.avi's first frames (768 x 576 JPEGs).
+
+Through the worker: the same network at `--worker-size` (larger, so that the detector, not the worker, Kafka and
+MinIO sharing this machine's cores, is what limits the run) serves as `framewatch detector --model` with
+`--max-batch 16`, and 16 cameras offer 1.5 times the rate it reached alone at batch 16, each frame a JPEG in MinIO
+and an event on fw.frames as an extractor sends them. Utilisation is the frames inferred per second after a
+warm-up over that batch-16 rate, measured alone just before, in the same run (goal: >= 0.9).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
 import tempfile
@@ -24,10 +33,26 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from framewatch.clients.bus import ensure_topics
 from framewatch.detector.onnx import COCO, OnnxDetector
-from framewatch.ops.load import print_figures, print_table
+from framewatch.ops.demo import PipelineRun
+from framewatch.ops.load import (
+    FrameLoad,
+    TopicFollower,
+    free_port,
+    inferred_per_s,
+    namespaced_env,
+    print_figures,
+    print_table,
+)
+from framewatch.schemas.events import DetectionEvent, now_ms
+from framewatch.schemas.topics import DETECTIONS
+from framewatch.stack import LocalStack
 
 BATCHES = (1, 4, 16)
+CAMERAS = 16
+OFFERED = 1.5  # times the rate the detector reached alone
+WARM_UP_S = 8
 VIDEO = Path(os.environ.get("FRAMEWATCH_TEST_VIDEO", Path.home() / ".cache/framewatch/cache/vtest.avi"))
 
 
@@ -73,10 +98,50 @@ def measure(detector: OnnxDetector, images: list[bytes], batch: int) -> dict[str
     return {"frames_per_s": round(len(images) / wall, 1), "cpu_ms_per_frame": round(1000 * cpu / len(images), 2)}
 
 
+async def fed_through_worker(run: PipelineRun, image: bytes, fps: float, seconds: float) -> dict[str, float]:
+    """With `CAMERAS` cameras offering `fps` frames/s in all, once warm: frames inferred per second, and the share
+    of the time the service spent answering requests (its requests' times, a frame's share each)."""
+    follower = TopicFollower(run.config, [DETECTIONS])
+    await follower.start()
+    load = FrameLoad(run.config, cameras=CAMERAS, fps_per_camera=fps / CAMERAS, image=image)
+    started = now_ms()
+    await load.run(seconds)
+    ended = now_ms()
+    await follower.collect_until(lambda events: any(isinstance(e, DetectionEvent) and e.emitted_at >= ended
+                                                    for e in events), 60)
+    await follower.stop()
+    since = started + WARM_UP_S * 1000
+    steady = [e for e in follower.events if isinstance(e, DetectionEvent) and since <= e.emitted_at < ended]
+    busy_s = sum((e.service_ms or 0.0) / max(e.batch_size, 1) for e in steady) / 1000
+    return {"achieved_fps": inferred_per_s(follower.events, since, ended), "service_busy": busy_s / ((ended - since) / 1000),
+            "mean_batch": sum(e.batch_size for e in steady) / max(len(steady), 1)}
+
+
+def through_worker(model: Path, image: bytes, alone_fps: float, seconds: float, folder: Path) -> dict[str, Any]:
+    stack = LocalStack()
+    stack.up()
+    env = namespaced_env(stack.env())
+    config = folder / "bench.toml"
+    config.write_text("", encoding="utf-8")
+    run = PipelineRun(config, env, folder / "logs", detectors=["detector", "--model", str(model), "--max-batch", "16",
+                                                                "--port", str(free_port())])
+    asyncio.run(ensure_topics(run.config))
+    run.start()
+    try:
+        fed = asyncio.run(fed_through_worker(run, image, OFFERED * alone_fps, seconds))
+    finally:
+        run.stop()
+    return {"cameras": CAMERAS, "offered_fps": round(OFFERED * alone_fps, 1), "alone_batch_16_fps": alone_fps,
+            "achieved_fps": round(fed["achieved_fps"], 1), "utilisation": round(fed["achieved_fps"] / alone_fps, 3),
+            "service_busy": round(fed["service_busy"], 3), "mean_batch": round(fed["mean_batch"], 1)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=64)
     parser.add_argument("--size", type=int, default=320, help="the model's input, square")
+    parser.add_argument("--worker-size", type=int, default=640, help="the model's input for the run through the worker")
+    parser.add_argument("--worker-seconds", type=float, default=40, help="0: skip the run through the worker")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     images = frames(args.frames)
@@ -84,12 +149,24 @@ def main() -> int:
         detector = OnnxDetector(synthetic_yolo(Path(folder) / "synthetic.onnx", args.size))
         figures: dict[str, Any] = {"provider": detector.provider, "input": args.size, "frames": len(images),
                                    **{f"batch_{b}": measure(detector, images, b) for b in BATCHES}}
-    base = figures["batch_1"]["frames_per_s"]
-    for b in BATCHES:
-        figures[f"batch_{b}"]["speedup_vs_batch_1"] = round(figures[f"batch_{b}"]["frames_per_s"] / base, 2)
+        base = figures["batch_1"]["frames_per_s"]
+        for b in BATCHES:
+            figures[f"batch_{b}"]["speedup_vs_batch_1"] = round(figures[f"batch_{b}"]["frames_per_s"] / base, 2)
+        rows = [(f"batch {b}: frames/s ({detector.provider})", figures[f"batch_{b}"]["frames_per_s"],
+                 f"{figures[f'batch_{b}']['speedup_vs_batch_1']}x batch 1") for b in BATCHES]
+        if args.worker_seconds > 0:
+            model = synthetic_yolo(Path(folder) / "worker.onnx", args.worker_size)
+            alone = measure(OnnxDetector(model), images, 16)["frames_per_s"]
+            fed = figures["through_worker"] = through_worker(model, images[0], alone, args.worker_seconds,
+                                                             Path(folder))
+            rows += [(f"input {args.worker_size}, batch 16 alone: frames/s", alone, ""),
+                     (f"  through the worker, {CAMERAS} cameras offering {fed['offered_fps']}/s", fed["achieved_fps"],
+                      ""),
+                     ("  utilisation (through the worker / alone)", fed["utilisation"], ">= 0.9"),
+                     ("  frames per request", fed["mean_batch"], "16"),
+                     ("  share of the time the service was answering", fed["service_busy"], "1.0")]
     print_figures(figures, args.json)
-    print_table([(f"batch {b}: frames/s ({detector.provider})", figures[f"batch_{b}"]["frames_per_s"],
-                  f"{figures[f'batch_{b}']['speedup_vs_batch_1']}x batch 1") for b in BATCHES])
+    print_table(rows)
     return 0
 
 
