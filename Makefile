@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install stack testtools testdata demo test bench typecheck down clean
+.PHONY: install stack testtools benchtools testdata demo test bench typecheck down clean
 
 install: $(STAMP)
 
@@ -20,14 +20,21 @@ demo: stack
 	$(BIN)/framewatch demo
 
 # Debian packages the tests drive: chromium (the dashboard, headless), prometheus (the alert rules against live
-# metrics), mosquitto (the MQTT bridge)
+# metrics), mosquitto (the MQTT bridge); and the benchmarks: ffmpeg (the Frigate-style ingest baseline)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y
 TEST_PACKAGES := chromium prometheus mosquitto
-testtools:
-	@missing=""; for p in $(TEST_PACKAGES); do command -v $$p >/dev/null || [ -x /usr/sbin/$$p ] || missing="$$missing $$p"; done; \
+BENCH_PACKAGES := ffmpeg
+define apt_packages
+	@missing=""; for p in $(1); do command -v $$p >/dev/null || [ -x /usr/sbin/$$p ] || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then echo "installing$$missing from Debian (a minute or two, once)"; \
 		$(APT_INSTALL) $$missing || { $(SUDO) apt-get update && $(APT_INSTALL) $$missing; }; fi
+endef
+testtools:
+	$(call apt_packages,$(TEST_PACKAGES))
+
+benchtools:
+	$(call apt_packages,$(BENCH_PACKAGES))
 
 # the rules' end-to-end tests play OpenCV's vtest.avi: the copy beside the checkout when there is one, else
 # the one in Debian's opencv-doc package (downloaded, not installed; the same file)
@@ -45,13 +52,16 @@ $(VTEST):
 test: stack testtools testdata
 	FRAMEWATCH_TEST_VIDEO=$(VTEST) $(BIN)/python -m pytest -q --durations=15
 
-bench: stack testdata
-	FRAMEWATCH_TEST_VIDEO=$(VTEST) $(BIN)/python bench/ingest.py
-	$(BIN)/python bench/inference.py
-	$(BIN)/python bench/sink.py
-	$(BIN)/python bench/scale.py
-	$(BIN)/python bench/rules.py
-	FRAMEWATCH_TEST_VIDEO=$(VTEST) $(BIN)/python bench/detector.py
+BENCH_OUT ?= $(or $(FRAMEWATCH_HOME),$(HOME)/.cache/framewatch)/bench
+bench: stack benchtools testdata
+	@rm -rf $(BENCH_OUT) && mkdir -p $(BENCH_OUT)  # one run's figures only
+	FRAMEWATCH_TEST_VIDEO=$(VTEST) $(BIN)/python bench/ingest.py --json $(BENCH_OUT)/ingest.json
+	$(BIN)/python bench/inference.py --json $(BENCH_OUT)/inference.json
+	$(BIN)/python bench/sink.py --json $(BENCH_OUT)/sink.json
+	$(BIN)/python bench/scale.py --json $(BENCH_OUT)/scale.json
+	$(BIN)/python bench/rules.py --json $(BENCH_OUT)/rules.json
+	FRAMEWATCH_TEST_VIDEO=$(VTEST) $(BIN)/python bench/detector.py --json $(BENCH_OUT)/detector.json
+	$(BIN)/python bench/summary.py $(BENCH_OUT)
 
 typecheck: install
 	$(BIN)/mypy framewatch tests bench

@@ -10,6 +10,9 @@ Scenarios (each in a namespace of its own, against the local stack):
                dispatch p50/p99 while the overload lasts (after 5 s, until the cameras stop; then each camera's
                last frame waits its turn with nothing newer, up to max_frame_age_ms, reported apart), frames
                dropped, most frames waiting
+  seed FIFO    the design framewatch replaces, under the same overload in the same run: one consumer reading
+               fw.frames in order and sending each frame to the one 140 ms service when the previous answer is in
+               (one FIFO queue, no freshness, no breaker): frame age at dispatch p50/p99 while the overload lasts
 Prints a readable table, then the figures as JSON.
 """
 
@@ -20,20 +23,30 @@ import asyncio
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
+import httpx
+from aiokafka import AIOKafkaConsumer
+
+from framewatch.clients.bus import ensure_topics, kafka_options
+from framewatch.ops.demo import ServiceProcess
 from framewatch.ops.load import (
     Fleet,
     FrameLoad,
     TopicFollower,
+    free_port,
     inferred_per_s,
+    namespaced_env,
     print_figures,
     print_table,
     start_fleet,
 )
-from framewatch.schemas.events import DetectionEvent, FrameOutcome, Outcome, now_ms
-from framewatch.schemas.topics import DETECTIONS, FRAME_OUTCOMES
+from framewatch.schemas.config import Config, load_config
+from framewatch.schemas.contract import HEALTH_PATH, INFER_PATH, InferFrame, InferRequest
+from framewatch.schemas.events import DetectionEvent, FrameEvent, FrameOutcome, Outcome, now_ms
+from framewatch.schemas.topics import DETECTIONS, FRAME_OUTCOMES, FRAMES
 from framewatch.stack import LocalStack
 
 LATENCY_MS = 140.0
@@ -91,6 +104,56 @@ async def overload(fleet: Fleet, seconds: float) -> dict[str, Any]:
             "most_waiting": None if stats is None else stats.queue_max}
 
 
+async def fifo_dispatch(config: Config, endpoint: str, seconds: float) -> dict[str, Any]:
+    """The seed's loop: every frame in arrival order, the next one sent when the service has answered."""
+    consumer = AIOKafkaConsumer(config.topic(FRAMES.name), **kafka_options(config), group_id=None,
+                                auto_offset_reset="latest")
+    await consumer.start()
+    await consumer.seek_to_end()
+    load = FrameLoad(config, cameras=14, fps_per_camera=7)
+    started = now_ms()
+    sending = asyncio.create_task(load.run(seconds))
+    ages: list[float] = []
+    async with httpx.AsyncClient(timeout=30) as client:
+        while not sending.done():
+            batches = await consumer.getmany(timeout_ms=200)
+            for record in (r for records in batches.values() for r in records):
+                frame = FrameEvent.decode(record.value)
+                if sending.done():
+                    break
+                if frame.captured_at >= started + WARM_UP_MS:
+                    ages.append(float(now_ms() - frame.captured_at))
+                request = InferRequest(frames=[InferFrame(frame_id=frame.frame_id, task_type=frame.task_type,
+                                                          image_url=f"http://unused/{frame.object_key}")])
+                (await client.post(endpoint + INFER_PATH, content=request.model_dump_json(),
+                                   headers={"Content-Type": "application/json"})).raise_for_status()
+    await sending
+    await consumer.stop()
+    return {"frames": load.sent, "dispatched_while_overloaded": len(ages),
+            "age_at_dispatch_ms_p50": round(statistics.median(ages)), "age_at_dispatch_ms_p99": round(percentile(ages, 99))}
+
+
+def seed_fifo(stack_env: dict[str, str], folder: Path, seconds: float) -> dict[str, Any]:
+    env = namespaced_env(stack_env)
+    path = folder / "fifo.toml"
+    path.write_text("", encoding="utf-8")
+    config, _ = load_config(path, env)
+    asyncio.run(ensure_topics(config))
+    port = free_port()
+    service = ServiceProcess("fifo-detector", ["fake-detector", "-c", str(path), "--instances", "1", "--port",
+                                               str(port), "--latency-ms", str(LATENCY_MS)], env, folder / "logs")
+    try:
+        for _ in range(60):
+            try:
+                httpx.get(f"http://127.0.0.1:{port}{HEALTH_PATH}", timeout=1).raise_for_status()
+                break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        return asyncio.run(fifo_dispatch(config, f"http://127.0.0.1:{port}", seconds))
+    finally:
+        service.stop()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=30)
@@ -104,7 +167,10 @@ def main() -> int:
         fleet = asyncio.run(utilisation_and_overhead(six, args.seconds))
     with start_fleet(folder / "one", env, 1, latency_ms=LATENCY_MS) as one:
         squeezed = asyncio.run(overload(one, args.seconds * 2))
-    figures = {"fleet_6x140ms": fleet, "overload_13.7_to_1": squeezed}
+    fifo = seed_fifo(env, folder, args.seconds * 2)
+    figures = {"fleet_6x140ms": fleet, "overload_13.7_to_1": squeezed, "seed_fifo_13.7_to_1": fifo,
+               "age_p99_ratio_fifo_to_framewatch": round(fifo["age_at_dispatch_ms_p99"]
+                                                         / max(squeezed["age_at_dispatch_ms_p99_steady"], 1), 1)}
     print_table([
         ("detector utilisation (achieved / capacity)", fleet["utilisation"], ">= 0.95"),
         ("achieved frames/s (capacity 42.9)", fleet["achieved_fps"], ""),
@@ -118,6 +184,9 @@ def main() -> int:
          f"{squeezed['inferred']}/{squeezed['dropped']}/{squeezed['failed']}", ""),
         ("overload frames without an outcome", squeezed["unaccounted"], "0"),
         ("overload most frames waiting", squeezed["most_waiting"], "<= 14 cameras"),
+        ("seed FIFO, same overload: age at dispatch p50 (ms)", fifo["age_at_dispatch_ms_p50"], ""),
+        ("seed FIFO, same overload: age at dispatch p99 (ms)", fifo["age_at_dispatch_ms_p99"], ""),
+        ("  FIFO p99 / framewatch p99", figures["age_p99_ratio_fifo_to_framewatch"], ""),
     ])
     print_figures(figures, args.json)
     return 0

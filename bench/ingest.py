@@ -10,6 +10,11 @@ warm-up, from the extractor's own metrics and its process CPU time):
   seed load  14 cameras every 200 ms (70 frames/s sampled, the seed's load): cores used, drops, capture-to-event p99
   capacity   more and more cameras every 200 ms (5 fps each) until one extractor drops a frame, samples less than
              it should, or its capture-to-event p99 reaches 500 ms: the largest number it sustains
+  baselines  the seed load's 14 streams read by what a user might run instead, in the same run: the decode floor
+             (a process that only decodes every frame of each stream with PyAV, as the extractor does, and keeps
+             nothing) and a Frigate-style reader (an `ffmpeg` process per camera decoding the stream to raw
+             yuv420p frames at 5 fps on a pipe, read and discarded here): CPU per camera, and framewatch's as a
+             ratio to each (goal: within 1.3x of the decode floor)
 Everything shares this machine's cores: the RTSP server and the publisher, Kafka and MinIO are measured apart.
 Prints a readable table, then the figures as JSON.
 """
@@ -19,7 +24,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
+import subprocess
 import sys
+import threading
 import tempfile
 import time
 import urllib.request
@@ -42,6 +50,19 @@ WARM_UP_S = 8.0
 DECODE_CAMERAS = 16  # enough that the process's fixed costs (Kafka client, event loop) weigh little per frame
 P99_GOAL_S = 0.5
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+FLOOR_GOAL = 1.3
+DECODE_ONLY = """
+import sys, threading, av
+def decode(url):
+    with av.open(url, options={"rtsp_transport": "tcp"}) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "SLICE"
+        for _ in container.decode(stream):
+            pass
+for url in sys.argv[1:]:
+    threading.Thread(target=decode, args=(url,), daemon=True).start()
+threading.Event().wait()
+"""
 
 
 def vtest() -> Path:
@@ -140,6 +161,39 @@ class Bench:
         return figures(cameras, interval_ms, first, last)
 
 
+    def baseline(self, name: str, cameras: int, seconds: float) -> dict[str, Any]:
+        """CPU per camera of the decode floor ("floor") or of an ffmpeg process per camera ("ffmpeg")."""
+        urls = [self.urls[i % PATHS] for i in range(cameras)]
+        if name == "floor":
+            processes = [subprocess.Popen([sys.executable, "-c", DECODE_ONLY, *urls])]
+        else:
+            ffmpeg = shutil.which("ffmpeg") or "ffmpeg"
+            processes = [subprocess.Popen([ffmpeg, "-hide_banner", "-loglevel", "error", "-rtsp_transport", "tcp",
+                                           "-i", url, "-vf", "fps=5", "-f", "rawvideo", "-pix_fmt", "yuv420p",
+                                           "pipe:1"], stdout=subprocess.PIPE) for url in urls]
+            for process in processes:
+                threading.Thread(target=discard, args=(process,), daemon=True).start()
+        try:
+            time.sleep(WARM_UP_S)
+            cpu = sum(cpu_seconds(p.pid) for p in processes) + time.process_time()
+            started = time.monotonic()
+            time.sleep(seconds)
+            cpu = sum(cpu_seconds(p.pid) for p in processes) + time.process_time() - cpu
+            window = time.monotonic() - started
+        finally:
+            for process in processes:
+                process.kill()
+                process.wait(10)
+        return {"cameras": cameras, "cores": round(cpu / window, 3),
+                "cpu_ms_per_camera_s": round(1000 * cpu / window / cameras, 1)}
+
+
+def discard(process: subprocess.Popen[bytes]) -> None:
+    assert process.stdout is not None
+    while process.stdout.read(1 << 20):
+        pass
+
+
 def figures(cameras: int, interval_ms: int, first: Snapshot, last: Snapshot) -> dict[str, Any]:
     window = last.at - first.at
     delta = {k: last.counters.get(k, 0.0) - first.counters.get(k, 0.0) for k in last.counters}
@@ -183,6 +237,8 @@ def main() -> int:
         keys = bench.run("decode-keyframes", DECODE_CAMERAS, 1000, "auto", args.seconds)
         dense = bench.run("decode-200ms", DECODE_CAMERAS, 200, "auto", args.seconds)
         seed = bench.run("seed-14x200ms", 14, 200, "auto", args.seconds)
+        floor = bench.baseline("floor", 14, args.seconds)
+        ffmpeg = bench.baseline("ffmpeg", 14, args.seconds)
         sweep = []
         cameras = 20
         while cameras <= args.max_cameras:
@@ -194,8 +250,13 @@ def main() -> int:
     finally:
         bench.close()
     sustained = max((s["cameras"] for s in sweep if s["sustained"]), default=0)
+    per_camera = round(1000 * seed["cores"] / seed["cameras"], 1)
     result = {"decode_all_1000ms": every, "decode_keyframes_1000ms": keys, "decode_200ms": dense,
-              "seed_14x200ms": seed, "capacity_sweep": sweep, "max_cameras_sustained_5fps": sustained}
+              "seed_14x200ms": {**seed, "cpu_ms_per_camera_s": per_camera}, "decode_floor_14": floor,
+              "ffmpeg_per_camera_14": ffmpeg,
+              "ratio_to_decode_floor": round(per_camera / floor["cpu_ms_per_camera_s"], 2),
+              "ratio_to_ffmpeg": round(per_camera / ffmpeg["cpu_ms_per_camera_s"], 2),
+              "capacity_sweep": sweep, "max_cameras_sustained_5fps": sustained}
     rows = [
         ("CPU ms per sampled frame, 1 s interval, every frame decoded", every["cpu_ms_per_sampled_frame"], ""),
         ("CPU ms per sampled frame, 1 s interval, key frames only", keys["cpu_ms_per_sampled_frame"], ""),
@@ -205,7 +266,12 @@ def main() -> int:
         ("seed load 14 x 5 fps: extractor cores", seed["cores"], "< 1"),
         ("seed load: sampled frames/s (expected 70)", seed["sampled_per_s"], "70"),
         ("seed load: dropped", seed["dropped"], "0"),
-        ("seed load: capture to event p99 (ms)", seed["capture_to_event_p99_ms"], "< 500"),
+        ("seed load: capture to event p99 (ms)", seed["capture_to_event_p99_ms"], "< 300"),
+        ("CPU ms per camera-second: framewatch, 25 fps sampled at 5 fps", per_camera, ""),
+        ("  decoding every frame and nothing else (the floor)", floor["cpu_ms_per_camera_s"], ""),
+        ("  an ffmpeg process per camera, raw frames at 5 fps", ffmpeg["cpu_ms_per_camera_s"], ""),
+        ("  framewatch / the floor", result["ratio_to_decode_floor"], f"<= {FLOOR_GOAL}"),
+        ("  framewatch / ffmpeg per camera", result["ratio_to_ffmpeg"], ""),
         ("cameras at 5 fps one extractor sustains", sustained, ">= 40"),
     ]
     rows += [(f"  {s['cameras']} cameras: cores / p99 ms / dropped / sampled of expected",
