@@ -24,6 +24,7 @@ async def test_inserts_are_idempotent(stack_config: Config, namespace: str) -> N
     try:
         assert await store.insert(alerts[:2]) == 2
         assert await store.insert(alerts) == 1  # a replay of the first two stores nothing twice
+        assert await store.insert(alerts) == 0
         connection = await asyncpg.connect(stack_config.database.dsn.get_secret_value())
         ids = {r["alert_id"] for r in await connection.fetch(
             "SELECT alert_id::text FROM alerts WHERE alert_id = ANY($1::uuid[])", [a.alert_id for a in alerts])}

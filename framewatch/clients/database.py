@@ -1,5 +1,6 @@
-"""PostgreSQL: versioned migrations, the idempotent alert store (one INSERT of unnested column arrays, merged by
-alert id), the per-minute counts, and the queries behind the API."""
+"""PostgreSQL: versioned migrations, the idempotent alert store (a batch COPYed, or, when it holds an alert already
+stored, one INSERT of unnested column arrays merged by alert id), the per-minute counts, and the queries behind
+the API."""
 
 from __future__ import annotations
 
@@ -132,11 +133,17 @@ class AlertStore:
         return True
 
     async def insert(self, alerts: list[AlertEvent]) -> int:
-        """Store a batch in one transaction; alerts already stored are skipped. Returns how many were new."""
+        """Store a batch in one statement; alerts already stored are skipped. Returns how many were new.
+
+        A batch is COPYed first, the cheapest way in; one that holds an alert already stored (a replay after a
+        crash, rare) fails as a whole on the primary key and is merged instead, skipping those alerts."""
+        rows = [alert_row(a) for a in alerts]
         try:
-            columns = list(zip(*(alert_row(a) for a in alerts), strict=True))
             async with self.pool.acquire() as connection:
-                status = await connection.execute(MERGE, *columns)
+                try:
+                    status = await connection.copy_records_to_table("alerts", records=rows, columns=ALERT_COLUMNS)
+                except asyncpg.UniqueViolationError:
+                    status = await connection.execute(MERGE, *zip(*rows, strict=True))
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
             raise classified(error, f"storing {len(alerts)} alerts") from None
         return int(status.rsplit(" ", 1)[-1])

@@ -56,6 +56,7 @@ REPEATS = Counter("framewatch_publisher_repeats_skipped_total", "Stored alerts a
 ABORTED = Counter("framewatch_publisher_transactions_aborted_total", "Publish transactions aborted and retried")
 REMEMBERED = Gauge("framewatch_publisher_remembered_ids", "Published alert ids kept to skip repeats")
 
+PUBLISH_RETRY_MS = 10
 HANDOVER_FAILURES = Counter("framewatch_publisher_handover_failures_total",
                             "Failed attempts to take partitions over (start their producers, read the markers)")
 
@@ -149,7 +150,10 @@ class AlertPublisher(Service):
             log.info("publishing for fw.alerts-stored partitions %s", sorted(fresh))
 
     async def _start_producer(self, partition: int) -> None:
-        producer = AIOKafkaProducer(**kafka_options(self.config), linger_ms=5,
+        # a transaction begun right after the last commit may be told CONCURRENT_TRANSACTIONS while the broker
+        # writes the last one's markers; the default 100 ms backoff before asking again was most of an alert's
+        # stored -> published time
+        producer = AIOKafkaProducer(**kafka_options(self.config), linger_ms=5, retry_backoff_ms=PUBLISH_RETRY_MS,
                                     transactional_id=self.transactional_id(partition))
         await producer.start()
         # start() does not wait for the producer id: an empty transaction gets it, and with it the fencing
@@ -210,9 +214,11 @@ class AlertPublisher(Service):
                 continue
             await self.remembered.wait()
             async with self.publishing:
-                for tp, records in batches.items():
-                    if (producer := self._producers.get(tp.partition)) is not None:  # else it has moved on
-                        await self._publish_partition(producer, tp, records)
+                # each partition has a producer, so their transactions run side by side: one after another, a
+                # batch spread over ten partitions waited ten commits for its last alert
+                await asyncio.gather(*(self._publish_partition(producer, tp, records)
+                                       for tp, records in batches.items()
+                                       if (producer := self._producers.get(tp.partition)) is not None))
 
     async def _publish_partition(self, producer: AIOKafkaProducer, tp: TopicPartition, records: list[Any]) -> None:
         try:
