@@ -20,10 +20,12 @@ async def test_inserts_are_idempotent(stack_config: Config, namespace: str) -> N
     await store.connect()
     # frames never seen before, so their alerts are new; a new track, so an alert, every 10 s
     camera = Camera(start_ms=time.time_ns() // 1_000_000, id=namespace, track_gap_sec=1)
-    alerts = camera.walk([0, 10, 20], lambda t: [person(0.5, 0.8)])
+    alerts = camera.walk([10 * i for i in range(15)], lambda t: [person(0.5, 0.8)])
+    assert len(alerts) == 15
     try:
-        assert await store.insert(alerts[:2]) == 2
-        assert await store.insert(alerts) == 1  # a replay of the first two stores nothing twice
+        assert await store.insert(alerts[:2]) == 2  # a small batch: merged
+        assert await store.insert(alerts[2:12]) == 10  # COPYed
+        assert await store.insert(alerts) == 3  # a replay of the first twelve: the COPY fails, the merge skips them
         assert await store.insert(alerts) == 0
         connection = await asyncpg.connect(stack_config.database.dsn.get_secret_value())
         ids = {r["alert_id"] for r in await connection.fetch(

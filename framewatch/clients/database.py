@@ -98,6 +98,20 @@ def _ts(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
+COPY_MIN_ROWS = 10
+
+
+async def _copy_or_merge(connection: asyncpg.Connection, rows: list[tuple[object, ...]]) -> str:
+    if len(rows) >= COPY_MIN_ROWS:
+        try:
+            status: str = await connection.copy_records_to_table("alerts", records=rows, columns=ALERT_COLUMNS)
+            return status
+        except asyncpg.UniqueViolationError:
+            pass  # a replay: merged below
+    merged: str = await connection.execute(MERGE, *zip(*rows, strict=True))
+    return merged
+
+
 class AlertStore:
     def __init__(self, dsn: str, pool_size: int = 4) -> None:
         self._dsn = dsn
@@ -135,15 +149,14 @@ class AlertStore:
     async def insert(self, alerts: list[AlertEvent]) -> int:
         """Store a batch in one statement; alerts already stored are skipped. Returns how many were new.
 
-        A batch is COPYed first, the cheapest way in; one that holds an alert already stored (a replay after a
-        crash, rare) fails as a whole on the primary key and is merged instead, skipping those alerts."""
+        A batch of `COPY_MIN_ROWS` or more is COPYed first, the cheapest way in; one that holds an alert already
+        stored (a replay after a crash, rare) fails as a whole on the primary key and is merged instead, skipping
+        those alerts. A smaller batch is merged at once: a COPY first asks for the table's columns, a round trip
+        that costs more than it saves on a few rows (`bench/sink.py`)."""
         rows = [alert_row(a) for a in alerts]
         try:
             async with self.pool.acquire() as connection:
-                try:
-                    status = await connection.copy_records_to_table("alerts", records=rows, columns=ALERT_COLUMNS)
-                except asyncpg.UniqueViolationError:
-                    status = await connection.execute(MERGE, *zip(*rows, strict=True))
+                status = await _copy_or_merge(connection, rows)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
             raise classified(error, f"storing {len(alerts)} alerts") from None
         return int(status.rsplit(" ", 1)[-1])

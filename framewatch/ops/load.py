@@ -83,7 +83,7 @@ class FrameLoad:
 
     async def run(self, duration_s: float) -> int:
         """Every camera sends a frame each interval (cameras spread evenly over it) for `duration_s`."""
-        producer = AIOKafkaProducer(**kafka_options(self.config), acks="all", linger_ms=5)
+        producer = AIOKafkaProducer(**kafka_options(self.config), acks="all", linger_ms=0)  # as an extractor's
         await producer.start()
         topic = self.config.topic(FRAMES.name)
         step = self.interval_s / len(self.cameras)
