@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -29,19 +30,29 @@ SAMPLE_JPEG = bytes(cv2.imencode(".jpg", np.full((48, 64, 3), 127, np.uint8))[1]
 __all__ = ["SAMPLE_JPEG", "ROOT", "SAMPLE_CLIP", "VTEST", "free_port", "free_ports", "write_config"]
 
 
+# a run's own namespace (`namespaced_env`): topics under it are never meant to outlive the run
+RUN_TOPIC = re.compile(r"t[0-9a-f]{10}[.-]")
+
+
 @pytest.fixture(scope="session")
 def stack_env() -> Iterator[dict[str, str]]:
-    """The local stack, up for the session; the topics the session made (every test has a namespace of its own)
-    are deleted at its end, so the local Kafka does not grow by thousands of partitions a run."""
+    """The local stack, up for the session. Topics of earlier runs' namespaces (a benchmark's, a session that
+    crashed) are deleted first, and the topics this session made at its end: a Kafka with thousands of
+    partitions takes minutes to restart, longer than the fault tests wait for it."""
     stack = LocalStack()
     stack.up()
     env = stack.env()
     config, _ = load_config(None, {**os.environ, **env})
+    leftovers = {name for name in asyncio.run(topic_names(config)) if RUN_TOPIC.match(name)}
+    if leftovers:
+        print(f"\n[tests] deleting {len(leftovers)} topics earlier runs left")
+        asyncio.run(delete_topics(config, leftovers))
     before = asyncio.run(topic_names(config))
     yield env
     try:
-        removed = asyncio.run(delete_topics_but(config, before))
-        print(f"\n[tests] deleted the {removed} topics this session made")
+        made = asyncio.run(topic_names(config)) - before
+        asyncio.run(delete_topics(config, made))
+        print(f"\n[tests] deleted the {len(made)} topics this session made")
     except Exception as error:  # the stack may be down after a fault test that failed: leave them, say so
         warnings.warn(f"the session's topics were left on Kafka: {error!r}", stacklevel=1)
 
@@ -54,13 +65,12 @@ async def topic_names(config: Config) -> set[str]:
         await admin.close()
 
 
-async def delete_topics_but(config: Config, kept: set[str]) -> int:
+async def delete_topics(config: Config, names: set[str]) -> None:
     admin = await connect_admin(config)
     try:
-        made = sorted(set(await admin.list_topics()) - kept)
-        for start in range(0, len(made), 100):
-            await admin.delete_topics(made[start:start + 100], timeout_ms=60_000)
-        return len(made)
+        ordered = sorted(names)
+        for start in range(0, len(ordered), 100):
+            await admin.delete_topics(ordered[start:start + 100], timeout_ms=60_000)
     finally:
         await admin.close()
 
