@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import time
 
 import asyncpg
+import pytest
+from pydantic import SecretStr
 
 from framewatch.clients.database import AlertStore, migrations
-from framewatch.clients.objectstore import ObjectStore
-from framewatch.schemas.config import Config
+from framewatch.clients.objectstore import ObjectStore, StoreError
+from framewatch.schemas.config import Config, MinioSettings
 from tests.conftest import ROOT
 from tests.test_rules import Camera, person
 
@@ -59,3 +62,59 @@ def test_stack_status_and_env(stack_env: dict[str, str]) -> None:
                          cwd=ROOT, timeout=60)
     assert f"export FRAMEWATCH_KAFKA_BOOTSTRAP={stack_env['FRAMEWATCH_KAFKA_BOOTSTRAP']}" in env.stdout
     assert f"export FRAMEWATCH_RTSP_SERVER={stack_env['FRAMEWATCH_RTSP_SERVER']}" in env.stdout
+
+
+async def test_uploads_keep_their_connections_and_name_what_the_store_refused(stack_config: Config,
+                                                                                namespace: str) -> None:
+    store = ObjectStore(stack_config.frame_extractor.minio)
+    await store.ensure_bucket()
+    images = {store.key("frames", namespace, f"{i}.jpg"): bytes([i]) * (1000 + i) for i in range(20)}
+    try:
+        for key, data in images.items():
+            await store.put(key, data)
+        assert [await store.get(key) for key in images] == list(images.values())
+        assert len(store._uploads._idle) == 1, "one connection, kept between sequential puts"
+    finally:
+        await store.delete_many(list(images))
+        store.close()
+    wrong = stack_config.frame_extractor.minio.model_copy(update={"secret_key": SecretStr("not-the-secret")})
+    with pytest.raises(StoreError, match=rf"uploading .*/{namespace}/x\.jpg: SignatureDoesNotMatch"):
+        await ObjectStore(wrong).put(store.key("frames", namespace, "x.jpg"), b"x")
+    missing = ObjectStore(stack_config.frame_extractor.minio, bucket=f"{namespace}-missing")
+    with pytest.raises(StoreError, match="NoSuchBucket"):
+        await missing.put("x.jpg", b"x")
+
+
+async def test_an_upload_goes_again_on_a_fresh_connection_when_the_store_closed_the_idle_one() -> None:
+    """A peer we need to misbehave: an S3 endpoint that closes each connection after its answer, unannounced, and
+    refuses the third PUT with a chunked error document."""
+    served: list[bytes] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(
+            b"content-length")))
+        served.append(await reader.readexactly(length))
+        if len(served) < 3:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        else:
+            document = b"<Error><Code>SlowDown</Code><Message>Reduce your request rate.</Message></Error>"
+            writer.write(b"HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n"
+                         + f"{len(document):x}\r\n".encode() + document + b"\r\n0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    settings = MinioSettings(endpoint=f"127.0.0.1:{port}", access_key="a", secret_key=SecretStr("b"))
+    store = ObjectStore(settings, bucket="frames")
+    try:
+        await store.put("one.jpg", b"1")
+        await asyncio.sleep(0.1)  # the server has closed the connection kept for the next put
+        await store.put("two.jpg", b"2")
+        with pytest.raises(StoreError, match="SlowDown: Reduce your request rate"):
+            await store.put("three.jpg", b"3")
+    finally:
+        store.close()
+        server.close()
+    assert served == [b"1", b"2", b"3"]

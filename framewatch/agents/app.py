@@ -23,6 +23,7 @@ from prometheus_client import REGISTRY, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from framewatch.agents.batches import WorkerStream
 from framewatch.agents.catalog import camera_states, task_catalog
 from framewatch.agents.inference.capacity import CapacityShare
 from framewatch.agents.inference.client import ServiceClient
@@ -325,5 +326,6 @@ def create_app(config: Config) -> faust.App:
         broker_commit_interval=1.0,
         broker_session_timeout=10.0,  # a crashed worker's partitions move within 10 s, not Faust's default 60
         stream_wait_empty=True,
+        Stream=WorkerStream,  # batches whose wait starts at their first value
     )
     return app

@@ -29,6 +29,7 @@ from framewatch.agents.alerts.relocation import IMAGE_NOT_COPIED, Relocator
 from framewatch.agents.alerts.sink import AlertSink
 from framewatch.agents.api.web import attach_web
 from framewatch.agents.app import CONSUMER, RebalanceWatch, RecordTooLarge, Resources, Topology, create_app
+from framewatch.agents.batches import batches
 from framewatch.agents.inference import scheduler as inference
 from framewatch.agents.retention import frames
 from framewatch.agents.retention.frames import Retention
@@ -204,7 +205,7 @@ class Pipeline:
         """Alerts into PostgreSQL in batches, then announced on fw.alerts-stored for publishing."""
         topology = self.topology
         size = self.settings.alert_batch_size if self.settings.alert_batch_enabled else 1
-        async for batch in stream.take(size, within=self.settings.alert_batch_interval_sec):
+        async for batch in batches(stream, size, self.settings.alert_batch_interval_sec):
             alerts = [a for raw in batch if (a := await topology.decode(AlertEvent, raw, topology.alerts))]
             stored = await self.sink.store_batch(alerts)
             stored_at = now_ms()
@@ -214,7 +215,7 @@ class Pipeline:
     async def tally(self, stream: faust.StreamT[bytes]) -> None:
         """Closed minutes of the counting tasks into PostgreSQL, where /api/counts reads them."""
         topology = self.topology
-        async for batch in stream.take(COUNTS_BATCH, within=self.settings.alert_batch_interval_sec):
+        async for batch in batches(stream, COUNTS_BATCH, self.settings.alert_batch_interval_sec):
             windows = [w for raw in batch if (w := await topology.decode(CountWindow, raw, topology.counts))]
             await self.sink.store_counts(windows)
 

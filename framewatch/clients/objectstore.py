@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -15,6 +14,7 @@ from minio.commonconfig import CopySource
 from minio.deleteobjects import DeleteObject
 from minio.error import S3Error
 
+from framewatch.clients.uploads import BadAnswer, PutRefused, Uploader
 from framewatch.errors import FramewatchError
 from framewatch.retry import Backoff, logged
 from framewatch.schemas.config import MinioSettings
@@ -24,6 +24,7 @@ log = logging.getLogger("framewatch.objectstore")
 
 
 BUCKET_BACKOFF = Backoff(first_s=0.5, max_s=2.0, attempts=4)
+PUT_URL_EXPIRY = timedelta(minutes=15)  # signed just before the PUT: only a clock that far off fails
 
 
 class StoreError(FramewatchError, RuntimeError):
@@ -40,6 +41,7 @@ class ObjectStore:
         self._client = Minio(settings.endpoint, access_key=settings.access_key,
                              secret_key=settings.secret_key.get_secret_value(), secure=settings.use_ssl,
                              region=settings.region, http_client=http)
+        self._uploads = Uploader(settings.endpoint, settings.use_ssl, self._presign_put, pool_size=pool_size)
         # presigning makes no request: a client named for the public address signs URLs for that host
         self._signer = self._client if not settings.public_endpoint else Minio(
             settings.public_endpoint, access_key=settings.access_key,
@@ -89,8 +91,19 @@ class ObjectStore:
                     raise
 
     async def put(self, key: str, data: bytes, content_type: str = "image/jpeg") -> None:
-        await self._call("uploading", key, self._client.put_object, self.bucket, key, io.BytesIO(data), len(data),
-                         content_type=content_type)
+        try:
+            await self._uploads.put(key, data, content_type)
+        except PutRefused as error:
+            raise StoreError(f"uploading {self._where(key)}: {error}") from error
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, BadAnswer) as error:
+            raise StoreError(f"uploading {self._where(key)}: object store unreachable ({error!r})") from error
+
+    def _presign_put(self, key: str) -> str:
+        return self._client.presigned_put_object(self.bucket, key, expires=PUT_URL_EXPIRY)
+
+    def close(self) -> None:
+        """Closes the kept-alive upload connections (a later put opens new ones)."""
+        self._uploads.close()
 
     async def exists(self, key: str) -> bool:
         try:

@@ -94,6 +94,10 @@ class Uplink:
     producer: EventProducer
     uploads: asyncio.Semaphore
 
+    async def close(self) -> None:
+        await self.producer.stop()
+        self.store.close()
+
 
 def frame_key(store: ObjectStore, task: CameraTask, captured_at: int, seq: int) -> str:
     day = datetime.fromtimestamp(captured_at / 1000, tz=UTC).strftime("%Y%m%d")

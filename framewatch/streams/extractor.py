@@ -104,18 +104,18 @@ async def open_uplink(config: Config) -> AsyncIterator[Uplink]:
     try:
         yield uplink
     finally:
-        await uplink.producer.stop()
+        await uplink.close()
 
 
 class UplinkService(Service):
-    """Stops the uplink's producer once the services that depend on it have stopped."""
+    """Closes the uplink (its producer, its upload connections) once the services that depend on it have stopped."""
 
     def __init__(self, uplink: Uplink, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.uplink = uplink
 
     async def on_stop(self) -> None:
-        await self.uplink.producer.stop()
+        await self.uplink.close()
 
 
 async def run_extractor(config: Config) -> ExtractReport:

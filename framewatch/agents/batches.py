@@ -1,0 +1,88 @@
+"""The worker's stream: Faust's, with batches whose wait starts at their first value.
+
+Faust's `take(max_, within)` starts its timer when the loop asks for the next batch, so a value that arrives just
+after that waits the whole window, plus the handling of the batch before it when it arrived during that. Here the
+window starts when the batch's first value arrives: no value waits longer than `within` for its batch, and a full
+batch goes at once. The buffering, the strict size and acking after the body are Faust's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any, TypeVar, cast
+
+import faust
+from faust.types import ChannelT, EventT
+from mode.utils.futures import notify
+
+T = TypeVar("T")
+
+
+class WorkerStream(faust.Stream[T]):
+    async def batches(self, size: int, within: float) -> AsyncIterator[list[T]]:
+        """Lists of at most `size` values, each handed on when full or `within` seconds after its first value
+        arrived; the values are acknowledged once the body has handled the list (even when it raised)."""
+        buffer: list[T] = []
+        events: list[EventT] = []
+        first_at = 0.0
+        arrived, full, consumed = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        consuming: asyncio.Future[None] | None = None
+
+        async def add(value: T) -> T:
+            nonlocal consuming, first_at
+            arrived_at = time.monotonic()
+            if consuming is not None:  # the body is handling the last batch: this value opens the next one
+                try:
+                    await consuming
+                finally:
+                    consuming = None
+            if not buffer:
+                first_at = arrived_at
+            buffer.append(value)
+            event = self.current_event
+            if event is None:
+                raise RuntimeError("a batch value without its event")
+            events.append(event)
+            arrived.set()
+            if len(buffer) >= size:
+                full.set()
+                consumed.clear()
+                await self.wait(consumed)  # type: ignore[arg-type]  # mode accepts anything with .wait()
+            return value
+
+        acks_before = self.enable_acks
+        self.enable_acks = False
+        self.add_processor(add)
+        self._enable_passive(cast(ChannelT, aiter(self.channel)))
+        try:
+            while not self.should_stop:
+                await self.wait_for_stopped(arrived)  # type: ignore[arg-type]
+                left = within - (time.monotonic() - first_at)
+                if buffer and left > 0:
+                    await self.wait_for_stopped(full, timeout=left)  # type: ignore[arg-type]
+                if not buffer:
+                    continue
+                consuming = self.loop.create_future()
+                try:
+                    yield list(buffer)
+                finally:
+                    buffer.clear()
+                    for event in events:
+                        await self.ack(event)
+                    events.clear()
+                    notify(consuming)
+                    arrived.clear()
+                    full.clear()
+                    consumed.set()
+        finally:
+            self.enable_acks = acks_before
+            self._processors.remove(add)
+
+
+def batches(stream: faust.StreamT[Any], size: int, within: float) -> AsyncIterator[list[Any]]:
+    """`WorkerStream.batches` of an agent's stream (the app makes every stream a WorkerStream)."""
+    if not isinstance(stream, WorkerStream):
+        raise TypeError(f"{type(stream).__name__} is not a WorkerStream: create the app with Stream=WorkerStream")
+    return stream.batches(size, within)
