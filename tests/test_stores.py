@@ -50,6 +50,8 @@ async def test_copy_is_idempotent(stack_config: Config) -> None:
     await store.copy("frames/cam/1.jpg", "alerts/cam/1.jpg")  # a retry that finds the target in place
     assert await store.get("alerts/cam/1.jpg") == b"jpeg"
     assert not await store.exists("frames/cam/1.jpg")
+    with pytest.raises(StoreError, match="copying to .*alerts/cam/2.jpg: NoSuchKey"):
+        await store.copy("frames/cam/2.jpg", "alerts/cam/2.jpg")  # no source, no target
 
 
 def test_stack_status_and_env(stack_env: dict[str, str]) -> None:

@@ -104,9 +104,10 @@ class Topology:
         return self.config.framewatch.topic_partitions
 
     async def send(self, topic: faust.TopicT, event: Event) -> None:
-        """Sends with the key its topic's spec gives, retrying while Kafka cannot take it: an agent whose body
-        raised would have its records acked (`take` acks a batch whatever its body did), so a stored alert would
-        never be announced for publishing. A record of the wrong type is a TypeError, one too large
+        """Sends with the key its topic's spec gives and the event's `emitted_at` as the record's timestamp (an
+        alert's is when it was raised, not when its image was copied: agents/batches.py), retrying while Kafka
+        cannot take it: an agent whose body raised would have its records acked (a batch is acked whatever its body
+        did), so a stored alert would never be announced for publishing. A record of the wrong type is a TypeError, one too large
         `RecordTooLarge`, both before anything is sent."""
         name = topic.get_topic_name()
         key = self.specs[name].key_of(event)
@@ -114,8 +115,17 @@ class Topology:
         if len(value) > MAX_RECORD_BYTES:
             raise RecordTooLarge(f"a {type(event).__name__} of {len(value)} bytes for {name}: more than a record "
                                  f"may take ({MAX_RECORD_BYTES})")
-        await SEND_BACKOFF.call(topic.send, lambda error: not _too_large(error) and not self.app.should_stop,
-                                logged(log, f"sending to {name}", SEND_RETRIES.labels(name).inc), key=key, value=value)
+        await SEND_BACKOFF.call(self._produce, lambda error: not _too_large(error) and not self.app.should_stop,
+                                logged(log, f"sending to {name}", SEND_RETRIES.labels(name).inc), name, key, value,
+                                event.emitted_at / 1000)
+
+    async def _produce(self, name: str, key: bytes, value: bytes, timestamp_s: float) -> None:
+        # to the app's producer itself: `topic.send` first awaits Faust's `maybe_start_producer`, which yields to
+        # the event loop on every call (a stampede guard), so the producer sent each record of a burst (a stored
+        # batch's announcements) in a request of its own, one broker round trip after the other
+        producer = self.app.producer
+        await producer.maybe_start()
+        await producer.send(name, key, value, partition=None, timestamp=timestamp_s, headers=None)
 
     async def dead_letter(self, topic: faust.TopicT, reason: str, record: bytes, key: str | None = None) -> None:
         """Keeps a record framewatch could not handle on fw.dead-letters, with the reason."""

@@ -2,8 +2,10 @@
 
 Faust's `take(max_, within)` starts its timer when the loop asks for the next batch, so a value that arrives just
 after that waits the whole window, plus the handling of the batch before it when it arrived during that. Here the
-window starts when the batch's first value arrives: no value waits longer than `within` for its batch, and a full
-batch goes at once. The buffering, the strict size and acking after the body are Faust's.
+window starts at the batch's first record's timestamp (a record `Topology.send` sent carries its event's
+`emitted_at`), or when it arrived if that is earlier (a producer whose clock runs ahead): no value waits longer than
+`within` after it was made, the hops to here included, and a full batch goes at once. The buffering, the strict size and acking after the body are
+Faust's.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ T = TypeVar("T")
 
 class WorkerStream(faust.Stream[T]):
     async def batches(self, size: int, within: float) -> AsyncIterator[list[T]]:
-        """Lists of at most `size` values, each handed on when full or `within` seconds after its first value
-        arrived; the values are acknowledged once the body has handled the list (even when it raised)."""
+        """Lists of at most `size` values, each handed on when full or `within` seconds after its first record's
+        timestamp; the values are acknowledged once the body has handled the list (even when it raised)."""
         buffer: list[T] = []
         events: list[EventT] = []
         first_at = 0.0
@@ -32,18 +34,18 @@ class WorkerStream(faust.Stream[T]):
 
         async def add(value: T) -> T:
             nonlocal consuming, first_at
-            arrived_at = time.monotonic()
+            arrived_at = time.time()
             if consuming is not None:  # the body is handling the last batch: this value opens the next one
                 try:
                     await consuming
                 finally:
                     consuming = None
-            if not buffer:
-                first_at = arrived_at
-            buffer.append(value)
             event = self.current_event
             if event is None:
                 raise RuntimeError("a batch value without its event")
+            if not buffer:
+                first_at = min(arrived_at, event.message.timestamp)
+            buffer.append(value)
             events.append(event)
             arrived.set()
             if len(buffer) >= size:
@@ -59,7 +61,7 @@ class WorkerStream(faust.Stream[T]):
         try:
             while not self.should_stop:
                 await self.wait_for_stopped(arrived)  # type: ignore[arg-type]
-                left = within - (time.monotonic() - first_at)
+                left = within - (time.time() - first_at)
                 if buffer and left > 0:
                     await self.wait_for_stopped(full, timeout=left)  # type: ignore[arg-type]
                 if not buffer:

@@ -110,7 +110,7 @@ class ObjectStore:
             await self._call("checking", key, self._client.stat_object, self.bucket, key)
             return True
         except StoreError as error:
-            if isinstance(error.__cause__, S3Error) and error.__cause__.code in {"NoSuchKey", "NoSuchObject"}:
+            if _missing(error):
                 return False
             raise
 
@@ -144,10 +144,14 @@ class ObjectStore:
         return refused
 
     async def copy(self, source: str, target: str) -> None:
-        """Server-side copy; a retry that finds the target already in place does nothing."""
-        if not await self.exists(target):
+        """Server-side copy. One whose source is gone succeeds when the target is in place: a retry after the
+        first copy, once retention deleted the source."""
+        try:
             await self._call("copying to", target, self._client.copy_object, self.bucket, target,
                              CopySource(self.bucket, source))
+        except StoreError as error:
+            if not (_missing(error) and await self.exists(target)):
+                raise
 
     async def list_keys(self, prefix: str, modified_before: datetime | None = None) -> list[str]:
         """Keys under a prefix (only those last modified before a time, when given)."""
@@ -161,3 +165,7 @@ class ObjectStore:
     def presign(self, key: str, expiry_sec: int) -> str:
         """A GET URL computed locally (the region is configured, so no request is made)."""
         return self._signer.presigned_get_object(self.bucket, key, expires=timedelta(seconds=expiry_sec))
+
+
+def _missing(error: StoreError) -> bool:
+    return isinstance(error.__cause__, S3Error) and error.__cause__.code in {"NoSuchKey", "NoSuchObject"}

@@ -57,6 +57,8 @@ ABORTED = Counter("framewatch_publisher_transactions_aborted_total", "Publish tr
 REMEMBERED = Gauge("framewatch_publisher_remembered_ids", "Published alert ids kept to skip repeats")
 
 PUBLISH_RETRY_MS = 10
+MAX_RECORDS = 500  # a transaction's alerts at most
+BURST_MS = 5
 HANDOVER_FAILURES = Counter("framewatch_publisher_handover_failures_total",
                             "Failed attempts to take partitions over (start their producers, read the markers)")
 
@@ -209,9 +211,10 @@ class AlertPublisher(Service):
     @Service.task
     async def _publish(self) -> None:
         while not self.should_stop:
-            batches = await self.consumer.getmany(timeout_ms=500, max_records=500)
+            batches = await self.consumer.getmany(timeout_ms=500, max_records=MAX_RECORDS)
             if not batches:
                 continue
+            await self._gather_burst(batches)
             await self.remembered.wait()
             async with self.publishing:
                 # each partition has a producer, so their transactions run side by side: one after another, a
@@ -219,6 +222,16 @@ class AlertPublisher(Service):
                 await asyncio.gather(*(self._publish_partition(producer, tp, records)
                                        for tp, records in batches.items()
                                        if (producer := self._producers.get(tp.partition)) is not None))
+
+    async def _gather_burst(self, batches: dict[TopicPartition, list[Any]]) -> None:
+        """The sink announces a stored batch in a few fetches; what follows within BURST_MS joins this transaction
+        (a transaction costs several broker round trips: one per fetch made the last of a batch wait several)."""
+        count = sum(len(records) for records in batches.values())
+        while count < MAX_RECORDS and (more := await self.consumer.getmany(timeout_ms=BURST_MS,
+                                                                           max_records=MAX_RECORDS - count)):
+            for tp, records in more.items():
+                batches.setdefault(tp, []).extend(records)
+                count += len(records)
 
     async def _publish_partition(self, producer: AIOKafkaProducer, tp: TopicPartition, records: list[Any]) -> None:
         try:
