@@ -5,7 +5,8 @@
 Scenarios (each in a namespace of its own, against the local stack):
   utilisation  6 services x 140 ms, capacity 1, offered 60 frames/s: achieved / fleet capacity (42.9 frames/s)
   overhead     the same fleet at 30 frames/s: end-to-end time (frame event emitted -> detections emitted) minus
-               the time inside the service, p50 and p99
+               the time inside the service, p50 and p99; split into frame sent -> dispatched and the HTTP round
+               trip beyond the service; and the worker's event-loop lag (its own metric) over the same seconds
   overload     1 service x 140 ms against 14 cameras x 7 frames/s (13.7 : 1, the seed's ratio): frame age at
                dispatch p50/p99 while the overload lasts (after 5 s, until the cameras stop; then each camera's
                last frame waits its turn with nothing newer, up to max_frame_age_ms, reported apart), frames
@@ -37,10 +38,12 @@ from framewatch.ops.load import (
     FrameLoad,
     TopicFollower,
     free_port,
+    histogram_quantile,
     inferred_per_s,
     namespaced_env,
     print_figures,
     print_table,
+    scrape_histogram,
     start_fleet,
 )
 from framewatch.schemas.config import Config, load_config
@@ -50,6 +53,7 @@ from framewatch.schemas.topics import DETECTIONS, FRAME_OUTCOMES, FRAMES
 from framewatch.stack import LocalStack
 
 LATENCY_MS = 140.0
+LOOP_LAG = "framewatch_event_loop_lag_seconds"
 WARM_UP_MS = 5000
 
 
@@ -74,7 +78,9 @@ async def utilisation_and_overhead(fleet: Fleet, seconds: float) -> dict[str, An
     events, _, started, ended = await drive(fleet, cameras=12, fps=5, seconds=seconds)
     capacity = 6 * 1000 / LATENCY_MS
     achieved = inferred_per_s(events, started + WARM_UP_MS, ended)
+    lag_before = scrape_histogram(fleet.run.metrics_url, LOOP_LAG)
     events, sent, started, _ = await drive(fleet, cameras=6, fps=5, seconds=seconds)
+    lag = scrape_histogram(fleet.run.metrics_url, LOOP_LAG)
     steady = [e for e in events if isinstance(e, DetectionEvent) and e.emitted_at >= started + WARM_UP_MS
               and e.service_ms is not None]
     overhead = [(d.emitted_at - d.frame.emitted_at) - (d.service_ms or 0.0) for d in steady]
@@ -90,7 +96,15 @@ async def utilisation_and_overhead(fleet: Fleet, seconds: float) -> dict[str, An
             "sent_to_dispatched_ms_p99": round(percentile(to_dispatch, 99), 1),
             "http_beyond_service_ms_p50": round(percentile(http, 50), 1),
             "http_beyond_service_ms_p99": round(percentile(http, 99), 1),
+            # the worker's event loop, sampled every 250 ms: how late a task due now ran
+            "event_loop_lag_ms_p50": lag_ms(lag, 0.5, lag_before),
+            "event_loop_lag_ms_p99": lag_ms(lag, 0.99, lag_before),
             "overhead_frames": len(overhead), "frames_at_30fps": sent}
+
+
+def lag_ms(buckets: dict[float, float], q: float, since: dict[float, float]) -> float | None:
+    value = histogram_quantile(buckets, q, since)
+    return None if value is None else round(value * 1000, 1)
 
 
 async def overload(fleet: Fleet, seconds: float) -> dict[str, Any]:
@@ -186,6 +200,8 @@ def main() -> int:
          f"{fleet['sent_to_dispatched_ms_p50']} / {fleet['sent_to_dispatched_ms_p99']}", ""),
         ("  HTTP round trip beyond the service p50 / p99 (ms)",
          f"{fleet['http_beyond_service_ms_p50']} / {fleet['http_beyond_service_ms_p99']}", ""),
+        ("  worker event-loop lag p50 / p99 (ms)",
+         f"{fleet['event_loop_lag_ms_p50']} / {fleet['event_loop_lag_ms_p99']}", ""),
         ("overload 13.7:1 age at dispatch p50 (ms)", squeezed["age_at_dispatch_ms_p50"], ""),
         ("overload 13.7:1 age at dispatch p99 (ms)", squeezed["age_at_dispatch_ms_p99_steady"], "< 1000"),
         ("  the same with start and drain (ms)", squeezed["age_at_dispatch_ms_p99"], ""),

@@ -40,7 +40,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from framewatch.clients.objectstore import ObjectStore
 from framewatch.ops.camera import h264_clip, start_publisher
 from framewatch.ops.demo import ServiceProcess
-from framewatch.ops.load import free_port, namespaced_env, print_figures, print_table
+from framewatch.ops.load import (
+    free_port,
+    histogram_quantile,
+    namespaced_env,
+    print_figures,
+    print_table,
+    scrape_histogram,
+)
 from framewatch.schemas.config import Config, load_config
 from framewatch.stack import LocalStack, StackHome
 
@@ -87,34 +94,20 @@ class Snapshot:
     latency: dict[float, float]  # capture-to-event histogram: upper bound -> cumulative count
 
 
+LATENCY = "framewatch_extractor_capture_to_event_seconds"
+
+
 def scrape(port: int) -> tuple[dict[str, float], dict[float, float]]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+    url = f"http://127.0.0.1:{port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as answer:
         text = answer.read().decode()
     counters: dict[str, float] = {}
-    latency: dict[float, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == "framewatch_extractor_capture_to_event_seconds_bucket":
-                latency[float(sample.labels["le"])] = sample.value
-            elif sample.name.startswith("framewatch_extractor_frames_") and sample.name.endswith("_total"):
+            if sample.name.startswith("framewatch_extractor_frames_") and sample.name.endswith("_total"):
                 key = sample.name.removeprefix("framewatch_extractor_frames_").removesuffix("_total")
                 counters[key] = counters.get(key, 0.0) + sample.value
-    return counters, latency
-
-
-def quantile(buckets: dict[float, float], q: float) -> float | None:
-    """From a cumulative histogram, interpolating within the bucket (as Prometheus' histogram_quantile)."""
-    total = buckets.get(float("inf"), 0.0)
-    if total == 0:
-        return None
-    rank, lower, below = q * total, 0.0, 0.0
-    for bound, count in sorted(buckets.items()):
-        if count >= rank:
-            if bound == float("inf"):
-                return lower
-            return lower + (bound - lower) * (rank - below) / max(count - below, 1e-9)
-        lower, below = bound, count
-    return lower
+    return counters, scrape_histogram(url, LATENCY)
 
 
 class Bench:
@@ -197,10 +190,9 @@ def discard(process: subprocess.Popen[bytes]) -> None:
 def figures(cameras: int, interval_ms: int, first: Snapshot, last: Snapshot) -> dict[str, Any]:
     window = last.at - first.at
     delta = {k: last.counters.get(k, 0.0) - first.counters.get(k, 0.0) for k in last.counters}
-    latency = {le: count - first.latency.get(le, 0.0) for le, count in last.latency.items()}
     sampled = delta.get("sampled", 0.0)
     cpu = last.cpu_s - first.cpu_s
-    p99 = quantile(latency, 0.99)
+    p99 = histogram_quantile(last.latency, 0.99, first.latency)
     expected = cameras * window * 1000 / interval_ms
     return {
         "cameras": cameras, "interval_ms": interval_ms, "window_s": round(window, 1),
@@ -209,7 +201,8 @@ def figures(cameras: int, interval_ms: int, first: Snapshot, last: Snapshot) -> 
         "emitted": int(delta.get("emitted", 0.0)), "dropped": int(delta.get("dropped", 0.0)),
         "cores": round(cpu / window, 3), "cpu_ms_per_sampled_frame": round(1000 * cpu / max(sampled, 1), 2),
         "others_cores": round((last.others_cpu_s - first.others_cpu_s) / window, 3),
-        "capture_to_event_p50_ms": None if (p := quantile(latency, 0.5)) is None else round(p * 1000),
+        "capture_to_event_p50_ms": None if (p := histogram_quantile(last.latency, 0.5, first.latency)) is None
+        else round(p * 1000),
         "capture_to_event_p99_ms": None if p99 is None else round(p99 * 1000),
         "sustained": (delta.get("dropped", 0.0) == 0 and sampled >= 0.97 * expected
                       and p99 is not None and p99 < P99_GOAL_S),

@@ -15,6 +15,7 @@ import os
 import random
 import socket
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -24,6 +25,7 @@ from typing import Any
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
+from prometheus_client.parser import text_string_to_metric_families
 
 from framewatch.clients.bus import (
     connect_admin,
@@ -245,6 +247,36 @@ def start_fleet(folder: Path, stack_env: dict[str, str], instances: int, config:
         yield Fleet(run, port)
     finally:
         run.stop()
+
+
+def scrape_histogram(url: str, name: str) -> dict[float, float]:
+    """A Prometheus histogram's cumulative buckets (upper bound -> count), summed over its labels."""
+    with urllib.request.urlopen(url, timeout=5) as answer:
+        text = answer.read().decode()
+    buckets: dict[float, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == f"{name}_bucket":
+                bound = float(sample.labels["le"])
+                buckets[bound] = buckets.get(bound, 0.0) + sample.value
+    return buckets
+
+
+def histogram_quantile(buckets: dict[float, float], q: float, since: dict[float, float] | None = None) -> float | None:
+    """From cumulative buckets (less those of an earlier scrape, `since`), interpolating within the bucket as
+    Prometheus' histogram_quantile does; None when nothing was observed."""
+    counts = {bound: count - (since or {}).get(bound, 0.0) for bound, count in buckets.items()}
+    total = counts.get(float("inf"), 0.0)
+    if total == 0:
+        return None
+    rank, lower, below = q * total, 0.0, 0.0
+    for bound, count in sorted(counts.items()):
+        if count >= rank:
+            if bound == float("inf"):
+                return lower
+            return lower + (bound - lower) * (rank - below) / max(count - below, 1e-9)
+        lower, below = bound, count
+    return lower
 
 
 def print_table(rows: list[tuple[str, Any, str]]) -> None:
