@@ -25,6 +25,7 @@ from tests.test_events import frame
 
 ALERTS = 1500
 CAMERAS = 24
+MOVES = 4
 
 
 def stored(i: int) -> AlertStored:
@@ -104,7 +105,9 @@ async def publish_while_moving(config: Config) -> None:
     publishers: list[AlertPublisher] = []
     moves = 0
     shuffle = random.Random(7)
-    while not storing.done():
+    # at least four hand-overs, whether the sink is still announcing or the publishers work through its backlog:
+    # how many fit in the storing alone depends on this machine's speed
+    while not storing.done() or moves < MOVES:
         if len(publishers) < 3 and (not publishers or shuffle.random() < 0.6):
             publisher = AlertPublisher(config, app_id)
             await publisher.start()
@@ -121,7 +124,6 @@ async def publish_while_moving(config: Config) -> None:
     seen = await read_published(config, expected=len(ids))
     for publisher in publishers:
         await publisher.stop()
-    assert moves >= 4, f"only {moves} hand-overs happened"
     missing = [i for i in ids if i not in seen]
     twice = {i: n for i, n in seen.items() if n > 1}
     assert not missing, f"{len(missing)} of {len(ids)} alerts were never published"
