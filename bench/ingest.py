@@ -42,11 +42,11 @@ from framewatch.ops.camera import h264_clip, start_publisher
 from framewatch.ops.demo import ServiceProcess
 from framewatch.ops.load import (
     free_port,
+    histogram_buckets,
     histogram_quantile,
     namespaced_env,
     print_figures,
     print_table,
-    scrape_histogram,
 )
 from framewatch.schemas.config import Config, load_config
 from framewatch.stack import LocalStack, StackHome
@@ -98,8 +98,7 @@ LATENCY = "framewatch_extractor_capture_to_event_seconds"
 
 
 def scrape(port: int) -> tuple[dict[str, float], dict[float, float]]:
-    url = f"http://127.0.0.1:{port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as answer:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
         text = answer.read().decode()
     counters: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
@@ -107,7 +106,7 @@ def scrape(port: int) -> tuple[dict[str, float], dict[float, float]]:
             if sample.name.startswith("framewatch_extractor_frames_") and sample.name.endswith("_total"):
                 key = sample.name.removeprefix("framewatch_extractor_frames_").removesuffix("_total")
                 counters[key] = counters.get(key, 0.0) + sample.value
-    return counters, scrape_histogram(url, LATENCY)
+    return counters, histogram_buckets(text, LATENCY)
 
 
 class Bench:

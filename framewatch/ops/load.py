@@ -250,9 +250,13 @@ def start_fleet(folder: Path, stack_env: dict[str, str], instances: int, config:
 
 
 def scrape_histogram(url: str, name: str) -> dict[float, float]:
-    """A Prometheus histogram's cumulative buckets (upper bound -> count), summed over its labels."""
+    """A Prometheus histogram's cumulative buckets (upper bound -> count) at `url`, summed over its labels."""
     with urllib.request.urlopen(url, timeout=5) as answer:
-        text = answer.read().decode()
+        return histogram_buckets(answer.read().decode(), name)
+
+
+def histogram_buckets(text: str, name: str) -> dict[float, float]:
+    """The histogram `name`'s cumulative buckets in Prometheus' text format, summed over its labels."""
     buckets: dict[float, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
