@@ -77,6 +77,8 @@ class Prometheus:
 
     def api(self, path: str, **params: str) -> Any:
         answer = httpx.get(f"{self.url}/api/v1/{path}", params=params, timeout=10)
+        if not answer.headers.get("content-type", "").startswith("application/json"):
+            answer.raise_for_status()  # plain "Service Unavailable" until its storage is open; errors in JSON say why
         body = answer.json()
         assert body["status"] == "success", body
         return body["data"]
