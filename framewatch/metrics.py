@@ -6,11 +6,16 @@ collects, so the stats snapshot never scrapes the registry by metric name (a ren
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
+import time
+from bisect import bisect_left
 from collections.abc import Iterator, Sequence
+from itertools import accumulate
+from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Histogram
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 
@@ -82,3 +87,41 @@ async def watch_loop_lag() -> None:
         asked = loop.time() + LOOP_LAG_PERIOD_S
         await asyncio.sleep(LOOP_LAG_PERIOD_S)
         LOOP_LAG.observe(max(0.0, loop.time() - asked))
+
+
+class CollectionPauses(Collector):
+    """`framewatch_gc_pause_seconds`: how long each run of Python's cyclic garbage collector stopped the process
+    (every thread), by generation. Counted in plain lists, not a prometheus_client Histogram: the collector may run
+    inside any allocation, also one made while that Histogram holds its lock, and observing it then would deadlock.
+    Collections never overlap (CPython runs no second one while the callbacks of one run)."""
+
+    NAME = "framewatch_gc_pause_seconds"
+    BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+    def __init__(self) -> None:
+        self._started = 0.0
+        self._counts = [[0] * (len(self.BUCKETS) + 1) for _ in range(3)]
+        self._sums = [0.0] * 3
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        seconds = time.perf_counter() - self._started
+        generation = info["generation"]
+        self._counts[generation][bisect_left(self.BUCKETS, seconds)] += 1
+        self._sums[generation] += seconds
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self.NAME, "Time one garbage collection stopped the process",
+                                       labels=["generation"])
+        bounds = [str(b) for b in self.BUCKETS] + ["+Inf"]
+        for generation, counts in enumerate(self._counts):
+            family.add_metric([str(generation)], list(zip(bounds, accumulate(counts))),
+                              sum_value=self._sums[generation])
+        yield family
+
+
+GC_PAUSES = CollectionPauses()
+REGISTRY.register(GC_PAUSES)
+gc.callbacks.append(GC_PAUSES)
