@@ -93,27 +93,28 @@ class Uploader:
         request = (f"PUT {url.path}?{url.query} HTTP/1.1\r\nHost: {url.netloc}\r\nContent-Type: {content_type}\r\n"
                    f"Content-Length: {len(data)}\r\n\r\n").encode()
         async with asyncio.timeout(self.timeout_s):
-            connection, reused = await self._connection()
+            status, answer = await self._exchange(request, data)
+        if status >= 300:
+            raise PutRefused(status, _element(answer, "Code"), _element(answer, "Message") or answer[:200].decode(
+                errors="replace"))
+
+    async def _exchange(self, request: bytes, body: bytes) -> tuple[int, bytes]:
+        """On an idle connection when there is one; if the store had closed it meanwhile, once more on a fresh one."""
+        connection, reused = await self._connection()
+        while True:
             try:
-                status, keep, answer = await connection.exchange(request, data)
+                status, keep, answer = await connection.exchange(request, body)
             except (OSError, asyncio.IncompleteReadError):
                 connection.close()
                 if not reused:
                     raise
-                # the store closed a connection that sat idle: once more on a fresh one
-                connection, _ = await self._connection(fresh=True)
-                try:
-                    status, keep, answer = await connection.exchange(request, data)
-                except BaseException:
-                    connection.close()
-                    raise
+                connection, reused = await self._connection(fresh=True)
+                continue
             except BaseException:
                 connection.close()
                 raise
-        self._release(connection, keep)
-        if status >= 300:
-            raise PutRefused(status, _element(answer, "Code"), _element(answer, "Message") or answer[:200].decode(
-                errors="replace"))
+            self._release(connection, keep)
+            return status, answer
 
     async def _connection(self, fresh: bool = False) -> tuple[_Connection, bool]:
         loop = asyncio.get_running_loop()
