@@ -43,6 +43,10 @@ from framewatch.streams.source import DueFrame, Source, SourceError, SourceSetti
 
 log = logging.getLogger("framewatch.extractor")
 
+# every camera has a reader thread of its own: OpenCV's pool, on top, woke its threads for each small image (the
+# gate's blur) and spent more CPU waking them than the blur itself
+cv2.setNumThreads(1)
+
 FRAMES_DECODED = Counter("framewatch_extractor_frames_decoded_total", "Frames decoded from sources", ["task"])
 FRAMES_SAMPLED = Counter("framewatch_extractor_frames_sampled_total", "Frames due at the sampling interval",
                          ["task"])
