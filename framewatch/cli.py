@@ -84,6 +84,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     import uvloop
     from prometheus_client import start_http_server
 
+    from framewatch.process import settle_heap
     from framewatch.streams.extractor import run_extractor, serve_extractor
 
     config = _config(args)
@@ -93,6 +94,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
         mode.loop.use("uvloop")
         serve_extractor(config)  # with /metrics, /healthz and /readyz
     start_http_server(config.framewatch.extractor_metrics_port, addr=config.framewatch.bind_host)
+    settle_heap()
     report = uvloop.run(run_extractor(config))
     print(json.dumps({"frames_emitted": report.emitted, "cameras": [c.__dict__ for c in report.cameras]},
                      ensure_ascii=False))
