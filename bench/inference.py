@@ -6,7 +6,8 @@ Scenarios (each in a namespace of its own, against the local stack):
   utilisation  6 services x 140 ms, capacity 1, offered 60 frames/s: achieved / fleet capacity (42.9 frames/s)
   overhead     the same fleet at 30 frames/s: end-to-end time (frame event emitted -> detections emitted) minus
                the time inside the service, p50 and p99; split into frame sent -> dispatched and the HTTP round
-               trip beyond the service; and the worker's event-loop lag (its own metric) over the same seconds
+               trip beyond the service; and the worker's event-loop lag and its garbage-collection pauses over
+               10 ms (its own metrics) over the same seconds
   overload     1 service x 140 ms against 14 cameras x 7 frames/s (13.7 : 1, the seed's ratio): frame age at
                dispatch p50/p99 while the overload lasts (after 5 s, until the cameras stop; then each camera's
                last frame waits its turn with nothing newer, up to max_frame_age_ms, reported apart), frames
@@ -54,6 +55,7 @@ from framewatch.stack import LocalStack
 
 LATENCY_MS = 140.0
 LOOP_LAG = "framewatch_event_loop_lag_seconds"
+GC_PAUSE = "framewatch_gc_pause_seconds"
 WARM_UP_MS = 5000
 
 
@@ -79,8 +81,10 @@ async def utilisation_and_overhead(fleet: Fleet, seconds: float) -> dict[str, An
     capacity = 6 * 1000 / LATENCY_MS
     achieved = inferred_per_s(events, started + WARM_UP_MS, ended)
     lag_before = scrape_histogram(fleet.run.metrics_url, LOOP_LAG)
+    pauses_before = scrape_histogram(fleet.run.metrics_url, GC_PAUSE)
     events, sent, started, _ = await drive(fleet, cameras=6, fps=5, seconds=seconds)
     lag = scrape_histogram(fleet.run.metrics_url, LOOP_LAG)
+    pauses = scrape_histogram(fleet.run.metrics_url, GC_PAUSE)
     steady = [e for e in events if isinstance(e, DetectionEvent) and e.emitted_at >= started + WARM_UP_MS
               and e.service_ms is not None]
     overhead = [(d.emitted_at - d.frame.emitted_at) - (d.service_ms or 0.0) for d in steady]
@@ -99,7 +103,14 @@ async def utilisation_and_overhead(fleet: Fleet, seconds: float) -> dict[str, An
             # the worker's event loop, sampled every 250 ms: how late a task due now ran
             "event_loop_lag_ms_p50": lag_ms(lag, 0.5, lag_before),
             "event_loop_lag_ms_p99": lag_ms(lag, 0.99, lag_before),
+            # every thread of the worker stood still meanwhile
+            "gc_pauses_over_10ms": observed_over(pauses, pauses_before, 0.01),
             "overhead_frames": len(overhead), "frames_at_30fps": sent}
+
+
+def observed_over(buckets: dict[float, float], since: dict[float, float], bound: float) -> int:
+    above = {b: count - since.get(b, 0.0) for b, count in buckets.items() if b in (bound, float("inf"))}
+    return int(above.get(float("inf"), 0.0) - above.get(bound, 0.0))
 
 
 def lag_ms(buckets: dict[float, float], q: float, since: dict[float, float]) -> float | None:
@@ -202,6 +213,7 @@ def main() -> int:
          f"{fleet['http_beyond_service_ms_p50']} / {fleet['http_beyond_service_ms_p99']}", ""),
         ("  worker event-loop lag p50 / p99 (ms)",
          f"{fleet['event_loop_lag_ms_p50']} / {fleet['event_loop_lag_ms_p99']}", ""),
+        ("  worker garbage-collection pauses over 10 ms", fleet["gc_pauses_over_10ms"], ""),
         ("overload 13.7:1 age at dispatch p50 (ms)", squeezed["age_at_dispatch_ms_p50"], ""),
         ("overload 13.7:1 age at dispatch p99 (ms)", squeezed["age_at_dispatch_ms_p99_steady"], "< 1000"),
         ("  the same with start and drain (ms)", squeezed["age_at_dispatch_ms_p99"], ""),
