@@ -4,6 +4,7 @@ the pressure throttle, and sources that are not what they claim to be."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import threading
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import av
 import numpy as np
 import pytest
 
+from framewatch.ops.camera import h264_clip
 from framewatch.ops.tasks import parse_setting
 from framewatch.schemas.config import ConfigError
 from framewatch.schemas.events import InferencePressure
@@ -18,8 +20,8 @@ from framewatch.schemas.tasks import DecodeMode
 from framewatch.streams.gate import ChangeGate
 from framewatch.streams.handoff import Handoff
 from framewatch.streams.pressure import Throttle
-from framewatch.streams.source import Cadence, Source, SourceError, SourceSettings
-from tests.conftest import Clips
+from framewatch.streams.source import Cadence, KeyframeSpacing, Source, SourceError, SourceSettings
+from tests.conftest import VTEST, Clips
 
 
 def test_cadence_takes_every_fifth_frame_of_a_25_fps_stream_at_200_ms() -> None:
@@ -54,9 +56,36 @@ def test_intervals_of_a_gop_or_more_decode_key_frames_only(clips: Clips) -> None
     assert full.decoded == 795 and keyframes_only.decoded < 4 * 25 + 32
 
 
-def test_intervals_under_a_gop_decode_everything(clips: Clips) -> None:
-    taken, source = read(clips.moving, 200)
-    assert not source.keyframes_only and source.decoded == 795 and len(taken) == 159
+def pictures(clip: Path, interval_ms: int, decode: DecodeMode = DecodeMode.AUTO) -> tuple[dict[int, str], Source]:
+    """Each sampled frame's YUV pixels, hashed, by its place on the stream's clock."""
+    source = Source(SourceSettings(str(clip), decode=decode, realtime=False), lambda: interval_ms, threading.Event())
+    return {due.stream_ms: hashlib.sha1(due.frame.to_ndarray().tobytes()).hexdigest()
+            for due in source.frames()}, source
+
+
+def test_intervals_under_a_gop_skip_each_gops_rest_after_its_last_due_frame(clips: Clips) -> None:
+    every, full = pictures(clips.moving, 200, DecodeMode.ALL)
+    taken, source = pictures(clips.moving, 200)
+    assert taken == every and len(taken) == 159  # the same frames, pixel for pixel
+    assert full.decoded == 795 and full.skipped == 0 and not source.keyframes_only
+    # 32 GOPs of 25 frames (the last one 20): once the GOP is known (four key frames), frames 21-24 of each are
+    # not needed, since the frame at 1000 ms is the next key frame
+    assert source.skipped == 4 * (31 - 3) and source.decoded + source.skipped == 795
+
+
+def test_a_stream_with_b_frames_decodes_its_gops_whole(clips: Clips, tmp_path: Path) -> None:
+    clip = h264_clip(VTEST, tmp_path / "b-frames.mp4", seconds=8, b_frames=2)
+    taken, source = pictures(clip, 200)
+    assert source.skipped == 0 and source.decoded == 200 and len(taken) == 40
+
+
+def test_the_next_key_frame_is_foreseen_only_on_a_regular_gop() -> None:
+    spacing = KeyframeSpacing()
+    for at in (0, 1000, 2000, 3000):
+        spacing.observe(at)
+    assert spacing.next_key_ms(40) == 4000
+    spacing.observe(3500)  # an extra key frame (a scene cut): gaps 1000, 1000, 500
+    assert spacing.next_key_ms(40) is None
 
 
 def test_a_text_file_is_not_a_video(tmp_path: Path) -> None:

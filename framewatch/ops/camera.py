@@ -26,7 +26,7 @@ RETRY_S = 1.0
 
 
 def h264_clip(source: Path, target: Path, fps: int = 25, gop: int = 25, seconds: float | None = None,
-              still: bool = False) -> Path:
+              still: bool = False, b_frames: int = 0) -> Path:
     """Re-encodes `source` (kept if already there). Every source frame becomes one frame at `fps`, so a 10 fps
     clip plays 2.5 times faster; `still` repeats the first frame: a static scene."""
     if target.exists():
@@ -37,7 +37,7 @@ def h264_clip(source: Path, target: Path, fps: int = 25, gop: int = 25, seconds:
         stream = out.add_stream("libx264", rate=fps)
         stream.width, stream.height = video.codec_context.width, video.codec_context.height
         stream.pix_fmt = "yuv420p"
-        stream.options = {"g": str(gop), "keyint_min": str(gop), "sc_threshold": "0", "bf": "0", "crf": "26",
+        stream.options = {"g": str(gop), "keyint_min": str(gop), "sc_threshold": "0", "bf": str(b_frames), "crf": "26",
                           "preset": "veryfast"}
         first: av.VideoFrame | None = None
         for index, frame in enumerate(inp.decode(video)):

@@ -58,6 +58,8 @@ FRAMES_DROPPED = Counter("framewatch_extractor_frames_dropped_total", "Sampled f
                          ["task", "reason"])
 CORRUPT_PACKETS = Counter("framewatch_extractor_corrupt_packets_total", "Packets the decoder refused (skipped)",
                           ["task"])
+PACKETS_SKIPPED = Counter("framewatch_extractor_packets_skipped_total", "Packets dropped undecoded: no due frame "
+                          "needed them (key frames only, or a GOP's rest after its last due frame)", ["task"])
 UPLOAD_BYTES = Counter("framewatch_extractor_upload_bytes_total", "JPEG bytes uploaded", ["task"])
 UPLOAD_SECONDS = Histogram("framewatch_extractor_upload_seconds", "Time to upload one JPEG",
                            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
@@ -215,16 +217,15 @@ class Camera:
         reader = threading.Thread(target=self._read, args=(source, handoff, outcome, opened), daemon=True,
                                   name=f"camera-{self.task.id}")
         reader.start()
-        decoded_before = self.decoded
+        counted = (0, 0, 0)
         while (sample := await handoff.get()) is not None:
-            self._count_decoded(decoded_before + source.decoded)
+            counted = self._count(source, counted)
             self.keyframes_only = source.keyframes_only
             KEYFRAMES_ONLY.labels(self.task.id).set(int(self.keyframes_only))
             SAMPLING_INTERVAL.labels(self.task.id).set(self.interval_ms() / 1000)
             if not self._stop.is_set():
                 await self._emit(sample)
-        self._count_decoded(decoded_before + source.decoded)
-        CORRUPT_PACKETS.labels(self.task.id).inc(source.corrupt)
+        self._count(source, counted)
         return outcome[0] if outcome else None
 
     def _read(self, source: Source, handoff: Handoff[Sample], outcome: list[SourceError],
@@ -252,9 +253,15 @@ class Camera:
         finally:
             handoff.close()
 
-    def _count_decoded(self, total: int) -> None:
-        FRAMES_DECODED.labels(self.task.id).inc(total - self.decoded)
-        self.decoded = total
+    def _count(self, source: Source, counted: tuple[int, int, int]) -> tuple[int, int, int]:
+        """Adds what the source read since `counted` (its frames decoded, packets skipped and packets corrupt) to
+        the metrics; returns its counts now. Only the reader thread writes them."""
+        now = source.decoded, source.skipped, source.corrupt
+        FRAMES_DECODED.labels(self.task.id).inc(now[0] - counted[0])
+        PACKETS_SKIPPED.labels(self.task.id).inc(now[1] - counted[1])
+        CORRUPT_PACKETS.labels(self.task.id).inc(now[2] - counted[2])
+        self.decoded += now[0] - counted[0]
+        return now
 
     def _set_state(self, state: CameraState) -> None:
         if state is CameraState.STREAMING:
