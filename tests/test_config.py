@@ -67,6 +67,8 @@ def test_environment_overrides_addresses_and_secrets() -> None:
     ("[[frame_extractor.tasks]]\nid='a'\ntask_type='区域入侵'\nrtsp_url='x'\nregion=[[0,0],[2,0],[1,1]]\n",
      "frame_extractor.tasks[0] (id 'a').region: region coordinates are normalised and must lie in 0..1"),
     ("[ai_analysis]\nmq_type = 'rabbitmq'\n", "ai_analysis.mq_type"),
+    ("[frame_extractor.minio]\nbucket = 'Alert_Images'\n", "frame_extractor.minio.bucket: 'Alert_Images' is "
+     "not an S3 bucket name"),
     ("[frame_extractor\n", "not valid TOML"),
     ("[framewatch]\nreplication_factor = 0\n", "framewatch.replication_factor"),
     ("[framewatch]\nreplication_factor = 2\nmin_insync_replicas = 3\n",

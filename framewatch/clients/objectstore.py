@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, TypeVar
 
 import urllib3
@@ -14,6 +14,7 @@ from minio.commonconfig import CopySource
 from minio.deleteobjects import DeleteObject
 from minio.error import S3Error
 
+from framewatch.clients.sigv4 import Presigned, Presigner
 from framewatch.clients.uploads import BadAnswer, PutRefused, Uploader
 from framewatch.errors import FramewatchError
 from framewatch.retry import Backoff, logged
@@ -24,7 +25,7 @@ log = logging.getLogger("framewatch.objectstore")
 
 
 BUCKET_BACKOFF = Backoff(first_s=0.5, max_s=2.0, attempts=4)
-PUT_URL_EXPIRY = timedelta(minutes=15)  # signed just before the PUT: only a clock that far off fails
+PUT_URL_EXPIRY_S = 15 * 60  # signed just before the PUT: only a clock that far off fails
 
 
 class StoreError(FramewatchError, RuntimeError):
@@ -41,11 +42,16 @@ class ObjectStore:
         self._client = Minio(settings.endpoint, access_key=settings.access_key,
                              secret_key=settings.secret_key.get_secret_value(), secure=settings.use_ssl,
                              region=settings.region, http_client=http)
+        self._puts = self._presigner(self._client)
         self._uploads = Uploader(settings.endpoint, settings.use_ssl, self._presign_put, pool_size=pool_size)
         # presigning makes no request: a client named for the public address signs URLs for that host
-        self._signer = self._client if not settings.public_endpoint else Minio(
+        self._gets = self._puts if not settings.public_endpoint else self._presigner(Minio(
             settings.public_endpoint, access_key=settings.access_key,
-            secret_key=settings.secret_key.get_secret_value(), secure=settings.use_ssl, region=settings.region)
+            secret_key=settings.secret_key.get_secret_value(), secure=settings.use_ssl, region=settings.region))
+
+    def _presigner(self, client: Minio) -> Presigner:
+        return Presigner(client, self.bucket, self.settings.access_key, self.settings.secret_key.get_secret_value(),
+                         self.settings.region)
 
     def key(self, *parts: str) -> str:
         return "/".join(p.strip("/") for p in (self.settings.base_path, *parts) if p)
@@ -98,8 +104,8 @@ class ObjectStore:
         except (OSError, TimeoutError, asyncio.IncompleteReadError, BadAnswer) as error:
             raise StoreError(f"uploading {self._where(key)}: object store unreachable ({error!r})") from error
 
-    def _presign_put(self, key: str) -> str:
-        return self._client.presigned_put_object(self.bucket, key, expires=PUT_URL_EXPIRY)
+    def _presign_put(self, key: str) -> Presigned:
+        return self._puts.presign("PUT", key, PUT_URL_EXPIRY_S)
 
     def close(self) -> None:
         """Closes the kept-alive upload connections (a later put opens new ones)."""
@@ -164,7 +170,7 @@ class ObjectStore:
 
     def presign(self, key: str, expiry_sec: int) -> str:
         """A GET URL computed locally (the region is configured, so no request is made)."""
-        return self._signer.presigned_get_object(self.bucket, key, expires=timedelta(seconds=expiry_sec))
+        return self._gets.presign("GET", key, expiry_sec).url
 
 
 def _missing(error: StoreError) -> bool:

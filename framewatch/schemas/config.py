@@ -49,6 +49,9 @@ class Section(BaseModel):
         return data
 
 
+BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
 class MinioSettings(Section):
     endpoint: str = "127.0.0.1:9000"
     bucket: str = "images"
@@ -65,6 +68,14 @@ class MinioSettings(Section):
     @classmethod
     def _relative(cls, value: str) -> str:
         return value.strip("/")
+
+    @field_validator("bucket")
+    @classmethod
+    def _bucket_name(cls, value: str) -> str:
+        if not BUCKET_NAME.fullmatch(value) or ".." in value:
+            raise ValueError(f"{value!r} is not an S3 bucket name: 3 to 63 lowercase letters, digits, '.' and '-', "
+                             "starting and ending with a letter or digit")
+        return value
 
 
 class FrameExtractorSettings(Section):
