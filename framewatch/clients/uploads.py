@@ -46,19 +46,12 @@ class _Connection:
             raise BadAnswer(f"an answer that is not HTTP/1.1: {error}") from None
 
     async def _exchange(self, request: bytes, body: bytes) -> tuple[int, bool, bytes]:
-        self.writer.write(request)
-        self.writer.write(body)
-        status_line = await self.reader.readuntil(b"\r\n")
+        self.writer.writelines((request, body))  # one system call
+        status_line, *lines = (await self.reader.readuntil(b"\r\n\r\n"))[:-4].split(b"\r\n")
         status = int(status_line.split(b" ", 2)[1])
-        headers: dict[bytes, bytes] = {}
-        for _ in range(HEADER_LIMIT):
-            line = await self.reader.readuntil(b"\r\n")
-            if line == b"\r\n":
-                break
-            name, _, value = line.partition(b":")
-            headers[name.strip().lower()] = value.strip()
-        else:
+        if len(lines) > HEADER_LIMIT:
             raise BadAnswer(f"more than {HEADER_LIMIT} header lines")
+        headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(b":") for line in lines)}
         if headers.get(b"transfer-encoding", b"").lower() == b"chunked":
             answer = await self._chunks()
         else:
