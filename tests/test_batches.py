@@ -65,3 +65,22 @@ async def test_a_value_arriving_during_a_batch_waits_the_window_from_its_own_arr
     # `take` would start the window then, and hand it on a whole window later)
     assert second_at - arrived < HANDLING_S + WITHIN_S / 2, "the window starts when the value arrived"
     assert second_at - first_at >= HANDLING_S, "one batch at a time"
+
+
+async def test_a_batch_the_body_did_not_finish_is_not_acked() -> None:
+    """Faust's `take` acks in a `finally`: a worker stopped while storing a batch committed it unstored."""
+    app = faust.App("framewatch-batches-ack-test", Stream=WorkerStream)
+    storing = asyncio.Event()
+
+    async def body(stream: faust.StreamT[int]) -> None:
+        async for batch in batches(stream, 2, WITHIN_S):
+            if batch == [2, 3]:
+                storing.set()
+                await asyncio.sleep(3600)  # the worker stops meanwhile
+
+    agent: faust.types.AgentT = app.agent()(body)
+    app.finalize()
+    async with agent.test_context() as context:
+        events = [await context.put(value, wait=False) for value in range(4)]
+        await asyncio.wait_for(storing.wait(), 10)
+    assert [event.message.acked for event in events] == [True, True, False, False]

@@ -4,8 +4,10 @@ Faust's `take(max_, within)` starts its timer when the loop asks for the next ba
 after that waits the whole window, plus the handling of the batch before it when it arrived during that. Here the
 window starts at the batch's first record's timestamp (a record `Topology.send` sent carries its event's
 `emitted_at`), or when it arrived if that is earlier (a producer whose clock runs ahead): no value waits longer than
-`within` after it was made, the hops to here included, and a full batch goes at once. The buffering, the strict size and acking after the body are
-Faust's.
+`within` after it was made, the hops to here included, and a full batch goes at once. The buffering and the strict
+size are Faust's. Acking is not: `take` acks a batch in a `finally`, so a batch whose body was cancelled (the worker
+stopping) or raised is acked and committed unhandled. Here a batch is acked only once the body has asked for the
+next: one it did not finish comes again to whoever reads its partition next (the sinks are idempotent).
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ T = TypeVar("T")
 class WorkerStream(faust.Stream[T]):
     async def batches(self, size: int, within: float) -> AsyncIterator[list[T]]:
         """Lists of at most `size` values, each handed on when full or `within` seconds after its first record's
-        timestamp; the values are acknowledged once the body has handled the list (even when it raised)."""
+        timestamp; the values are acknowledged once the body has handled the list, never when it raised or was
+        cancelled."""
         buffer: list[T] = []
         events: list[EventT] = []
         first_at = 0.0
@@ -67,11 +70,13 @@ class WorkerStream(faust.Stream[T]):
                 if not buffer:
                     continue
                 consuming = self.loop.create_future()
+                handled = False
                 try:
                     yield list(buffer)
+                    handled = True
                 finally:
                     buffer.clear()
-                    for event in events:
+                    for event in events if handled else ():
                         await self.ack(event)
                     events.clear()
                     notify(consuming)
