@@ -117,6 +117,26 @@ async def test_the_rules_agent_copies_the_image_sends_the_alert_and_outcome_and_
         assert RuleState.from_bytes(worker.topology.rule_state[worker.task.encode()]) == state
 
 
+async def test_a_frame_the_rules_agent_did_not_finish_is_not_acked(worker: InProcessWorker) -> None:
+    """The worker stops while the frame's alert is being sent: the frame comes again to the next owner."""
+    person = detections(worker, 1, [(0.4, 0.3, 0.5, 0.8)])
+    await worker.resources.store.put(person.frame.object_key, SAMPLE_JPEG)
+    sending_alert = asyncio.Event()
+    record = worker.topology.send
+
+    async def send(topic: faust.TopicT, event: Event) -> None:
+        if isinstance(event, AlertEvent):
+            sending_alert.set()
+            await asyncio.sleep(3600)
+        await record(topic, event)
+    worker.topology.send = send  # type: ignore[method-assign]
+    async with worker.pipeline.agents["rules"].test_context() as agent:
+        evaluated = await agent.put(detections(worker, 0, []).to_bytes())
+        interrupted = await agent.put(person.to_bytes(), wait=False)
+        await asyncio.wait_for(sending_alert.wait(), 30)
+    assert evaluated.message.acked and not interrupted.message.acked
+
+
 async def test_the_rules_agent_dead_letters_what_it_cannot_read_and_goes_on(worker: InProcessWorker) -> None:
     rules = worker.pipeline.agents["rules"]
     async with rules.test_context() as agent:

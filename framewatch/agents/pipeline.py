@@ -148,10 +148,15 @@ class Pipeline:
     # fw.detections: the rules
 
     async def rules(self, stream: faust.StreamT[bytes]) -> None:
-        """Evaluates each frame's rule against its task's state (a table with a changelog)."""
-        async for raw in stream:
-            if (event := await self.topology.decode(DetectionEvent, raw, self.topology.detections)) is not None:
+        """Evaluates each frame's rule against its task's state (a table with a changelog). A frame is acked once
+        evaluated: Faust acks a value in a `finally`, so a worker stopped mid-evaluation committed a frame whose
+        alert was never sent."""
+        detections = cast(faust.Stream[bytes], stream).noack()
+        async for record in detections.events():
+            if (event := await self.topology.decode(DetectionEvent, record.value,
+                                                    self.topology.detections)) is not None:
                 await self.evaluate(event)
+            await detections.ack(record)
 
     async def evaluate(self, event: DetectionEvent) -> None:
         """The state is saved after the frame's alerts are sent; a frame replayed after a crash sends them
