@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from framewatch.clients.bus import read_records
 from framewatch.clients.objectstore import ObjectStore
@@ -68,6 +69,10 @@ def publishing(clip: Path, urls: list[str], log: Path) -> Iterator[subprocess.Po
         publisher.wait(10)
 
 
+def packets_skipped(task: str) -> float:
+    return REGISTRY.get_sample_value("framewatch_extractor_packets_skipped_total", {"task": task}) or 0.0
+
+
 @pytest.fixture
 def rtsp(stack_env: dict[str, str]) -> str:
     return f"rtsp://{stack_env['FRAMEWATCH_RTSP_SERVER']}"
@@ -77,11 +82,14 @@ async def test_an_rtsp_camera_is_sampled_at_its_interval(isolated_env: dict[str,
                                                          namespace: str, tmp_path: Path) -> None:
     url = f"{rtsp}/cam-{namespace}"
     config = camera_config(tmp_path, isolated_env, {"door": f'rtsp_url = "{url}"\ninterval_ms = 200'})
+    skipped_before = packets_skipped("door")
     with publishing(clips.moving, [url], tmp_path / "publisher.log"):
         async with running(config) as cameras:
             door = cameras["door"]
             await wait_until(lambda: door.emitted >= 60, 40, "60 frames from the RTSP camera")
             assert door.state is CameraState.STREAMING and door.dropped == 0
+            # a key frame a second: once the GOP is known, the frames after each second's last due one are skipped
+            assert 0 < packets_skipped("door") - skipped_before < door.decoded / 4
     events = [FrameEvent.decode(r.value) for r in await read_records(config, config.topic("fw.frames"))]
     times = [e.captured_at for e in events]
     gaps = [b - a for a, b in zip(times, times[1:])]
