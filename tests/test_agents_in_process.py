@@ -1,7 +1,8 @@
 """The worker's agents in this process, through Faust's `agent.test_context()`: the rules agent's glue (state
 loaded, rule evaluated, image copied, records sent, state saved) and the store agent's (a batch into PostgreSQL,
 then announced for publishing), against the real MinIO and PostgreSQL. What the agents send to Kafka is recorded
-at `Topology.send`, the one way records leave them (the worker-process tests cover Kafka itself)."""
+at `Topology._produce`, where every record leaves them, and confirmed or refused there (the worker-process tests
+cover Kafka itself)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import faust
 import pytest
+from aiokafka.errors import NotEnoughReplicasError
 
 from framewatch.agents.app import Resources, Topology
 from framewatch.agents.pipeline import Pipeline, build_worker
@@ -44,17 +45,29 @@ cooldown_sec = 0
 
 @dataclass
 class Sent:
-    """Records by topic name (without the namespace), in the order the agents sent them."""
-    records: dict[str, list[Event]] = field(default_factory=dict)
+    """What the agents hand the producer, by topic name without the namespace (the rule state's changelog as
+    "rule-state"), in order; each confirmed at once, unless `answer` holds or refuses it."""
+    records: dict[str, list[Event | bytes]] = field(default_factory=dict)
+    answers: list[asyncio.Future[object]] = field(default_factory=list)
+    # decides each record's delivery: None confirms it at once, an exception refuses it, "hold" leaves it pending
+    answer: Callable[[str, Event | bytes], BaseException | str | None] = lambda topic, record: None
 
-    def recorder(self, topology: Topology) -> Callable[[faust.TopicT, Event], Awaitable[None]]:
-        async def send(topic: faust.TopicT, event: Event) -> None:
-            spec = topology.specs[topic.get_topic_name()]
-            spec.key_of(event)  # the type check `Topology.send` makes
-            self.records.setdefault(spec.name, []).append(event)
-        return send
+    def producer(self, topology: Topology) -> Callable[..., Awaitable[asyncio.Future[object]]]:
+        async def produce(name: str, key: bytes, value: bytes, timestamp_s: float,
+                          partition: int | None) -> asyncio.Future[object]:
+            spec = topology.specs.get(name)
+            topic, record = ("rule-state", value) if spec is None else (spec.name, spec.record.decode(value))
+            self.records.setdefault(topic, []).append(record)
+            future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+            self.answers.append(future)
+            if isinstance(answer := self.answer(topic, record), BaseException):
+                future.set_exception(answer)
+            elif answer is None:
+                future.set_result(None)
+            return future
+        return produce
 
-    async def wait_for(self, topic: str, count: int, timeout_s: float = 30) -> list[Event]:
+    async def wait_for(self, topic: str, count: int, timeout_s: float = 30) -> list[Event | bytes]:
         async with asyncio.timeout(timeout_s):
             while len(self.records.get(topic, [])) < count:
                 await asyncio.sleep(0.02)
@@ -77,7 +90,7 @@ async def worker(tmp_path: Path, isolated_env: dict[str, str], namespace: str) -
     app, topology, resources, pipeline = build_worker(config)
     app.finalize()
     sent = Sent()
-    topology.send = sent.recorder(topology)  # type: ignore[method-assign,assignment]
+    topology._produce = sent.producer(topology)  # type: ignore[method-assign,assignment]
     await resources.store.ensure_bucket()
     await resources.alerts.connect()
     yield InProcessWorker(task, topology, resources, pipeline, sent)
@@ -118,23 +131,49 @@ async def test_the_rules_agent_copies_the_image_sends_the_alert_and_outcome_and_
 
 
 async def test_a_frame_the_rules_agent_did_not_finish_is_not_acked(worker: InProcessWorker) -> None:
-    """The worker stops while the frame's alert is being sent: the frame comes again to the next owner."""
+    """The worker stops while the broker has not confirmed the frame's alert: the frame comes again to the next
+    owner. On the agent that acked a buffered send, it was acked."""
     person = detections(worker, 1, [(0.4, 0.3, 0.5, 0.8)])
     await worker.resources.store.put(person.frame.object_key, SAMPLE_JPEG)
-    sending_alert = asyncio.Event()
-    record = worker.topology.send
-
-    async def send(topic: faust.TopicT, event: Event) -> None:
-        if isinstance(event, AlertEvent):
-            sending_alert.set()
-            await asyncio.sleep(3600)
-        await record(topic, event)
-    worker.topology.send = send  # type: ignore[method-assign]
+    worker.sent.answer = lambda topic, record: "hold" if topic == "fw.alerts" else None
     async with worker.pipeline.agents["rules"].test_context() as agent:
         evaluated = await agent.put(detections(worker, 0, []).to_bytes())
         interrupted = await agent.put(person.to_bytes(), wait=False)
-        await asyncio.wait_for(sending_alert.wait(), 30)
-    assert evaluated.message.acked and not interrupted.message.acked
+        await worker.sent.wait_for("fw.frame-outcomes", 2)
+        await wait_until(lambda: evaluated.message.acked)
+        await asyncio.sleep(0.3)
+        assert not interrupted.message.acked  # evaluated, its outcome and state sent, its alert not yet confirmed
+        alert_delivery = next(f for f in worker.sent.answers if not f.done())
+        alert_delivery.set_result(None)
+        await wait_until(lambda: interrupted.message.acked)
+
+
+async def test_a_record_the_broker_refused_is_sent_again_before_its_frame_is_acked(worker: InProcessWorker) -> None:
+    """A refused alert (a leader moving, `min.insync.replicas` unmet) goes to the producer again; the frame is acked
+    only once it is confirmed. A refused state write sends the task's newest state."""
+    refused: set[str] = set()
+
+    def refuse_once(topic: str, record: Event | bytes) -> BaseException | None:
+        if topic in ("fw.alerts", "rule-state") and topic not in refused:
+            refused.add(topic)
+            return NotEnoughReplicasError()
+        return None
+    worker.sent.answer = refuse_once
+    person = detections(worker, 1, [(0.4, 0.3, 0.5, 0.8)])
+    await worker.resources.store.put(person.frame.object_key, SAMPLE_JPEG)
+    async with worker.pipeline.agents["rules"].test_context() as agent:
+        frame = await agent.put(person.to_bytes(), wait=False)
+        alerts = await worker.sent.wait_for("fw.alerts", 2, timeout_s=10)
+        states = await worker.sent.wait_for("rule-state", 2, timeout_s=10)
+        await wait_until(lambda: frame.message.acked)
+    assert alerts[0] == alerts[1] and isinstance(alerts[0], AlertEvent)
+    assert states[1] == worker.topology.rule_state[worker.task.encode()]
+
+
+async def wait_until(condition: Callable[[], bool], timeout_s: float = 10) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not condition():
+            await asyncio.sleep(0.02)
 
 
 async def test_the_rules_agent_dead_letters_what_it_cannot_read_and_goes_on(worker: InProcessWorker) -> None:

@@ -99,3 +99,24 @@ def test_a_worker_rebalancing_for_too_long_exits_for_its_supervisor_to_restart_i
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 3 and "still here" not in done.stdout
     assert "rebalancing for 0s and cannot rejoin its group: exiting (status 3)" in done.stderr
+
+
+async def test_an_ack_from_before_a_revocation_commits_nothing_for_the_next_ownership() -> None:
+    """A record read before its partition was revoked (a frame still at a detector, a rule's send still
+    unconfirmed) is acked after the partition came back: Faust's own counted it and, one offset past the new
+    committed offset, committed past the head the new ownership had not handled yet."""
+    consumer, tp = await consumer_of_frames()
+
+    async def app_revocation(revoked: set[TP]) -> None:  # the app's part: wait for what is in flight, commit
+        pass
+    consumer._on_partitions_revoked = app_revocation  # type: ignore[method-assign]
+    consumer._committed_offset[tp] = 5
+    [stale] = delivered(consumer, tp, 6)
+    await consumer.on_partitions_revoked({tp})
+    consumer._committed_offset[tp] = 5  # assigned again: the next to read is still 5
+    assert consumer.ack(stale) is False
+    assert consumer._new_offset(tp) is None  # Faust's own: 7, past offset 5 that nobody here has read yet
+    head, after = delivered(consumer, tp, 5, 6)
+    consumer.ack(after)
+    consumer.ack(head)
+    assert consumer._new_offset(tp) == 7

@@ -6,17 +6,22 @@ with its reason instead of ending the agent (robinhood/faust#586).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import tempfile
 import time
+from collections import defaultdict
 from collections.abc import Iterator
-from typing import TypeVar
+from functools import partial
+from typing import Any, TypeVar, cast
+from weakref import WeakKeyDictionary
 
 import faust
 from aiokafka.errors import MessageSizeTooLargeError
 from faust.transport.drivers import aiokafka as kafka_driver
 from faust.types import TP
+from faust.types.tuples import Message
 from faust.types.transports import TransportT
 from mode import Service
 from prometheus_client import REGISTRY, Counter, Gauge
@@ -25,6 +30,7 @@ from prometheus_client.registry import Collector
 
 from framewatch.agents.batches import WorkerStream
 from framewatch.agents.catalog import camera_states, task_catalog
+from framewatch.agents.delivery import SEND_BACKOFF, SEND_RETRIES, Delivery, Enqueue
 from framewatch.agents.inference.capacity import CapacityShare
 from framewatch.agents.inference.client import ServiceClient
 from framewatch.agents.inference.registry import ServiceRegistry
@@ -34,7 +40,7 @@ from framewatch.clients.database import AlertStore
 from framewatch.clients.objectstore import ObjectStore
 from framewatch.errors import FramewatchError
 from framewatch.process import StopsWithinDeadline
-from framewatch.retry import Backoff, logged
+from framewatch.retry import logged
 from framewatch.schemas import topics
 from framewatch.schemas.config import Config
 from framewatch.schemas.events import DeadLetter, DecodeError, Event
@@ -47,12 +53,11 @@ WAIT_EMPTY_S = 15.0  # within the stop deadline, and well within the 10 s sessio
 
 REBALANCE_STALL_S = 120.0  # a rebalance that lasts this long will not end by itself: exit, to be restarted
 REBALANCING = Gauge("framewatch_worker_rebalancing", "1 while the worker's consumer group is rebalancing")
+STALE_ACKS = Counter("framewatch_worker_stale_acks_total",
+                     "Acks of records read before their partition was revoked, dropped (the new owner reads them again)")
 REBALANCE_WAITS_ABANDONED = Counter("framewatch_worker_rebalance_waits_abandoned_total",
                                     "Rebalances or stops that handed partitions over with records still in flight")
 
-SEND_RETRIES = Counter("framewatch_worker_send_retries_total", "Sends retried while Kafka could not take them",
-                       ["topic"])
-SEND_BACKOFF = Backoff(first_s=0.5, max_s=5.0)
 DEAD_LETTERS = Counter("framewatch_worker_dead_letters_total", "Records kept on fw.dead-letters, by source topic",
                        ["topic"])
 
@@ -73,7 +78,8 @@ class RecordTooLarge(FramewatchError):
 
 
 class Topology:
-    """Every topic and table of the worker, declared once; `send` is the one way records leave the agents."""
+    """Every topic and table of the worker, declared once; `emit` (and `send`, which waits for the broker) is the
+    one way records leave the agents, and `save_state` the one way the rule state changes."""
 
     def __init__(self, app: faust.App, config: Config) -> None:
         self.app = app
@@ -104,10 +110,13 @@ class Topology:
         return self.config.framewatch.topic_partitions
 
     async def send(self, topic: faust.TopicT, event: Event) -> None:
-        """Sends with the key its topic's spec gives and the event's `emitted_at` as the record's timestamp (an
-        alert's is when it was raised, not when its image was copied: agents/batches.py), retrying while Kafka
-        cannot take it: an agent whose body raised would have its records acked (a batch is acked whatever its body
-        did), so a stored alert would never be announced for publishing. A record of the wrong type is a TypeError, one too large
+        """`emit`, then wait until the broker has the record."""
+        await (await self.emit(topic, event)).confirmed()
+
+    async def emit(self, topic: faust.TopicT, event: Event) -> Delivery:
+        """Hands the record to the producer with the key its topic's spec gives and the event's `emitted_at` as its
+        timestamp (an alert's is when it was raised, not when its image was copied: agents/batches.py); what is
+        returned is confirmed once the broker has it. A record of the wrong type is a TypeError, one too large
         `RecordTooLarge`, both before anything is sent."""
         name = topic.get_topic_name()
         key = self.specs[name].key_of(event)
@@ -115,29 +124,52 @@ class Topology:
         if len(value) > MAX_RECORD_BYTES:
             raise RecordTooLarge(f"a {type(event).__name__} of {len(value)} bytes for {name}: more than a record "
                                  f"may take ({MAX_RECORD_BYTES})")
-        await SEND_BACKOFF.call(self._produce, lambda error: not _too_large(error) and not self.app.should_stop,
-                                logged(log, f"sending to {name}", SEND_RETRIES.labels(name).inc), name, key, value,
-                                event.emitted_at / 1000)
+        enqueue = partial(self._produce, name, key, value, event.emitted_at / 1000, None)
+        return Delivery(name, await self._until_buffered(enqueue, name), enqueue, self._worth_resending)
 
-    async def _produce(self, name: str, key: bytes, value: bytes, timestamp_s: float) -> None:
+    async def save_state(self, key: bytes, value: bytes) -> Delivery:
+        """Sets a task's rule state in the table and on its changelog (raw bytes both, in the partition of the
+        record being handled), straight to the producer: Faust's own path buffers the changelog write and no one
+        waits for it. Sent again after a refusal, it is the key's newest state that goes, never an older one."""
+        table = self.rule_state
+        table.data[key] = value
+        name = table.changelog_topic.get_topic_name()
+        partition = table.partition_for_key(key)
+
+        async def enqueue() -> asyncio.Future[object]:
+            return await self._produce(name, key, table.data.get(key, value), time.time(), partition)
+
+        return Delivery(name, await self._until_buffered(enqueue, name), enqueue, self._worth_resending)
+
+    def _worth_resending(self, error: BaseException) -> bool:
+        return not _too_large(error) and not self.app.should_stop
+
+    async def _until_buffered(self, enqueue: Enqueue, name: str) -> asyncio.Future[object]:
+        return await SEND_BACKOFF.call(enqueue, self._worth_resending,
+                                       logged(log, f"sending to {name}", SEND_RETRIES.labels(name).inc))
+
+    async def _produce(self, name: str, key: bytes, value: bytes, timestamp_s: float,
+                       partition: int | None) -> asyncio.Future[object]:
         # to the app's producer itself: `topic.send` first awaits Faust's `maybe_start_producer`, which yields to
         # the event loop on every call (a stampede guard), so the producer sent each record of a burst (a stored
         # batch's announcements) in a request of its own, one broker round trip after the other
         producer = self.app.producer
         await producer.maybe_start()
-        await producer.send(name, key, value, partition=None, timestamp=timestamp_s, headers=None)
+        future = await producer.send(name, key, value, partition=partition, timestamp=timestamp_s, headers=None)
+        return cast("asyncio.Future[object]", future)
 
-    async def dead_letter(self, topic: faust.TopicT, reason: str, record: bytes, key: str | None = None) -> None:
+    async def dead_letter(self, topic: faust.TopicT, reason: str, record: bytes, key: str | None = None) -> Delivery:
         """Keeps a record framewatch could not handle on fw.dead-letters, with the reason."""
-        await self.send(self.dead_letters, DeadLetter.of(topic.get_topic_name(), reason, record, key))
+        delivery = await self.emit(self.dead_letters, DeadLetter.of(topic.get_topic_name(), reason, record, key))
         DEAD_LETTERS.labels(topic.get_topic_name()).inc()
+        return delivery
 
     async def decode(self, record: type[E], raw: bytes, topic: faust.TopicT) -> E | None:
         try:
             return record.decode(raw)
         except DecodeError as error:
             log.error("dead letter from %s: %s", topic.get_topic_name(), error)
-            await self.dead_letter(topic, str(error), raw)
+            await (await self.dead_letter(topic, str(error), raw)).confirmed()
             return None
 
 
@@ -202,6 +234,37 @@ class InFlightSafeConsumer(kafka_driver.Consumer):
     rebalance (tests/test_worker_consumer.py)."""
 
     wait_empty_s = WAIT_EMPTY_S
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._ownership: defaultdict[TP, int] = defaultdict(int)  # a partition's, bumped each time it is revoked
+        self._read_in: WeakKeyDictionary[Message, int] = WeakKeyDictionary()  # the ownership a record was read in
+
+    def track_message(self, message: Message) -> None:
+        self._read_in[message] = self._ownership[message.tp]
+        super().track_message(message)
+
+    def ack(self, message: Message) -> bool:
+        """Faust's, except for a record read before its partition was last revoked: its ack is dropped. Once the
+        revocation's commit is made, the partition is another ownership's (whoever has it reads the record
+        again); counted, that ack could commit past a record the new ownership has not handled yet (Faust
+        commits one offset past an unacked head: see `_new_offset`)."""
+        if self._read_in.get(message, self._ownership[message.tp]) != self._ownership[message.tp]:
+            message.acked = True
+            STALE_ACKS.inc()
+            return False
+        acked: bool = super().ack(message)
+        return acked
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        """Faust's (which waits for the records in flight and commits), then the revoked partitions' records
+        still in flight belong to no one here: they are forgotten, and acks still to come for them dropped."""
+        await super().on_partitions_revoked(revoked)
+        for tp in revoked:
+            self._ownership[tp] += 1
+            self._acked.pop(tp, None)
+            self._acked_index.pop(tp, None)
+        self._unacked_messages -= {message for message in self._unacked_messages if message.tp in revoked}
 
     def _new_offset(self, tp: TP) -> int | None:
         acked = self._acked[tp]

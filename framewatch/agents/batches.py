@@ -2,7 +2,7 @@
 
 Faust's `take(max_, within)` starts its timer when the loop asks for the next batch, so a value that arrives just
 after that waits the whole window, plus the handling of the batch before it when it arrived during that. Here the
-window starts at the batch's first record's timestamp (a record `Topology.send` sent carries its event's
+window starts at the batch's first record's timestamp (a record `Topology.emit` sent carries its event's
 `emitted_at`), or when it arrived if that is earlier (a producer whose clock runs ahead): no value waits longer than
 `within` after it was made, the hops to here included, and a full batch goes at once. The buffering and the strict
 size are Faust's. Acking is not: `take` acks a batch in a `finally`, so a batch whose body was cancelled (the worker

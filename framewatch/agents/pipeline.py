@@ -30,6 +30,7 @@ from framewatch.agents.alerts.sink import AlertSink
 from framewatch.agents.api.web import attach_web
 from framewatch.agents.app import CONSUMER, RebalanceWatch, RecordTooLarge, Resources, Topology, create_app
 from framewatch.agents.batches import batches
+from framewatch.agents.delivery import Confirmations, Delivery, all_confirmed
 from framewatch.agents.inference import scheduler as inference
 from framewatch.agents.retention import frames
 from framewatch.agents.retention.frames import Retention
@@ -104,6 +105,7 @@ class Pipeline:
                                    config.frame_extractor.max_frame_age_sec)
         self.housekeeping = Housekeeping(config, resources.store, resources.alerts)
         self.rebalance_watch = RebalanceWatch()
+        self.confirmations = Confirmations()
         self.unknown_tasks: set[str] = set()
         self.agents: dict[str, AgentT] = {}
 
@@ -133,67 +135,70 @@ class Pipeline:
 
     async def hand_on(self, frames: faust.StreamT[bytes], event: faust.EventT[bytes],
                       result: DetectionEvent | FrameOutcome) -> None:
+        """Sends the frame's result; the frame is acked once the broker has it."""
         topology = self.topology
         try:
             if isinstance(result, DetectionEvent):
-                await topology.send(topology.detections, result)
+                delivery = await topology.emit(topology.detections, result)
             else:
-                await topology.send(topology.frame_outcomes, result)
+                delivery = await topology.emit(topology.frame_outcomes, result)
         except RecordTooLarge as error:
             log.error("frame %s: %s; the frame fails", result.frame.frame_id, error)
             failed = FrameOutcome(frame=result.frame, outcome=Outcome.FAILED, reason="too_large")
-            await topology.send(topology.frame_outcomes, failed)
-        await frames.ack(event)
+            delivery = await topology.emit(topology.frame_outcomes, failed)
+        await self.confirmations.ack_when_confirmed([delivery], partial(frames.ack, event))
 
     # fw.detections: the rules
 
     async def rules(self, stream: faust.StreamT[bytes]) -> None:
         """Evaluates each frame's rule against its task's state (a table with a changelog). A frame is acked once
-        evaluated: Faust acks a value in a `finally`, so a worker stopped mid-evaluation committed a frame whose
-        alert was never sent."""
+        the broker has every record its evaluation produced, its new state included: Faust acks a value in a
+        `finally`, so a worker stopped mid-evaluation committed a frame whose alert was never sent."""
         detections = cast(faust.Stream[bytes], stream).noack()
         async for record in detections.events():
+            deliveries: list[Delivery] = []
             if (event := await self.topology.decode(DetectionEvent, record.value,
                                                     self.topology.detections)) is not None:
-                await self.evaluate(event)
-            await detections.ack(record)
+                deliveries = await self.evaluate(event)
+            await self.confirmations.ack_when_confirmed(deliveries, partial(detections.ack, record))
 
-    async def evaluate(self, event: DetectionEvent) -> None:
+    async def evaluate(self, event: DetectionEvent) -> list[Delivery]:
         """The state is saved after the frame's alerts are sent; a frame replayed after a crash sends them
-        again (rules/engine.py)."""
+        again (rules/engine.py). Returns what was sent, to be confirmed before the frame is acked."""
         topology, frame = self.topology, event.frame
         if (task := self.resources.task_settings(frame.task_id)) is None:  # not on fw.tasks, not in the config
-            await self.unknown_task(frame)
-            return
+            return [await self.unknown_task(frame)]
         key = frame.task_id.encode()
         state = restore(frame.task_id, topology.rule_state.get(key))
         result = self.apply(task, state, event)
-        reasons = [await self.raise_alert(alert) for alert in result.alerts]
-        for window in result.windows:
-            await topology.send(topology.counts, window)
+        deliveries: list[Delivery] = []
+        reasons = [await self.raise_alert(alert, deliveries) for alert in result.alerts]
+        deliveries += [await topology.emit(topology.counts, window) for window in result.windows]
         if result.status is Status.EVALUATED:
-            topology.rule_state[key] = state.to_bytes()
+            deliveries.append(await topology.save_state(key, state.to_bytes()))
             ACTIVE_TRACKS.labels(frame.camera_id).set(len(state.tracks))
             OPEN_INCIDENTS.labels(frame.camera_id).set(len(state.incidents))
         FRAMES_EVALUATED.labels(result.status.value).inc()
-        await topology.send(topology.frame_outcomes, outcome_of(frame, result, reasons))
+        deliveries.append(await topology.emit(topology.frame_outcomes, outcome_of(frame, result, reasons)))
+        return deliveries
 
     def apply(self, task: CameraTask, state: RuleState, event: DetectionEvent) -> Evaluation:
         with EVALUATION_SECONDS.labels(event.frame.task_type.value).time():
             return evaluate(task, state, event, self.settings.alert_base_path)
 
-    async def raise_alert(self, alert: AlertEvent) -> str:
-        """Copies the alert image, then sends the alert; the frame outcome's reason (the image not copied)."""
+    async def raise_alert(self, alert: AlertEvent, deliveries: list[Delivery]) -> str:
+        """Copies the alert image, then sends the alert (adding what it sent to `deliveries`); the frame outcome's
+        reason (the image not copied)."""
         reason = ""
         if (failure := await self.relocator.copy_image(alert)) is not None:
-            await self.topology.dead_letter(self.topology.alerts, f"relocation: {failure}", alert.to_bytes(),
-                                            alert.frame.camera_id)
+            deliveries.append(await self.topology.dead_letter(self.topology.alerts, f"relocation: {failure}",
+                                                              alert.to_bytes(), alert.frame.camera_id))
             reason = IMAGE_NOT_COPIED
-        await self.topology.send(self.topology.alerts, alert)
+        deliveries.append(await self.topology.emit(self.topology.alerts, alert))
         ALERTS_RAISED.labels(alert.frame.task_type.value, alert.rule).inc()
         return reason
 
-    async def unknown_task(self, frame: FrameEvent) -> None:
+    async def unknown_task(self, frame: FrameEvent) -> Delivery:
         if frame.task_id not in self.unknown_tasks:  # once per task: a camera sends several frames a second
             if len(self.unknown_tasks) >= UNKNOWN_TASKS_REMEMBERED:  # forged task ids must not grow it for ever
                 self.unknown_tasks.clear()
@@ -202,20 +207,22 @@ class Pipeline:
                       frame.task_id)
         FRAMES_EVALUATED.labels("unknown_task").inc()
         outcome = FrameOutcome(frame=frame, outcome=Outcome.NO_ALERT, reason="unknown_task")
-        await self.topology.send(self.topology.frame_outcomes, outcome)
+        return await self.topology.emit(self.topology.frame_outcomes, outcome)
 
     # fw.alerts and fw.counts: PostgreSQL
 
     async def store(self, stream: faust.StreamT[bytes]) -> None:
-        """Alerts into PostgreSQL in batches, then announced on fw.alerts-stored for publishing."""
+        """Alerts into PostgreSQL in batches, then announced on fw.alerts-stored for publishing; the batch is acked
+        once the broker has every announcement (sent in order, confirmed side by side)."""
         topology = self.topology
         size = self.settings.alert_batch_size if self.settings.alert_batch_enabled else 1
         async for batch in batches(stream, size, self.settings.alert_batch_interval_sec):
             alerts = [a for raw in batch if (a := await topology.decode(AlertEvent, raw, topology.alerts))]
             stored = await self.sink.store_batch(alerts)
             stored_at = now_ms()
-            for alert in stored:
-                await topology.send(topology.alerts_stored, AlertStored(alert=alert, stored_at=stored_at))
+            await all_confirmed([await topology.emit(topology.alerts_stored, AlertStored(alert=alert,
+                                                                                         stored_at=stored_at))
+                                 for alert in stored])
 
     async def tally(self, stream: faust.StreamT[bytes]) -> None:
         """Closed minutes of the counting tasks into PostgreSQL, where /api/counts reads them."""
@@ -227,7 +234,8 @@ class Pipeline:
     async def refused_by_database(self, record: Event, reason: str) -> None:
         """A record PostgreSQL refused for its data: kept on fw.dead-letters with the reason."""
         source = self.topology.alerts if isinstance(record, AlertEvent) else self.topology.counts
-        await self.topology.dead_letter(source, f"database: {reason}", record.to_bytes(), record.event_id)
+        await (await self.topology.dead_letter(source, f"database: {reason}", record.to_bytes(),
+                                               record.event_id)).confirmed()
 
     # fw.frame-outcomes: retention
 
@@ -258,10 +266,10 @@ class Pipeline:
 
     async def report_pressure(self) -> None:
         """Per task, what inference received and dropped: the extractor slows cameras whose frames are dropped."""
-        for task_id, seen in self.resources.scheduler.take_pressure().items():
-            report = InferencePressure(task_id=task_id, period_ms=int(PRESSURE_PERIOD_S * 1000),
-                                       received=seen.received, dropped=seen.dropped, ended=seen.ended)
-            await self.topology.send(self.topology.pressure, report)
+        period_ms = int(PRESSURE_PERIOD_S * 1000)
+        await all_confirmed([await self.topology.emit(self.topology.pressure, InferencePressure(
+            task_id=task_id, period_ms=period_ms, received=seen.received, dropped=seen.dropped, ended=seen.ended))
+            for task_id, seen in self.resources.scheduler.take_pressure().items()])
 
     async def watch_rebalance(self) -> None:
         self.rebalance_watch.observe(self.topology.app.rebalancing)

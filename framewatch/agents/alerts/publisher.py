@@ -4,6 +4,10 @@ fw.alerts-stored may carry an alert twice (the sink re-announces a batch it repl
 publisher remembers what it published on fw.published and skips repeats. The alert message, its fw.published
 marker and the consumer offset go in one Kafka transaction: after a crash either all three happened or none
 did, so a consumer reading the alert topic with `isolation.level=read_committed` sees each alert exactly once.
+aiokafka commits a transaction even when a record sent in it was refused, so the transaction is committed only once
+every send in it is confirmed; a refusal aborts it. An alert the alert topic refuses for a reason retrying cannot
+change (too large for it, not authorized, a topic policy) goes to fw.dead-letters with the reason after
+`REFUSALS_MAX` refusals, so its partition moves on.
 
 With several workers a partition of fw.alerts-stored moves between them, and aiokafka has no KIP-447 fencing by
 consumer generation. So each partition has a transactional producer of its own, its transactional id derived from
@@ -18,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import (
@@ -26,7 +31,17 @@ from aiokafka import (
     ConsumerRebalanceListener,
     TopicPartition,
 )
-from aiokafka.errors import KafkaError, KafkaTimeoutError, ProducerFenced
+from aiokafka.errors import (
+    InvalidTopicError,
+    KafkaError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    PolicyViolationError,
+    ProducerFenced,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    TopicAuthorizationFailedError,
+)
 from mode import Service
 from prometheus_client import Counter, Gauge
 
@@ -55,6 +70,24 @@ PUBLISHED_TOTAL = Tally("framewatch_publisher_alerts_published_total", "Alerts p
 REPEATS = Counter("framewatch_publisher_repeats_skipped_total", "Stored alerts already published (replays)")
 ABORTED = Counter("framewatch_publisher_transactions_aborted_total", "Publish transactions aborted and retried")
 REMEMBERED = Gauge("framewatch_publisher_remembered_ids", "Published alert ids kept to skip repeats")
+
+REFUSED = Counter("framewatch_publisher_alerts_refused_total",
+                  "Alerts the alert topic refused for good, dead-lettered instead of published", ["topic", "reason"])
+DEAD_LETTERED = Counter("framewatch_publisher_dead_letters_total",
+                        "Records of fw.alerts-stored kept on fw.dead-letters (unreadable, or refused for good)")
+# what the broker (or the client, before sending) will refuse however often the record is sent again
+LASTING_REFUSALS = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError,
+                    TopicAuthorizationFailedError, PolicyViolationError, InvalidTopicError)
+REFUSALS_MAX = 3  # a lasting refusal is tried this often, in case the site fixes the topic meanwhile
+Sent = list["asyncio.Future[Any]"]
+
+
+@dataclass
+class Batch:
+    """What one transaction did, counted once it is committed."""
+    published: set[str] = field(default_factory=set)  # alert ids
+    refused: list[str] = field(default_factory=list)  # the refusal of each alert dead-lettered for it
+    dead_letters: int = 0
 
 PUBLISH_RETRY_MS = 10
 MAX_RECORDS = 500  # a transaction's alerts at most
@@ -119,6 +152,8 @@ class AlertPublisher(Service):
         self.publishing = asyncio.Lock()  # held by a batch's transactions, and by a hand-over
         self._consumer: AIOKafkaConsumer | None = None
         self._producers: dict[int, AIOKafkaProducer] = {}  # one per fw.alerts-stored partition this worker owns
+        # (partition, offset) of fw.alerts-stored -> how often the alert topic refused it for good, and the last error
+        self.refused: dict[tuple[int, int], tuple[int, BaseException]] = {}
 
     async def on_start(self) -> None:
         self._consumer = AIOKafkaConsumer(**kafka_options(self.config), group_id=self.group_id,
@@ -172,6 +207,8 @@ class AlertPublisher(Service):
             await self.remember_published()
 
     async def release(self, revoked: list[TopicPartition]) -> None:
+        gone = {tp.partition for tp in revoked}
+        self.refused = {where: refusal for where, refusal in self.refused.items() if where[0] not in gone}
         for tp in revoked:
             if (producer := self._producers.pop(tp.partition, None)) is not None:
                 await producer.stop()
@@ -235,7 +272,7 @@ class AlertPublisher(Service):
 
     async def _publish_partition(self, producer: AIOKafkaProducer, tp: TopicPartition, records: list[Any]) -> None:
         try:
-            fresh = await self._publish_batch(producer, tp, records)
+            batch = await self._publish_batch(producer, tp, records)
         except KafkaError as error:
             ABORTED.inc()
             log.warning("publish transaction on fw.alerts-stored partition %d aborted, will retry: %r",
@@ -244,37 +281,75 @@ class AlertPublisher(Service):
             if isinstance(error, ProducerFenced):  # another worker took the partition over while we were out
                 await self._take_again(tp)
             return
-        self.published.update(dict.fromkeys(fresh, int(time.time() * 1000)))
-        PUBLISHED_TOTAL.inc(len(fresh))
+        for record in records:
+            self.refused.pop((tp.partition, record.offset), None)
+        self.published.update(dict.fromkeys(batch.published, int(time.time() * 1000)))
+        PUBLISHED_TOTAL.inc(len(batch.published))
+        DEAD_LETTERED.inc(batch.dead_letters)
+        for refusal in batch.refused:
+            REFUSED.labels(self.config.ai_analysis.mq_topic, refusal).inc()
         REMEMBERED.set(len(self.published))
 
     @Service.timer(3600)
     async def _forget_hourly(self) -> None:
         self._forget_old()
 
-    async def _publish_batch(self, producer: AIOKafkaProducer, tp: TopicPartition, records: list[Any]) -> set[str]:
-        fresh: set[str] = set()
+    async def _publish_batch(self, producer: AIOKafkaProducer, tp: TopicPartition, records: list[Any]) -> Batch:
+        """One transaction: each alert's message and marker (or, once refused for good `REFUSALS_MAX` times, its
+        dead letter), then the offsets, committed only once the broker has confirmed every record in it."""
+        batch = Batch()
         async with producer.transaction():
-            for record in records:
-                alert_id = await self._publish_one(producer, record.value, fresh)
-                if alert_id is not None:
-                    fresh.add(alert_id)
+            sent = [(record, await self._publish_one(producer, tp, record, batch)) for record in records]
+            await self._confirm(tp, sent)
             await producer.send_offsets_to_transaction({tp: records[-1].offset + 1}, self.group_id)
-        return fresh
+        return batch
 
-    async def _publish_one(self, producer: AIOKafkaProducer, raw: bytes, fresh: set[str]) -> str | None:
+    async def _confirm(self, tp: TopicPartition, sent: list[tuple[Any, Sent]]) -> None:
+        """Raises the first refusal (the transaction aborts), counting the lasting ones against their record."""
+        results = await asyncio.gather(*(asyncio.gather(*futures) for _, futures in sent), return_exceptions=True)
+        refused = [(record, result) for (record, _), result in zip(sent, results, strict=True)
+                   if isinstance(result, BaseException)]
+        for record, error in refused:
+            if isinstance(error, LASTING_REFUSALS):
+                times, _ = self.refused.get((tp.partition, record.offset), (0, error))
+                self.refused[(tp.partition, record.offset)] = (times + 1, error)
+        if refused:
+            raise refused[0][1]
+
+    async def _publish_one(self, producer: AIOKafkaProducer, tp: TopicPartition, record: Any,
+                           batch: Batch) -> Sent:
+        """Hands the record's messages to the producer; what comes back resolves once the broker has them. A
+        refusal the client raises at once (a record larger than it sends) comes back the same way."""
         try:
-            stored = AlertStored.decode(raw)
+            stored = AlertStored.decode(record.value)
         except DecodeError as error:
-            letter = DeadLetter.of(self.source, str(error), raw)
-            await producer.send(self.config.topic(DEAD_LETTERS.name), letter.to_bytes(), key=DEAD_LETTERS.key_of(letter))
-            return None
+            batch.dead_letters += 1
+            return [await self._dead_letter(producer, str(error), record.value)]
         alert = stored.alert
-        if alert.alert_id in self.published or alert.alert_id in fresh:
+        if alert.alert_id in self.published or alert.alert_id in batch.published:
             REPEATS.inc()
-            return None
-        camera = alert.frame.camera_id.encode()
-        await producer.send(self.config.ai_analysis.mq_topic, AlertMessage.of(stored).to_bytes(), key=camera)
+            return []
+        mq_topic = self.config.ai_analysis.mq_topic
+        times, refusal = self.refused.get((tp.partition, record.offset), (0, None))
+        if refusal is not None and times >= REFUSALS_MAX:
+            batch.refused.append(type(refusal).__name__)
+            batch.dead_letters += 1
+            log.error("alert %s dead-lettered: %s refused it %d times: %s", alert.alert_id, mq_topic, times, refusal)
+            return [await self._dead_letter(producer, f"refused by {mq_topic}: {refusal}", record.value,
+                                            alert.frame.camera_id)]
+        try:
+            message = await producer.send(mq_topic, AlertMessage.of(stored).to_bytes(),
+                                          key=alert.frame.camera_id.encode())
+        except LASTING_REFUSALS as error:
+            message = asyncio.get_running_loop().create_future()
+            message.set_exception(error)
         marker = AlertPublished(alert_id=alert.alert_id, camera_id=alert.frame.camera_id)
-        await producer.send(self.markers, marker.to_bytes(), key=PUBLISHED.key_of(marker))
-        return alert.alert_id
+        batch.published.add(alert.alert_id)
+        return [message, await producer.send(self.markers, marker.to_bytes(), key=PUBLISHED.key_of(marker))]
+
+    async def _dead_letter(self, producer: AIOKafkaProducer, reason: str, raw: bytes,
+                           key: str | None = None) -> asyncio.Future[Any]:
+        letter = DeadLetter.of(self.source, reason, raw, key)
+        future: asyncio.Future[Any] = await producer.send(self.config.topic(DEAD_LETTERS.name), letter.to_bytes(),
+                                                          key=DEAD_LETTERS.key_of(letter))
+        return future

@@ -1,0 +1,70 @@
+"""An alert topic that refuses some alerts for good (here the site's `max.message.bytes`; a missing write ACL is the
+same): none of them is marked published or counted as published, each goes to fw.dead-letters with the broker's
+reason after three refusals, and the partition moves on. Before, every refused alert was marked published."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+
+import httpx
+from aiokafka.admin import NewTopic
+
+from framewatch.clients.bus import connect_admin, read_records
+from framewatch.ops.load import FrameLoad, start_fleet
+from framewatch.schemas.config import load_config
+from framewatch.schemas.events import AlertStored, DeadLetter
+from tests.conftest import SAMPLE_JPEG
+from tests.test_alert_path import alerting_config, metric, stored
+
+MAX_MESSAGE_BYTES = 512  # what the site's alert topic takes: less than any alert message
+
+
+def test_alerts_the_alert_topic_refuses_are_dead_lettered_not_marked_published(tmp_path: Path,
+                                                                                 stack_env: dict[str, str]) -> None:
+    prefix = "r" + uuid.uuid4().hex[:6]
+    mq_topic = f"r{uuid.uuid4().hex[:10]}.easyai.alerts"
+
+    async def create_alert_topic() -> None:
+        config, _ = load_config(None, stack_env)
+        admin = await connect_admin(config)
+        try:
+            await admin.create_topics([NewTopic(mq_topic, 4, 1,
+                                                topic_configs={"max.message.bytes": str(MAX_MESSAGE_BYTES)})])
+        finally:
+            await admin.close()
+
+    asyncio.run(create_alert_topic())
+    with start_fleet(tmp_path, stack_env, 1, alerting_config(prefix, cameras=2), latency_ms=20, people=1,
+                     extra_env={"FRAMEWATCH_MQ_TOPIC": mq_topic}) as fleet:
+        config = fleet.run.config
+
+        async def refused() -> dict[str, DeadLetter]:
+            letters = [DeadLetter.decode(r.value) for r in await read_records(config, config.topic("fw.dead-letters"))]
+            return {AlertStored.decode(letter.payload.encode()).alert.alert_id: letter for letter in letters
+                    if letter.reason.startswith("refused by")}
+
+        async def scenario() -> None:
+            await FrameLoad(config, cameras=2, fps_per_camera=1, prefix=prefix, image=SAMPLE_JPEG).run(duration_s=8)
+            for _ in range(90):  # every stored alert dead-lettered (after three refusals each)
+                rows = await stored(config, prefix)
+                if rows and set(rows) <= set(await refused()):
+                    break
+                await asyncio.sleep(1)
+            letters = await refused()
+            published = await read_records(config, mq_topic)
+            markers = await read_records(config, config.topic("fw.published"))
+            metrics = httpx.get(fleet.run.metrics_url, timeout=10).text
+            print(f"refusing alert topic: {len(rows)} stored, {len(published)} published, {len(letters)} "
+                  f"dead-lettered, {len(markers)} marked published")
+            assert len(rows) >= 8
+            assert markers == [] and published == [], "nothing marked published that the alert topic refused"
+            assert set(letters) == set(rows), "each refused alert on fw.dead-letters"
+            for letter in letters.values():
+                assert mq_topic in letter.reason and "MessageSizeTooLarge" in letter.reason, letter.reason
+            assert metric(metrics, "framewatch_publisher_alerts_published_total") == 0
+            assert metric(metrics, f'framewatch_publisher_alerts_refused_total{{reason="MessageSizeTooLargeError",'
+                                   f'topic="{mq_topic}"}}') == len(rows)
+
+        asyncio.run(scenario())
