@@ -62,7 +62,8 @@ def test_stack_status_and_env(stack_env: dict[str, str]) -> None:
     status = subprocess.run([sys.executable, "-m", "framewatch.cli", "stack", "status"], capture_output=True,
                             text=True, cwd=ROOT, timeout=60)
     assert status.returncode == 0, status.stdout + status.stderr
-    assert {line.split()[0] for line in status.stdout.splitlines()[1:]} == {"kafka", "minio", "postgres", "mediamtx"}
+    names = {line.split()[0] for line in status.stdout.splitlines()[1:]}
+    assert names == {"kafka", "minio", "postgres", "mediamtx", "toxiproxy"}
     assert all(line.endswith("up") for line in status.stdout.splitlines()[1:])
     env = subprocess.run([sys.executable, "-m", "framewatch.cli", "stack", "env"], capture_output=True, text=True,
                          cwd=ROOT, timeout=60)

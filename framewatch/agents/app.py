@@ -395,6 +395,7 @@ def create_app(config: Config) -> faust.App:
         topic_allow_declare=True,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        producer_request_timeout=config.framewatch.producer_request_timeout_sec,
         broker_commit_every=100,
         broker_commit_interval=1.0,
         broker_session_timeout=10.0,  # a crashed worker's partitions move within 10 s, not Faust's default 60

@@ -55,6 +55,8 @@ class Behaviour(BaseModel):
     fault_rate: float = Field(default=1.0, ge=0, le=1)
     people: int = Field(default=0, ge=0, description="person detections in every answer, new people every frame "
                                                     "(track ids of their own), so each frame is a new incident")
+    steady: bool = Field(default=False, description="the same people in every frame instead (the same boxes, no "
+                                                    "track ids): one track each, one incident")
 
 
 class MisbehavingService:
@@ -161,7 +163,8 @@ class MisbehavingService:
     @staticmethod
     def _people(behaviour: Behaviour, frame_id: str) -> list[Detection]:
         return [Detection(label="person", score=0.9, box=(0.1 * i, 0.2, 0.1 * i + 0.08, 0.6),
-                          track_id=f"{frame_id}/{i}") for i in range(min(behaviour.people, 10))]
+                          track_id=None if behaviour.steady else f"{frame_id}/{i}")
+                for i in range(min(behaviour.people, 10))]
 
     async def _misbehave(self, fault: Fault, request: web.Request) -> web.StreamResponse:
         if fault is Fault.RESOURCE_EXHAUSTED:

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,15 +57,18 @@ class RunSummary:
 
 
 class ServiceProcess:
-    """One framewatch process (detector or worker) with its log in the stack's state folder."""
+    """One framewatch process (detector or worker) with its log in the stack's state folder; with `cpus`, it runs
+    on those cores only (`taskset`, so that its thread pools are sized and placed from its first instruction)."""
 
-    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path,
+                 cpus: Collection[int] = ()) -> None:
         log_dir.mkdir(parents=True, exist_ok=True)
         self.name = name
         self.log_path = log_dir / f"{name}.log"
+        pinned = ["taskset", "-c", ",".join(map(str, sorted(cpus)))] if cpus else []
         with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "framewatch.cli", *args], env=env, stdout=log,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
+            self.process = subprocess.Popen([*pinned, sys.executable, "-m", "framewatch.cli", *args], env=env,
+                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -85,15 +89,18 @@ class ServiceProcess:
 
 class PipelineRun:
     def __init__(self, config_path: Path, env: dict[str, str], log_dir: Path,
-                 detectors: list[str] | None = None, services: int = 1) -> None:
+                 detectors: list[str] | None = None, services: int = 1,
+                 pinning: Mapping[str, Collection[int]] | None = None) -> None:
         """`detectors` is the framewatch command that runs the algorithm services (`services` of them):
-        by default the reference HOG detector on $FRAMEWATCH_DETECTOR_PORT (8500)."""
+        by default the reference HOG detector on $FRAMEWATCH_DETECTOR_PORT (8500). `pinning` names the cores
+        the services ("detector") and the first worker ("worker") run on."""
         self.config_path = config_path
         self.env = env
         self.config, _ = load_config(config_path, env)
         self.log_dir = log_dir
         self.processes: list[ServiceProcess] = []
         self.services = services
+        self.pinning = pinning or {}
         self.detectors = detectors or ["detector", "--port", env.get("FRAMEWATCH_DETECTOR_PORT", "8500")]
 
     @property
@@ -119,8 +126,9 @@ class PipelineRun:
             raise RuntimeError(f"port {port} is already in use; is another framewatch worker running?")
         args = ["-c", str(self.config_path)]
         self.processes.append(ServiceProcess("detector", [self.detectors[0], *args, *self.detectors[1:]], self.env,
-                                             self.log_dir))
-        self.processes.append(ServiceProcess("worker", ["worker", *args], self.env, self.log_dir))
+                                             self.log_dir, self.pinning.get("detector", ())))
+        self.processes.append(ServiceProcess("worker", ["worker", *args], self.env, self.log_dir,
+                                             self.pinning.get("worker", ())))
         self.workers_started = 1
         try:
             self.wait_ready(timeout_s, self.services)
@@ -142,7 +150,15 @@ class PipelineRun:
 
     def restart_worker(self, sig: int = signal.SIGKILL, timeout_s: float = 90) -> None:
         """Stop the worker with `sig` (SIGKILL: a crash) and start a new one; its log is worker-N.log."""
+        self.stop_worker(sig)
+        self.start_worker(timeout_s)
+
+    def stop_worker(self, sig: int = signal.SIGKILL) -> None:
+        """Stop the last worker started with `sig` (SIGKILL: a crash)."""
         self.processes.pop().stop(sig)
+
+    def start_worker(self, timeout_s: float = 90) -> None:
+        """Start one more worker and wait until it is ready; its log is worker-N.log."""
         self.workers_started += 1
         self.processes.append(ServiceProcess(f"worker-{self.workers_started}", ["worker", "-c", str(self.config_path)],
                                              self.env, self.log_dir))

@@ -199,6 +199,9 @@ class FramewatchSettings(Section):
                                  "share the cameras")
     replication_factor: int = Field(default=1, ge=1, description="copies of every topic and table changelog "
                                     "(3 on a production cluster)")
+    producer_request_timeout_sec: float = Field(
+        default=1200.0, gt=0, description="how long the worker's producer tries to deliver a record before it reports "
+        "it failed; the worker then sends it again, and the record it came from stays unacked meanwhile")
     min_insync_replicas: int | None = Field(default=None, ge=1, description="copies a write needs before it is "
                                             "acknowledged (every producer uses acks=all); the broker's when unset")
     bind_host: str = Field(default="127.0.0.1", description="where HTTP endpoints listen; 0.0.0.0 in containers")

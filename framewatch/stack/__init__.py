@@ -1,5 +1,5 @@
-"""The real local stack, started without Docker: Kafka, MinIO, PostgreSQL, and mediamtx (the RTSP server test
-cameras publish to). `framewatch stack up|down|status|env`."""
+"""The real local stack, started without Docker: Kafka, MinIO, PostgreSQL, mediamtx (the RTSP server test
+cameras publish to) and Toxiproxy (the fault tests' link to Kafka). `framewatch stack up|down|status|env`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from framewatch.stack.kafka import Kafka
 from framewatch.stack.mediamtx import Mediamtx
 from framewatch.stack.minio import Minio
 from framewatch.stack.postgres import Postgres
+from framewatch.stack.toxiproxy import Toxiproxy
 
 __all__ = ["LocalStack", "ServiceStatus", "StackError", "StackHome"]
 
@@ -20,6 +21,8 @@ class LocalStack:
         self.brokers = [Kafka(self.home, node, brokers) for node in range(1, brokers + 1)]
         self.services: list[LocalService] = [*self.brokers, Minio(self.home), Postgres(self.home),
                                              Mediamtx(self.home)]
+        if brokers == 1:  # the fault tests' proxy before the single broker's PROXIED listener
+            self.services.append(Toxiproxy(self.home))
 
     def up(self) -> None:
         # a cluster's nodes start together: none answers before a majority of its controllers runs

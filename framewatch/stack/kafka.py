@@ -47,6 +47,7 @@ logger.server.level = INFO
 """
 
 
+PROXIED_ADVERTISED_PORT = 19095  # Toxiproxy's listening port for it (stack/toxiproxy.py)
 CLUSTER_PORT = 19192  # node i of the cluster: PLAINTEXT on 19192 + 2(i-1), its controller on the next port
 
 
@@ -54,6 +55,7 @@ class Kafka(LocalService):
     name = "kafka"
     port = 19092
     controller_port = 19093
+    proxied_port = 19094  # the listener Toxiproxy forwards to
 
     def __init__(self, home: StackHome, node: int = 1, nodes: int = 1) -> None:
         self.node = node
@@ -97,10 +99,8 @@ class Kafka(LocalService):
             "process.roles=broker,controller",
             f"node.id={self.node}",
             f"controller.quorum.voters={self._voters()}",
-            f"listeners=PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}",
-            f"advertised.listeners=PLAINTEXT://{self.host}:{self.port}",
+            *self._listeners(),
             "controller.listener.names=CONTROLLER",
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
             f"log.dirs={self.data / 'logs'}",
             "auto.create.topics.enable=false",
             f"offsets.topic.replication.factor={self.replicas}",
@@ -120,6 +120,19 @@ class Kafka(LocalService):
                                 capture_output=True, text=True)
         if result.returncode != 0:
             raise StackError(f"formatting Kafka storage failed: {result.stderr or result.stdout}")
+
+    def _listeners(self) -> list[str]:
+        """PLAINTEXT for everyone; the single broker also has PROXIED, reached through Toxiproxy (the fault tests):
+        it advertises the proxy's address, so a client that bootstrapped through the proxy stays behind it."""
+        listeners = [f"PLAINTEXT://{self.host}:{self.port}", f"CONTROLLER://{self.host}:{self.controller_port}"]
+        advertised = [f"PLAINTEXT://{self.host}:{self.port}"]
+        protocols = ["PLAINTEXT:PLAINTEXT", "CONTROLLER:PLAINTEXT"]
+        if self.nodes == 1:
+            listeners.append(f"PROXIED://{self.host}:{self.proxied_port}")
+            advertised.append(f"PROXIED://{self.host}:{PROXIED_ADVERTISED_PORT}")
+            protocols.append("PROXIED:PLAINTEXT")
+        return [f"listeners={','.join(listeners)}", f"advertised.listeners={','.join(advertised)}",
+                f"listener.security.protocol.map={','.join(protocols)}", "inter.broker.listener.name=PLAINTEXT"]
 
     @property
     def replicas(self) -> int:
