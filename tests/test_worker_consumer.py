@@ -109,7 +109,7 @@ async def test_an_ack_from_before_a_revocation_commits_nothing_for_the_next_owne
 
     async def app_revocation(revoked: set[TP]) -> None:  # the app's part: wait for what is in flight, commit
         pass
-    consumer._on_partitions_revoked = app_revocation  # type: ignore[method-assign]
+    consumer._on_partitions_revoked = app_revocation
     consumer._committed_offset[tp] = 5
     [stale] = delivered(consumer, tp, 6)
     await consumer.on_partitions_revoked({tp})
