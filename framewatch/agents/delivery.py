@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from prometheus_client import Counter, Gauge
 
 from framewatch.retry import Backoff, RetryOn, logged
+from framewatch.rules.state import SEEN_FRAMES
 
 log = logging.getLogger("framewatch.worker")
 
@@ -30,6 +31,7 @@ Enqueue = Callable[[], Awaitable["asyncio.Future[object]"]]
 Ack = Callable[[], Awaitable[object]]
 
 CONFIRMING_MAX = 2000  # source records whose outputs are awaited at once; the agent waits for room beyond
+CONFIRMING_PER_KEY = SEEN_FRAMES // 2
 
 
 class Delivery:
@@ -61,24 +63,30 @@ async def all_confirmed(deliveries: Iterable[Delivery]) -> None:
 
 
 class Confirmations:
-    """Acks each source record once the records it produced are confirmed, many source records at a time. An ack
-    can come out of order: the worker's consumer commits only below every record still in flight."""
+    """Acks each source record once the records it produced are confirmed, many source records at a time: at most
+    `limit` in all, and at most `per_key` of one key (a task: the rules' replay window, `rules/state.py`, re-derives
+    a replayed frame's outputs only within its last 64 frames, so no more than that may be unconfirmed). An ack can
+    come out of order: the worker's consumer commits only below every record still in flight."""
 
-    def __init__(self, limit: int = CONFIRMING_MAX) -> None:
+    def __init__(self, limit: int = CONFIRMING_MAX, per_key: int = CONFIRMING_PER_KEY) -> None:
         self._room = asyncio.Semaphore(limit)
+        self._per_key = per_key
+        self._key_room: dict[str, asyncio.Semaphore] = {}
         self._pending: set[asyncio.Task[None]] = set()
 
-    async def ack_when_confirmed(self, deliveries: list[Delivery], ack: Ack) -> None:
+    async def ack_when_confirmed(self, deliveries: list[Delivery], ack: Ack, key: str = "") -> None:
         if not deliveries:
             await ack()
             return
-        await self._room.acquire()
-        task = asyncio.create_task(self._confirm_then_ack(deliveries, ack))
+        rooms = [self._room, self._key_room.setdefault(key, asyncio.Semaphore(self._per_key))]
+        for room in rooms:
+            await room.acquire()
+        task = asyncio.create_task(self._confirm_then_ack(deliveries, ack, rooms))
         self._pending.add(task)
         UNCONFIRMED.set(len(self._pending))
         task.add_done_callback(self._done)
 
-    async def _confirm_then_ack(self, deliveries: list[Delivery], ack: Ack) -> None:
+    async def _confirm_then_ack(self, deliveries: list[Delivery], ack: Ack, rooms: list[asyncio.Semaphore]) -> None:
         try:
             await all_confirmed(deliveries)
         except Exception as error:  # stopping, or a record Kafka will never take: read again by the next owner
@@ -86,19 +94,10 @@ class Confirmations:
                       sorted({d.topic for d in deliveries}), error)
             return
         finally:
-            self._room.release()
+            for room in rooms:
+                room.release()
         await ack()
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._pending.discard(task)
         UNCONFIRMED.set(len(self._pending))
-
-    @property
-    def pending(self) -> int:
-        return len(self._pending)
-
-    async def cancel(self) -> None:
-        """At stop: what is not confirmed stays unacked (read again by whoever takes its partition)."""
-        for task in list(self._pending):
-            task.cancel()
-        await asyncio.gather(*self._pending, return_exceptions=True)

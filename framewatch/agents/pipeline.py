@@ -156,11 +156,12 @@ class Pipeline:
         `finally`, so a worker stopped mid-evaluation committed a frame whose alert was never sent."""
         detections = cast(faust.Stream[bytes], stream).noack()
         async for record in detections.events():
-            deliveries: list[Delivery] = []
             if (event := await self.topology.decode(DetectionEvent, record.value,
-                                                    self.topology.detections)) is not None:
-                deliveries = await self.evaluate(event)
-            await self.confirmations.ack_when_confirmed(deliveries, partial(detections.ack, record))
+                                                    self.topology.detections)) is None:
+                await detections.ack(record)
+                continue
+            await self.confirmations.ack_when_confirmed(await self.evaluate(event), partial(detections.ack, record),
+                                                        key=event.frame.task_id)
 
     async def evaluate(self, event: DetectionEvent) -> list[Delivery]:
         """The state is saved after the frame's alerts are sent; a frame replayed after a crash sends them
