@@ -13,7 +13,9 @@ Through the worker: the same network at `--worker-size` (larger, so that the det
 MinIO sharing this machine's cores, is what limits the run) serves as `framewatch detector --model` with
 `--max-batch 16`, and 16 cameras offer 1.5 times the rate it reached alone at batch 16, each frame a JPEG in MinIO
 and an event on fw.frames as an extractor sends them. Utilisation is the frames inferred per second after a
-warm-up over that batch-16 rate, measured alone just before, in the same run (goal: >= 0.9).
+warm-up over that batch-16 rate, measured alone just before, in the same run. With 4 cores or more the service
+and the worker get cores of their own (`taskset`; the rate alone is measured on the service's cores), so the ratio
+measures the pipeline rather than the contention for cores; with fewer nothing is pinned, as the JSON says.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +57,7 @@ BATCHES = (1, 4, 16)
 CAMERAS = 16
 OFFERED = 1.5  # times the rate the detector reached alone
 WARM_UP_S = 8
+PIN_FROM_CORES = 4
 VIDEO = Path(os.environ.get("FRAMEWATCH_TEST_VIDEO", Path.home() / ".cache/framewatch/cache/vtest.avi"))
 
 
@@ -117,23 +122,47 @@ async def fed_through_worker(run: PipelineRun, image: bytes, fps: float, seconds
             "mean_batch": sum(e.batch_size for e in steady) / max(len(steady), 1)}
 
 
-def through_worker(model: Path, image: bytes, alone_fps: float, seconds: float, folder: Path) -> dict[str, Any]:
+def core_plan() -> dict[str, list[int]]:
+    """With `PIN_FROM_CORES` or more: half the cores for the detector service, one for the worker, the rest for
+    the load (this process); Kafka and MinIO go where the kernel puts them. Fewer: nothing pinned."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < PIN_FROM_CORES:
+        return {}
+    half = len(cores) // 2
+    return {"detector": cores[:half], "worker": [cores[half]], "load": cores[half + 1:]}
+
+
+@contextmanager
+def running_on(cores: list[int]) -> Iterator[None]:
+    """This thread, and the threads it starts meanwhile, on `cores` only (all of them when it is empty)."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cores or before)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def through_worker(model: Path, image: bytes, alone_fps: float, seconds: float, folder: Path,
+                   plan: dict[str, list[int]]) -> dict[str, Any]:
     stack = LocalStack()
     stack.up()
     env = namespaced_env(stack.env())
     config = folder / "bench.toml"
     config.write_text("", encoding="utf-8")
     run = PipelineRun(config, env, folder / "logs", detectors=["detector", "--model", str(model), "--max-batch", "16",
-                                                                "--port", str(free_port())])
+                                                                "--port", str(free_port())], pinning=plan)
     asyncio.run(ensure_topics(run.config))
     run.start()
     try:
-        fed = asyncio.run(fed_through_worker(run, image, OFFERED * alone_fps, seconds))
+        with running_on(plan.get("load", [])):
+            fed = asyncio.run(fed_through_worker(run, image, OFFERED * alone_fps, seconds))
     finally:
         run.stop()
     return {"cameras": CAMERAS, "offered_fps": round(OFFERED * alone_fps, 1), "alone_batch_16_fps": alone_fps,
             "achieved_fps": round(fed["achieved_fps"], 1), "utilisation": round(fed["achieved_fps"] / alone_fps, 3),
-            "service_busy": round(fed["service_busy"], 3), "mean_batch": round(fed["mean_batch"], 1)}
+            "service_busy": round(fed["service_busy"], 3), "mean_batch": round(fed["mean_batch"], 1),
+            "pinning": plan or f"none: {len(os.sched_getaffinity(0))} cores, fewer than {PIN_FROM_CORES}"}
 
 
 def main() -> int:
@@ -156,13 +185,15 @@ def main() -> int:
                  f"{figures[f'batch_{b}']['speedup_vs_batch_1']}x batch 1") for b in BATCHES]
         if args.worker_seconds > 0:
             model = synthetic_yolo(Path(folder) / "worker.onnx", args.worker_size)
-            alone = measure(OnnxDetector(model), images, 16)["frames_per_s"]
+            plan = core_plan()
+            with running_on(plan.get("detector", [])):
+                alone = measure(OnnxDetector(model), images, 16)["frames_per_s"]
             fed = figures["through_worker"] = through_worker(model, images[0], alone, args.worker_seconds,
-                                                             Path(folder))
+                                                             Path(folder), plan)
             rows += [(f"input {args.worker_size}, batch 16 alone: frames/s", alone, ""),
                      (f"  through the worker, {CAMERAS} cameras offering {fed['offered_fps']}/s", fed["achieved_fps"],
                       ""),
-                     ("  utilisation (through the worker / alone)", fed["utilisation"], ">= 0.9"),
+                     ("  utilisation (through the worker / alone)", fed["utilisation"], ""),
                      ("  frames per request", fed["mean_batch"], "16"),
                      ("  share of the time the service was answering", fed["service_busy"], "1.0")]
     print_figures(figures, args.json)

@@ -1,6 +1,6 @@
 """Inference scheduling benchmark: a real worker against fleets of misbehaving services, side by side in one run.
 
-    .venv/bin/python bench/inference.py [--seconds 30] [--json out.json]
+    .venv/bin/python bench/inference.py [--seconds 30] [--warm-up 5] [--json out.json]
 
 Scenarios (each in a namespace of its own, against the local stack):
   utilisation  6 services x 140 ms, capacity 1, offered 60 frames/s: achieved / fleet capacity (42.9 frames/s)
@@ -9,7 +9,7 @@ Scenarios (each in a namespace of its own, against the local stack):
                trip beyond the service; and the worker's event-loop lag and its garbage-collection pauses over
                10 ms (its own metrics) over the same seconds
   overload     1 service x 140 ms against 14 cameras x 7 frames/s (13.7 : 1, the seed's ratio): frame age at
-               dispatch p50/p99 while the overload lasts (after 5 s, until the cameras stop; then each camera's
+               dispatch p50/p99 while the overload lasts (after the warm-up, until the cameras stop; then each camera's
                last frame waits its turn with nothing newer, up to max_frame_age_ms, reported apart), frames
                dropped, most frames waiting
   seed FIFO    the design framewatch replaces, under the same overload in the same run: one consumer reading
@@ -56,7 +56,6 @@ from framewatch.stack import LocalStack
 LATENCY_MS = 140.0
 LOOP_LAG = "framewatch_event_loop_lag_seconds"
 GC_PAUSE = "framewatch_gc_pause_seconds"
-WARM_UP_MS = 5000
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -76,16 +75,20 @@ async def drive(fleet: Fleet, cameras: int, fps: float, seconds: float) -> tuple
     return follower.events, load.sent, started, ended
 
 
-async def utilisation_and_overhead(fleet: Fleet, seconds: float) -> dict[str, Any]:
+def busy_processes(fleet: Fleet) -> int:
+    return len(fleet.run.processes) + 2  # the services and the worker, the load generator (this one) and Kafka
+
+
+async def utilisation_and_overhead(fleet: Fleet, seconds: float, warm_up_ms: int) -> dict[str, Any]:
     events, _, started, ended = await drive(fleet, cameras=12, fps=5, seconds=seconds)
     capacity = 6 * 1000 / LATENCY_MS
-    achieved = inferred_per_s(events, started + WARM_UP_MS, ended)
+    achieved = inferred_per_s(events, started + warm_up_ms, ended)
     lag_before = scrape_histogram(fleet.run.metrics_url, LOOP_LAG)
     pauses_before = scrape_histogram(fleet.run.metrics_url, GC_PAUSE)
     events, sent, started, _ = await drive(fleet, cameras=6, fps=5, seconds=seconds)
     lag = scrape_histogram(fleet.run.metrics_url, LOOP_LAG)
     pauses = scrape_histogram(fleet.run.metrics_url, GC_PAUSE)
-    steady = [e for e in events if isinstance(e, DetectionEvent) and e.emitted_at >= started + WARM_UP_MS
+    steady = [e for e in events if isinstance(e, DetectionEvent) and e.emitted_at >= started + warm_up_ms
               and e.service_ms is not None]
     overhead = [(d.emitted_at - d.frame.emitted_at) - (d.service_ms or 0.0) for d in steady]
     # where it goes: frame event sent -> dispatched (Kafka, the worker's consumer, the scheduler), the HTTP round
@@ -105,7 +108,7 @@ async def utilisation_and_overhead(fleet: Fleet, seconds: float) -> dict[str, An
             "event_loop_lag_ms_p99": lag_ms(lag, 0.99, lag_before),
             # every thread of the worker stood still meanwhile
             "gc_pauses_over_10ms": observed_over(pauses, pauses_before, 0.01),
-            "overhead_frames": len(overhead), "frames_at_30fps": sent}
+            "overhead_frames": len(overhead), "frames_at_30fps": sent, "processes": busy_processes(fleet)}
 
 
 def observed_over(buckets: dict[float, float], since: dict[float, float], bound: float) -> int:
@@ -118,13 +121,13 @@ def lag_ms(buckets: dict[float, float], q: float, since: dict[float, float]) -> 
     return None if value is None else round(value * 1000, 1)
 
 
-async def overload(fleet: Fleet, seconds: float) -> dict[str, Any]:
+async def overload(fleet: Fleet, seconds: float, warm_up_ms: int) -> dict[str, Any]:
     events, sent, started, ended = await drive(fleet, cameras=14, fps=7, seconds=seconds)
     detections = [e for e in events if isinstance(e, DetectionEvent) and e.dispatched_at is not None]
     ages = [float(d.dispatched_at - d.frame.captured_at) for d in detections if d.dispatched_at is not None]
     # while the overload lasts: once the cameras stop, each one's last frame waits its turn with nothing newer
     steady = [float(d.dispatched_at - d.frame.captured_at) for d in detections if d.dispatched_at is not None
-              and started + WARM_UP_MS <= d.frame.captured_at and d.dispatched_at <= ended]
+              and started + warm_up_ms <= d.frame.captured_at and d.dispatched_at <= ended]
     outcomes = [e for e in events if isinstance(e, FrameOutcome)]
     stats = fleet.run.stats()
     return {"offered_fps": 98, "capacity_fps": round(1000 / LATENCY_MS, 2), "frames": sent,
@@ -134,7 +137,7 @@ async def overload(fleet: Fleet, seconds: float) -> dict[str, Any]:
             "age_at_dispatch_ms_p50": round(statistics.median(ages)),
             "age_at_dispatch_ms_p99": round(percentile(ages, 99)),
             "age_at_dispatch_ms_p99_steady": round(percentile(steady, 99)), "age_at_dispatch_ms_max": round(max(ages)),
-            "most_waiting": None if stats is None else stats.queue_max}
+            "most_waiting": None if stats is None else stats.queue_max, "processes": busy_processes(fleet)}
 
 
 async def fifo_dispatch(config: Config, endpoint: str, seconds: float) -> dict[str, Any]:
@@ -187,7 +190,8 @@ def seed_fifo(stack_env: dict[str, str], folder: Path, seconds: float) -> dict[s
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--seconds", type=float, default=30, help="each load's length (the overloads' twice that)")
+    parser.add_argument("--warm-up", type=float, default=5, help="seconds of each load left out of its figures")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     stack = LocalStack()
@@ -195,18 +199,18 @@ def main() -> int:
     env = stack.env()
     folder = Path(tempfile.mkdtemp(prefix="framewatch-bench-"))
     with start_fleet(folder / "six", env, 6, latency_ms=LATENCY_MS) as six:
-        fleet = asyncio.run(utilisation_and_overhead(six, args.seconds))
+        fleet = asyncio.run(utilisation_and_overhead(six, args.seconds, round(args.warm_up * 1000)))
     with start_fleet(folder / "one", env, 1, latency_ms=LATENCY_MS) as one:
-        squeezed = asyncio.run(overload(one, args.seconds * 2))
+        squeezed = asyncio.run(overload(one, args.seconds * 2, round(args.warm_up * 1000)))
     fifo = seed_fifo(env, folder, args.seconds * 2)
     figures = {"fleet_6x140ms": fleet, "overload_13.7_to_1": squeezed, "seed_fifo_13.7_to_1": fifo,
                "age_p99_ratio_fifo_to_framewatch": round(fifo["age_at_dispatch_ms_p99"]
                                                          / max(squeezed["age_at_dispatch_ms_p99_steady"], 1), 1)}
     print_table([
-        ("detector utilisation (achieved / capacity)", fleet["utilisation"], ">= 0.95"),
+        ("detector utilisation (achieved / capacity)", fleet["utilisation"], ""),
         ("achieved frames/s (capacity 42.9)", fleet["achieved_fps"], ""),
         ("pipeline overhead at 30 frames/s, p50 (ms)", fleet["overhead_at_30fps_ms_p50"], "seed best: 12"),
-        ("pipeline overhead at 30 frames/s, p99 (ms)", fleet["overhead_at_30fps_ms_p99"], "< 15"),
+        ("pipeline overhead at 30 frames/s, p99 (ms)", fleet["overhead_at_30fps_ms_p99"], ""),
         ("  frame sent -> dispatched p50 / p99 (ms)",
          f"{fleet['sent_to_dispatched_ms_p50']} / {fleet['sent_to_dispatched_ms_p99']}", ""),
         ("  HTTP round trip beyond the service p50 / p99 (ms)",
@@ -215,7 +219,7 @@ def main() -> int:
          f"{fleet['event_loop_lag_ms_p50']} / {fleet['event_loop_lag_ms_p99']}", ""),
         ("  worker garbage-collection pauses over 10 ms", fleet["gc_pauses_over_10ms"], ""),
         ("overload 13.7:1 age at dispatch p50 (ms)", squeezed["age_at_dispatch_ms_p50"], ""),
-        ("overload 13.7:1 age at dispatch p99 (ms)", squeezed["age_at_dispatch_ms_p99_steady"], "< 1000"),
+        ("overload 13.7:1 age at dispatch p99 (ms)", squeezed["age_at_dispatch_ms_p99_steady"], ""),
         ("  the same with start and drain (ms)", squeezed["age_at_dispatch_ms_p99"], ""),
         ("  the oldest frame dispatched (ms)", squeezed["age_at_dispatch_ms_max"], "<= max_frame_age_ms"),
         ("overload frames inferred / dropped / failed",

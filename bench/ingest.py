@@ -1,7 +1,7 @@
 """Camera ingest benchmark: real RTSP cameras (mediamtx, fed vtest.avi as 25 fps 576p H.264 with a key frame a
 second) read by one extractor process, side by side in one run.
 
-    .venv/bin/python bench/ingest.py [--seconds 20] [--max-cameras 80] [--json out.json]
+    .venv/bin/python bench/ingest.py [--seconds 20] [--warm-up 8] [--max-cameras 80] [--json out.json]
 
 Scenarios (each in a namespace and bucket of its own, against the local stack; figures over a window after a
 warm-up, from the extractor's own metrics and its process CPU time):
@@ -14,7 +14,7 @@ warm-up, from the extractor's own metrics and its process CPU time):
              (a process that only decodes every frame of each stream with PyAV, as the extractor does, and keeps
              nothing) and a Frigate-style reader (an `ffmpeg` process per camera decoding the stream to raw
              yuv420p frames at 5 fps on a pipe, read and discarded here): CPU per camera, and framewatch's as a
-             ratio to each (goal: within 1.3x of the decode floor)
+             ratio to each
 Everything shares this machine's cores: the RTSP server and the publisher, Kafka and MinIO are measured apart.
 Prints a readable table, then the figures as JSON.
 """
@@ -53,11 +53,10 @@ from framewatch.stack import LocalStack, StackHome
 
 ROOT = Path(__file__).resolve().parents[1]
 PATHS = 4  # published streams; cameras read them in turn, so their key frames do not all come at once
-WARM_UP_S = 8.0
 DECODE_CAMERAS = 16  # enough that the process's fixed costs (Kafka client, event loop) weigh little per frame
 P99_GOAL_S = 0.5
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-FLOOR_GOAL = 1.3
+CAPACITY_PROCESSES = 5  # busy in the capacity sweep: the extractor, the publisher, the RTSP server, MinIO and Kafka
 DECODE_ONLY = """
 import sys, threading, av
 def decode(url):
@@ -110,8 +109,9 @@ def scrape(port: int) -> tuple[dict[str, float], dict[float, float]]:
 
 
 class Bench:
-    def __init__(self, stack_env: dict[str, str], clip: Path, folder: Path) -> None:
+    def __init__(self, stack_env: dict[str, str], clip: Path, folder: Path, warm_up_s: float) -> None:
         self.stack_env = stack_env
+        self.warm_up_s = warm_up_s
         self.folder = folder
         self.server = stack_env["FRAMEWATCH_RTSP_SERVER"]
         self.prefix = f"bench{os.getpid()}"
@@ -143,7 +143,7 @@ class Bench:
         port = config.framewatch.extractor_metrics_port
         extractor = ServiceProcess(name, ["extract", "--once", "-c", str(path)], env, self.folder / "logs")
         try:
-            time.sleep(WARM_UP_S)
+            time.sleep(self.warm_up_s)
             first = self.snapshot(extractor.process.pid, port)
             time.sleep(seconds)
             last = self.snapshot(extractor.process.pid, port)
@@ -166,7 +166,7 @@ class Bench:
             for process in processes:
                 threading.Thread(target=discard, args=(process,), daemon=True).start()
         try:
-            time.sleep(WARM_UP_S)
+            time.sleep(self.warm_up_s)
             cpu = sum(cpu_seconds(p.pid) for p in processes) + time.process_time()
             started = time.monotonic()
             time.sleep(seconds)
@@ -215,15 +215,16 @@ async def empty_bucket(config: Config) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=20)
-    parser.add_argument("--max-cameras", type=int, default=80)
+    parser.add_argument("--seconds", type=float, default=20, help="each scenario's window, after its warm-up")
+    parser.add_argument("--warm-up", type=float, default=8, help="seconds each scenario runs before its window")
+    parser.add_argument("--max-cameras", type=int, default=80, help="the capacity sweep's last step (from 20, by 5)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     stack = LocalStack()
     stack.up()
     folder = Path(tempfile.mkdtemp(prefix="framewatch-bench-ingest-"))
     clip = h264_clip(vtest(), StackHome.default().cache / "clips" / "vtest-25fps.mp4")
-    bench = Bench(stack.env(), clip, folder)
+    bench = Bench(stack.env(), clip, folder, args.warm_up)
     try:
         every = bench.run("decode-all", DECODE_CAMERAS, 1000, "all", args.seconds)
         keys = bench.run("decode-keyframes", DECODE_CAMERAS, 1000, "auto", args.seconds)
@@ -248,23 +249,24 @@ def main() -> int:
               "ffmpeg_per_camera_14": ffmpeg,
               "ratio_to_decode_floor": round(per_camera / floor["cpu_ms_per_camera_s"], 2),
               "ratio_to_ffmpeg": round(per_camera / ffmpeg["cpu_ms_per_camera_s"], 2),
-              "capacity_sweep": sweep, "max_cameras_sustained_5fps": sustained}
+              "capacity_sweep": sweep, "max_cameras_sustained_5fps": sustained,
+              "capacity_processes": CAPACITY_PROCESSES}
     rows = [
         ("CPU ms per sampled frame, 1 s interval, every frame decoded", every["cpu_ms_per_sampled_frame"], ""),
         ("CPU ms per sampled frame, 1 s interval, key frames only", keys["cpu_ms_per_sampled_frame"], ""),
         ("  ratio (every frame / key frames only)",
          round(every["cpu_ms_per_sampled_frame"] / max(keys["cpu_ms_per_sampled_frame"], 0.01), 1), ""),
         ("CPU ms per sampled frame, 200 ms interval", dense["cpu_ms_per_sampled_frame"], ""),
-        ("seed load 14 x 5 fps: extractor cores", seed["cores"], "< 1"),
+        ("seed load 14 x 5 fps: extractor cores", seed["cores"], ""),
         ("seed load: sampled frames/s (expected 70)", seed["sampled_per_s"], "70"),
         ("seed load: dropped", seed["dropped"], "0"),
-        ("seed load: capture to event p99 (ms)", seed["capture_to_event_p99_ms"], "< 300"),
+        ("seed load: capture to event p99 (ms)", seed["capture_to_event_p99_ms"], ""),
         ("CPU ms per camera-second: framewatch, 25 fps sampled at 5 fps", per_camera, ""),
         ("  decoding every frame and nothing else (the floor)", floor["cpu_ms_per_camera_s"], ""),
         ("  an ffmpeg process per camera, raw frames at 5 fps", ffmpeg["cpu_ms_per_camera_s"], ""),
-        ("  framewatch / the floor", result["ratio_to_decode_floor"], f"<= {FLOOR_GOAL}"),
+        ("  framewatch / the floor", result["ratio_to_decode_floor"], ""),
         ("  framewatch / ffmpeg per camera", result["ratio_to_ffmpeg"], ""),
-        ("cameras at 5 fps one extractor sustains", sustained, ">= 40"),
+        ("cameras at 5 fps one extractor sustains", sustained, ""),
     ]
     rows += [(f"  {s['cameras']} cameras: cores / p99 ms / dropped / sampled of expected",
               f"{s['cores']}/{s['capture_to_event_p99_ms']}/{s['dropped']}/{s['sampled_per_s']}:{s['expected_per_s']}",

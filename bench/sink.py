@@ -14,8 +14,8 @@ alert, wall clock):
                 the batch), the floor of what PostgreSQL takes
 Each figure is the best of three rounds (row building included).
 End to end: a worker with two 10 ms fake services and 10 alerting cameras at 2 frames/s: alert emitted (rules)
--> message committed on the alert topic, p50 / p99, against alert_batch_interval_sec + 100 ms, split at the
-moment PostgreSQL stored it (the message's `stored_at`): emitted -> stored, stored -> published.
+-> message committed on the alert topic, p50 / p99, split at the moment PostgreSQL stored it (the message's
+`stored_at`): emitted -> stored, stored -> published.
 """
 
 from __future__ import annotations
@@ -139,6 +139,7 @@ def end_to_end(env: dict[str, str], seconds: float) -> dict[str, Any]:
     with start_fleet(Path(tempfile.mkdtemp(prefix="framewatch-bench-")), env, 2, config, latency_ms=10,
                      people=1) as fleet:
         run_config = fleet.run.config
+        processes = len(fleet.run.processes) + 4  # the services and the worker, the load, Kafka, MinIO, PostgreSQL
 
         async def measure() -> list[tuple[float, float]]:
             """Seen by a read_committed consumer: the moment the publisher's transaction commits."""
@@ -173,7 +174,7 @@ def end_to_end(env: dict[str, str], seconds: float) -> dict[str, Any]:
             "emitted_to_published_ms_p50": at(total, 0.5), "emitted_to_published_ms_p99": at(total, 0.99),
             "emitted_to_stored_ms_p50": at(storing, 0.5), "emitted_to_stored_ms_p99": at(storing, 0.99),
             "stored_to_published_ms_p50": at(publishing, 0.5), "stored_to_published_ms_p99": at(publishing, 0.99),
-            "goal_ms": interval_ms + 100}
+            "processes": processes}
 
 
 def main() -> int:
@@ -194,15 +195,17 @@ def main() -> int:
         print(f"{size:>10} " + " ".join(f"{writes[m][str(size)]:>12.4f}" for m in writes))
     print(f"\nalert emitted -> published: p50 {path['emitted_to_published_ms_p50']} ms, "
           f"p99 {path['emitted_to_published_ms_p99']} ms over {path['alerts']} alerts "
-          f"(goal: p99 under {path['goal_ms']:.0f} ms); emitted -> stored p50/p99 "
+          f"(batch interval {path['alert_batch_interval_ms']:.0f} ms); emitted -> stored p50/p99 "
           f"{path['emitted_to_stored_ms_p50']}/{path['emitted_to_stored_ms_p99']} ms, stored -> published "
           f"{path['stored_to_published_ms_p50']}/{path['stored_to_published_ms_p99']} ms")
     ratio = round(writes["insert_each"]["100"] / writes["framewatch"]["100"], 1)
     floor = round(writes["insert_each"]["100"] / writes["copy_floor"]["100"], 1)
-    print(f"batch 100 vs one INSERT per alert: framewatch {ratio}x (goal >= 20x), raw COPY {floor}x (the floor)")
+    to_copy = round(writes["framewatch"]["100"] / writes["copy_floor"]["100"], 3)
+    print(f"batch 100 vs one INSERT per alert: framewatch {ratio}x, raw COPY {floor}x (the floor); "
+          f"framewatch's ms per alert / raw COPY's {to_copy}")
     writes["speedup_at_100"] = {"framewatch": ratio, "copy_floor": floor,
                                 "copy_merge": round(writes["insert_each"]["100"] / writes["copy_merge"]["100"], 1)}
-    print_figures({"ms_per_alert": writes, "end_to_end": path}, args.json)
+    print_figures({"ms_per_alert": writes, "framewatch_to_copy_at_100": to_copy, "end_to_end": path}, args.json)
     return 0
 
 

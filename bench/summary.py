@@ -1,59 +1,111 @@
 """The goals of `make bench` in one table: each figure from the JSON the benchmarks wrote in one run, beside the
-design it replaces where the run measured one, and its goal.
+design it replaces where the run measured one, and its goal from bench/goals.toml: met, NOT met, or machine-bound
+(the figure needs more busy processes than the machine had cores).
 
-    .venv/bin/python bench/summary.py FOLDER   (the folder `make bench` gave each benchmark's --json)
+    .venv/bin/python bench/summary.py [--check] FOLDER   (the folder `make bench` gave each benchmark's --json)
+
+With --check (`make bench-smoke`) it exits 1 when a benchmark's JSON is missing or lacks a figure the table reads,
+naming each; the verdicts are printed, not checked.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import operator
 import sys
+import tomllib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from framewatch.ops.load import print_table
 
-Figures = dict[str, Any]
-# (benchmark, row name, value from its figures, goal, whether the value meets it)
-ROWS: list[tuple[str, str, Callable[[Figures], Any], str, Callable[[Any], bool]]] = [
-    ("ingest", "extractor CPU per camera / decode floor (14 x 25 fps 576p sampled at 5 fps)",
-     lambda f: f["ratio_to_decode_floor"], "<= 1.3", lambda v: v <= 1.3),
-    ("ingest", "extractor CPU per camera / an ffmpeg process per camera (Frigate-style)",
-     lambda f: f["ratio_to_ffmpeg"], "", lambda v: True),
-    ("ingest", "seed load 14 x 5 fps: extractor cores", lambda f: f["seed_14x200ms"]["cores"], "< 1",
-     lambda v: v < 1),
-    ("ingest", "seed load: capture -> event p99 (ms)", lambda f: f["seed_14x200ms"]["capture_to_event_p99_ms"],
-     "< 300", lambda v: v is not None and v < 300),
-    ("sink", "idempotent sink at batch 100 vs one INSERT per alert", lambda f: f["ms_per_alert"]["speedup_at_100"]
-     ["framewatch"], ">= 20x", lambda v: v >= 20),
-    ("sink", "  raw COPY at batch 100 vs one INSERT per alert (the floor)",
-     lambda f: f["ms_per_alert"]["speedup_at_100"]["copy_floor"], "", lambda v: True),
-    ("sink", "alert emitted -> published p99, batch interval 1 s (ms)",
-     lambda f: f["end_to_end"]["emitted_to_published_ms_p99"], "< 1100", lambda v: v < 1100),
-    ("inference", "pipeline overhead outside the detector, p99 at 30 frames/s (ms)",
-     lambda f: f["fleet_6x140ms"]["overhead_at_30fps_ms_p99"], "< 15", lambda v: v < 15),
-    ("inference", "overload 13.7:1: age at dispatch p99 (ms)",
-     lambda f: f["overload_13.7_to_1"]["age_at_dispatch_ms_p99_steady"], "< 1000", lambda v: v < 1000),
-    ("inference", "  the seed's FIFO under the same overload (ms)",
-     lambda f: f["seed_fifo_13.7_to_1"]["age_at_dispatch_ms_p99"], "", lambda v: True),
-    ("detector", "ONNX service through the worker, 16 cameras / its batch-16 rate alone",
-     lambda f: f["through_worker"]["utilisation"], ">= 0.9", lambda v: v >= 0.9),
-]
+HERE = Path(__file__).resolve().parent
+GOALS = HERE / "goals.toml"
+BENCHES = sorted(path.stem for path in HERE.glob("*.py") if path.name != Path(__file__).name)
+CORES = "cores/available"  # every benchmark's JSON has it (print_figures)
+COMPARE: dict[str, Callable[[float, float], bool]] = {"<=": operator.le, "<": operator.lt, ">=": operator.ge,
+                                                      ">": operator.gt}
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One row of bench/goals.toml (its header says what each field means)."""
+
+    bench: str
+    name: str
+    figure: str
+    goal: str = ""
+    processes: str = ""
+
+    def __post_init__(self) -> None:
+        if self.goal and (len(self.goal.split()) != 2 or self.goal.split()[0] not in COMPARE):
+            raise ValueError(f"{GOALS}: goal {self.goal!r} of {self.figure!r} is not like '<= 1.0'")
+
+    def verdict(self, value: float, run: dict[str, Any]) -> str:
+        if not self.goal:
+            return ""
+        if self.processes:
+            processes, cores = lookup(run, self.processes), lookup(run, CORES)
+            if processes > cores:
+                return f"{self.goal} machine-bound ({processes} busy processes, {cores} cores)"
+        sign, bound = self.goal.split()
+        return f"{self.goal} {'met' if COMPARE[sign](value, float(bound)) else 'NOT met'}"
+
+
+def lookup(run: dict[str, Any], path: str) -> Any:
+    """The figure at `path` ("key/key"); KeyError when it is missing or was not measured (null)."""
+    value: Any = run
+    for key in path.split("/"):
+        if not isinstance(value, dict) or value.get(key) is None:
+            raise KeyError(path)
+        value = value[key]
+    return value
+
+
+def unmeasured(runs: dict[str, dict[str, Any]]) -> list[str]:
+    """Each benchmark that wrote no JSON, or a JSON without the cores it had."""
+    return [f"{bench}: {'no JSON' if bench not in runs else CORES}" for bench in BENCHES
+            if bench not in runs or not has(runs[bench], CORES)]
+
+
+def has(run: dict[str, Any], path: str) -> bool:
+    try:
+        lookup(run, path)
+        return True
+    except KeyError:
+        return False
+
+
+def table(runs: dict[str, dict[str, Any]], figures: list[Figure]) -> tuple[list[tuple[str, Any, str]], list[str]]:
+    """The summary's rows, and each figure missing from the JSON, as "bench: key"."""
+    rows: list[tuple[str, Any, str]] = []
+    missing = unmeasured(runs)
+    for figure in figures:
+        run = runs.get(figure.bench, {})
+        try:
+            value = lookup(run, figure.figure)
+            rows.append((figure.name, value, figure.verdict(value, run)))
+        except KeyError as error:
+            missing.append(f"{figure.bench}: {error.args[0]}")
+            rows.append((figure.name, "not measured", figure.goal))
+    return rows, missing
 
 
 def main() -> int:
-    folder = Path(sys.argv[1])
-    runs = {path.stem: json.loads(path.read_text()) for path in folder.glob("*.json")}
-    rows = []
-    for bench, name, value_of, goal, meets in ROWS:
-        try:
-            value = value_of(runs[bench])
-        except (KeyError, TypeError):
-            rows.append((name, "not measured", goal))
-            continue
-        rows.append((name, value, f"{goal} {'met' if meets(value) else 'NOT met'}" if goal else ""))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("--check", action="store_true", help="exit 1 when a figure is missing")
+    args = parser.parse_args()
+    figures = [Figure(**entry) for entry in tomllib.loads(GOALS.read_text())["figure"]]
+    runs = {path.stem: json.loads(path.read_text()) for path in args.folder.glob("*.json")}
+    rows, missing = table(runs, figures)
     print_table(rows)
+    if args.check and missing:
+        print(f"\nmissing from {args.folder}:\n" + "\n".join(f"  {m}" for m in missing), file=sys.stderr)
+        return 1
     return 0
 
 

@@ -85,7 +85,6 @@ class Clips:
 def clips() -> Clips:
     assert VTEST.is_file(), f"{VTEST} is missing: `make testdata` fetches it (FRAMEWATCH_TEST_VIDEO names another)"
     folder = StackHome.default().cache / "clips"
-    folder.mkdir(parents=True, exist_ok=True)
     return Clips(h264_clip(VTEST, folder / "vtest-25fps.mp4"),
                  h264_clip(VTEST, folder / "vtest-still-10s.mp4", seconds=10, still=True))
 

@@ -79,6 +79,13 @@ def test_a_stream_with_b_frames_decodes_its_gops_whole(clips: Clips, tmp_path: P
     assert source.skipped == 0 and source.decoded == 200 and len(taken) == 40
 
 
+def test_a_clip_is_written_into_a_folder_that_does_not_exist_yet(clips: Clips, tmp_path: Path) -> None:
+    """What `make bench` meets in a fresh stack home: no cache/clips/ until a clip is made."""
+    clip = h264_clip(clips.moving, tmp_path / "cache" / "clips" / "one-second.mp4", seconds=1)
+    taken, _ = pictures(clip, 200)
+    assert len(taken) == 5
+
+
 def test_the_next_key_frame_is_foreseen_only_on_a_regular_gop() -> None:
     spacing = KeyframeSpacing()
     for at in (0, 1000, 2000, 3000):

@@ -32,6 +32,7 @@ def h264_clip(source: Path, target: Path, fps: int = 25, gop: int = 25, seconds:
     if target.exists():
         return target
     part = target.with_suffix(".part.mp4")
+    target.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(source)) as inp, av.open(str(part), "w") as out:
         video = inp.streams.video[0]
         stream = out.add_stream("libx264", rate=fps)

@@ -288,9 +288,15 @@ def print_table(rows: list[tuple[str, Any, str]]) -> None:
     print("\n" + "\n".join(text_table(["figure", "value", "goal"], rows, right={1})))
 
 
+def machine_cores() -> dict[str, int]:
+    """The machine's size as a benchmark saw it: the CPUs it has, and those this process may run on."""
+    return {"cpu_count": os.cpu_count() or 1, "available": len(os.sched_getaffinity(0))}
+
+
 def print_figures(figures: dict[str, Any], json_path: Path | None) -> None:
-    """A benchmark's figures as JSON, on stdout and, when asked, in a file."""
-    text = json.dumps(figures, indent=2)
+    """A benchmark's figures and the cores it had, as JSON, on stdout and, when asked, in a file."""
+    text = json.dumps({**figures, "cores": machine_cores()}, indent=2)
     print(text)
     if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(text + "\n")
