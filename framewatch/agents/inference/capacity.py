@@ -228,7 +228,9 @@ class CapacityShare(Service):
             slots.held.append(slot)
             slots.taken_at = time.monotonic()
             SLOTS_HELD.labels(service_id).set(len(slots.held))
-            self._end_shortage(service_id, slots, now)
+            # not `now`: while the slot was being taken the shortage may have ended and begun again, after `now`
+            # (a negative wait crashed the service: Counters take no negative amounts)
+            self._end_shortage(service_id, slots, slots.taken_at)
             self.on_slot()
         elif now - slots.wanted_at >= WANT_EVERY_S:
             slots.wanted_at = now
