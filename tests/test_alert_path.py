@@ -28,11 +28,12 @@ from tests.conftest import SAMPLE_JPEG
 CAMERAS = 10
 
 
-def alerting_config(*prefixes: str, batch_size: int = 20, cameras: int = CAMERAS) -> str:
-    """Every frame of these cameras (`cameras` per prefix) raises an alert (no cooldown) when the detector sees a
-    person."""
+def alerting_config(*prefixes: str, batch_size: int = 20, cameras: int = CAMERAS,
+                    rule: str = "cooldown_sec = 0\n") -> str:
+    """Every frame of these cameras (`cameras` per prefix) raises an alert (no cooldown, unless `rule` says
+    otherwise) when the detector sees a person."""
     tasks = "".join(f'[[frame_extractor.tasks]]\nid = "{prefix}-{i:03d}"\ntask_type = "area_intrusion"\n'
-                    f'rtsp_url = "unused"\ncooldown_sec = 0\n' for prefix in prefixes for i in range(cameras))
+                    f'rtsp_url = "unused"\n{rule}' for prefix in prefixes for i in range(cameras))
     return f"[ai_analysis]\nalert_batch_size = {batch_size}\nalert_batch_interval_sec = 1\n{tasks}"
 
 

@@ -24,7 +24,7 @@ from framewatch.schemas.events import AlertEvent, DetectionEvent, FrameEvent, Fr
 from framewatch.schemas.topics import ALERTS, DETECTIONS, FRAME_OUTCOMES, FRAMES
 from framewatch.stack.toxiproxy import PROXIED_KAFKA, KafkaLink
 from tests.conftest import SAMPLE_JPEG
-from tests.test_alert_path import missing_images, published, stored
+from tests.test_alert_path import alerting_config, missing_images, published, stored
 
 CAMERAS = 6
 ROUNDS = 3
@@ -34,11 +34,9 @@ STALL_S = 8
 
 def one_incident_config(prefix: str) -> str:
     """A person is always in view: one track, one incident, one alert per camera, however long it runs."""
-    tasks = "".join(f'[[frame_extractor.tasks]]\nid = "{prefix}-{i:03d}"\ntask_type = "area_intrusion"\n'
-                    f'rtsp_url = "unused"\ncooldown_sec = 3600\nclear_sec = 3600\ntrack_gap_sec = 3600\n'
-                    for i in range(CAMERAS))
     return (f"[framewatch]\nproducer_request_timeout_sec = {PRODUCER_TIMEOUT_S}\n"
-            f"[ai_analysis]\nalert_batch_size = 20\nalert_batch_interval_sec = 1\n{tasks}")
+            + alerting_config(prefix, cameras=CAMERAS,
+                              rule="cooldown_sec = 3600\nclear_sec = 3600\ntrack_gap_sec = 3600\n"))
 
 
 async def committed(config: Config, group: str) -> dict[tuple[str, int], int]:
