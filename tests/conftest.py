@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import re
 import uuid
 import warnings
 from collections.abc import Iterator
+from typing import IO
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,25 +38,40 @@ RUN_TOPIC = re.compile(r"t[0-9a-f]{10}[.-]")
 
 @pytest.fixture(scope="session")
 def stack_env() -> Iterator[dict[str, str]]:
-    """The local stack, up for the session. Topics of earlier runs' namespaces (a benchmark's, a session that
-    crashed) are deleted first, and the topics this session made at its end: a Kafka with thousands of
-    partitions takes minutes to restart, longer than the fault tests wait for it."""
+    """The local stack, up for the session. Topics of run namespaces (this session's, a benchmark's, a session
+    that crashed) are deleted when no other test session is running, at the start and at the end: a Kafka with
+    thousands of partitions takes minutes to restart, longer than the fault tests wait for it. Sessions running
+    side by side leave them to the last one, which would otherwise delete topics still in use."""
     stack = LocalStack()
     stack.up()
     env = stack.env()
     config, _ = load_config(None, {**os.environ, **env})
-    leftovers = {name for name in asyncio.run(topic_names(config)) if RUN_TOPIC.match(name)}
-    if leftovers:
-        print(f"\n[tests] deleting {len(leftovers)} topics earlier runs left")
-        asyncio.run(delete_topics(config, leftovers))
-    before = asyncio.run(topic_names(config))
-    yield env
+    with (StackHome.default().state / "test-sessions.lock").open("a") as sessions:
+        if _alone(sessions):
+            _delete_run_topics(config, "earlier runs left")
+        fcntl.flock(sessions, fcntl.LOCK_SH)
+        yield env
+        if _alone(sessions):
+            _delete_run_topics(config, "this session and earlier runs made")
+
+
+def _alone(sessions: IO[str]) -> bool:
+    """Whether no other test session holds the lock (taken exclusively when so)."""
     try:
-        made = asyncio.run(topic_names(config)) - before
-        asyncio.run(delete_topics(config, made))
-        print(f"\n[tests] deleted the {len(made)} topics this session made")
+        fcntl.flock(sessions, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _delete_run_topics(config: Config, whose: str) -> None:
+    try:
+        names = {name for name in asyncio.run(topic_names(config)) if RUN_TOPIC.match(name)}
+        if names:
+            asyncio.run(delete_topics(config, names))
+            print(f"\n[tests] deleted {len(names)} topics {whose}")
     except Exception as error:  # the stack may be down after a fault test that failed: leave them, say so
-        warnings.warn(f"the session's topics were left on Kafka: {error!r}", stacklevel=1)
+        warnings.warn(f"run topics were left on Kafka: {error!r}", stacklevel=1)
 
 
 async def topic_names(config: Config) -> set[str]:

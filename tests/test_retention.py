@@ -4,21 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from framewatch.agents.alerts.relocation import IMAGE_NOT_COPIED
 from framewatch.agents.retention.frames import Retention
 from framewatch.agents.retention.housekeeping import Housekeeping
+from framewatch.clients.bus import EventProducer, ensure_topics, kafka_options, read_records
 from framewatch.clients.database import AlertStore
 from framewatch.clients.objectstore import ObjectStore
 from framewatch.schemas.config import Config
 from framewatch.schemas.events import (
     AlertEvent,
+    DetectionEvent,
     FrameEvent,
     FrameOutcome,
     Outcome,
     now_ms,
 )
+from framewatch.schemas.tasks import Freshness
+from framewatch.schemas.topics import DETECTIONS, FRAMES
 from tests.conftest import SAMPLE_JPEG, free_port
 from tests.test_events import frame
 
@@ -63,6 +71,22 @@ async def test_kept_frames_stay_within_max_frame_count_and_age(stack_config: Con
     assert sorted(await store.list_keys("frames/cam-a/")) == sorted(f.object_key for f in fresh[2:])
 
 
+async def test_a_frame_whose_alert_image_was_not_copied_is_that_alert_image(stack_config: Config) -> None:
+    """Its alert row points at it: retention neither deletes it nor counts it against the task's kept frames."""
+    store = ObjectStore(stack_config.frame_extractor.minio)
+    await store.ensure_bucket()
+    for keeping in (True, False):
+        retention = Retention(store, save_only_with_detection=keeping, limit_for=lambda task: 1, max_age_s=60,
+                              grace_s=0)
+        images = [await stored_frame(store, "cam-i") for _ in range(3)]
+        acked = Acks()
+        for f in images:
+            await retention.on_outcome(FrameOutcome(frame=f, outcome=Outcome.ALERT, reason=IMAGE_NOT_COPIED),
+                                       acked.ack(f))
+        assert acked.frames == images and await retention.delete_due() == []
+        assert all([await store.exists(f.object_key) for f in images])
+
+
 async def test_frames_without_detection_go_after_the_grace(stack_config: Config) -> None:
     store = ObjectStore(stack_config.frame_extractor.minio)
     await store.ensure_bucket()
@@ -100,17 +124,76 @@ async def test_a_store_that_is_down_keeps_deletions_pending_and_unacknowledged(s
 
 
 async def test_sweep_deletes_orphan_frames_only(stack_config: Config) -> None:
+    await ensure_topics(stack_config)
     store = ObjectStore(stack_config.frame_extractor.minio)
     await store.ensure_bucket()
     orphans = [await stored_frame(store, "cam-c") for _ in range(3)]
     await store.put("alerts/cam-c/20261123/keep.jpg", SAMPLE_JPEG)
-    housekeeping = Housekeeping(stack_config, store, AlertStore(stack_config.database.dsn.get_secret_value()))
-    await asyncio.sleep(1.1)  # object times have a one-second resolution
-    events = await housekeeping.sweep_frames(older_than_s=1)
+    async with connected(AlertStore(stack_config.database.dsn.get_secret_value())) as alerts:
+        housekeeping = Housekeeping(stack_config, store, alerts)
+        await asyncio.sleep(1.1)  # object times have a one-second resolution
+        events = await housekeeping.sweep_frames(older_than_s=1)
     assert sorted(e.object_key for e in events) == sorted(f.object_key for f in orphans)
     assert {e.reason for e in events} == {"orphan"} and {e.task_id for e in events} == {"cam-c"}
     assert await store.list_keys("frames/") == []
     assert await store.exists("alerts/cam-c/20261123/keep.jpg")
+
+
+async def test_sweep_keeps_alert_images_and_frames_the_workers_have_not_finished(stack_config: Config) -> None:
+    """Old frames, all past the sweep's age: an orphan and a frame whose event the workers have processed go; a
+    frame an alert row keeps as its image, a lossless frame whose event waits for inference and a frame whose
+    detection waits for the rules stay. And when the workers' backlog is too long to read, nothing goes."""
+    await ensure_topics(stack_config)
+    store = ObjectStore(stack_config.frame_extractor.minio)
+    await store.ensure_bucket()
+    orphan, processed, waiting, detected, alert_image = [await stored_frame(store, "cam-s") for _ in range(5)]
+    async with started(EventProducer(stack_config)) as producer, \
+            connected(AlertStore(stack_config.database.dsn.get_secret_value())) as alerts:
+        await producer.send(FRAMES, processed)
+        await producer.send(FRAMES, waiting.model_copy(update={"freshness": Freshness.ALL}))
+        await producer.send(DETECTIONS, DetectionEvent(frame=detected, service_id="s", inference_ms=1,
+                                                       detections=[]))
+        [done] = [r for r in await read_records(stack_config, stack_config.topic(FRAMES.name))
+                  if FrameEvent.decode(r.value).frame_id == processed.frame_id]
+        await commit(stack_config, TopicPartition(done.topic, done.partition), done.offset + 1)
+        await alerts.insert([AlertEvent(alert_id=AlertEvent.make_id(alert_image.frame_id, "r"), frame=alert_image,
+                                        rule="r", evidence={}, image_key=alert_image.object_key)])
+        await asyncio.sleep(1.1)  # object times have a one-second resolution
+        assert await Housekeeping(stack_config, store, alerts, max_backlog=1).sweep_frames(older_than_s=1) == []
+        assert await store.exists(orphan.object_key)  # the backlog (2 records) was too long to read
+        events = await Housekeeping(stack_config, store, alerts).sweep_frames(older_than_s=1)
+    assert sorted(e.object_key for e in events) == sorted([orphan.object_key, processed.object_key])
+    assert sorted(await store.list_keys("frames/")) == sorted(
+        f.object_key for f in (waiting, detected, alert_image))
+
+
+async def commit(config: Config, partition: TopicPartition, offset: int) -> None:
+    """The workers' consumer group commits `offset` on a partition, as a worker does once a record is processed."""
+    consumer = AIOKafkaConsumer(**kafka_options(config), group_id=config.worker_group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign([partition])
+        await consumer.commit({partition: offset})
+    finally:
+        await consumer.stop()
+
+
+@asynccontextmanager
+async def started(producer: EventProducer) -> AsyncIterator[EventProducer]:
+    await producer.start()
+    try:
+        yield producer
+    finally:
+        await producer.stop()
+
+
+@asynccontextmanager
+async def connected(alerts: AlertStore) -> AsyncIterator[AlertStore]:
+    await alerts.connect()
+    try:
+        yield alerts
+    finally:
+        await alerts.close()
 
 
 async def test_alerts_past_their_max_age_lose_row_and_image(stack_config: Config) -> None:

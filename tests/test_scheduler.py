@@ -62,9 +62,9 @@ class Harness:
         self.results.append(result)
         self._ended.setdefault(result.frame.frame_id, asyncio.Event()).set()
 
-    async def submit(self, *frames: FrameEvent) -> None:
+    async def submit(self, *frames: FrameEvent, owned: Callable[[], bool] = lambda: True) -> None:
         for f in frames:
-            await self.scheduler.submit(f, self.done)
+            await self.scheduler.submit(f, self.done, owned)
 
     async def ended(self, *frames: FrameEvent, timeout_s: float = 10) -> list[DetectionEvent | FrameOutcome]:
         for f in frames:
@@ -132,6 +132,24 @@ async def test_frames_too_old_are_dropped_not_inferred(fleet: Fleet, harness: Ma
     assert [outcome(r) for r in await h.ended(busy, waits, stale)] == [
         ("inferred", "s"), ("dropped", "stale"), ("dropped", "stale")]
     assert service.requests == 1
+
+
+async def test_frames_of_a_revoked_partition_leave_the_room_and_their_results_are_discarded(
+        fleet: Fleet, harness: MakeHarness) -> None:
+    [slow] = await fleet(fake("slow", latency_ms=300))
+    h = await harness([slow])
+    revoked = False
+    in_flight, waiting, recording = camera_frame("a"), camera_frame("b"), recorded_frames("r", 3)
+    await h.submit(in_flight, waiting, *recording, owned=lambda: not revoked)
+    kept = camera_frame("c")
+    await h.submit(kept)
+    await asyncio.sleep(0.05)  # `in_flight` is at the service, the rest wait
+    revoked = True
+    [result] = await h.ended(kept)
+    await asyncio.sleep(0.2)  # time for the revoked frames' ends, had they any
+    assert outcome(result) == ("inferred", "slow")
+    assert [r.frame.frame_id for r in h.results] == [kept.frame_id]  # nothing of the revoked partition handed on
+    assert slow.requests == 2 and h.scheduler.queued == 0 and not h.scheduler._in_order
 
 
 async def test_cameras_take_turns(fleet: Fleet, harness: MakeHarness) -> None:

@@ -11,11 +11,9 @@ import logging
 import os
 import tempfile
 import time
-from collections import defaultdict
 from collections.abc import Iterator
 from functools import partial
 from typing import Any, TypeVar, cast
-from weakref import WeakKeyDictionary
 
 import faust
 from aiokafka.errors import MessageSizeTooLargeError
@@ -35,6 +33,7 @@ from framewatch.agents.inference.capacity import CapacityShare
 from framewatch.agents.inference.client import ServiceClient
 from framewatch.agents.inference.registry import ServiceRegistry
 from framewatch.agents.inference.scheduler import InferenceScheduler
+from framewatch.agents.membership import GroupAssignor
 from framewatch.clients.bus import kafka_options
 from framewatch.clients.database import AlertStore
 from framewatch.clients.objectstore import ObjectStore
@@ -172,6 +171,12 @@ class Topology:
             await (await self.dead_letter(topic, str(error), raw)).confirmed()
             return None
 
+    def owns(self, message: Message) -> bool:
+        """Whether this worker still owns the partition the record was read from (always, outside a worker's
+        consumer: in an agent's test context)."""
+        consumer = self.app.consumer
+        return not isinstance(consumer, InFlightSafeConsumer) or consumer.owns(message)
+
 
 class Resources(Service):
     """What the agents share: the object store, the alert store, the service registry, the inference scheduler,
@@ -188,7 +193,8 @@ class Resources(Service):
         self.client = ServiceClient(config, self.store, regions=self.region_of)
         # each service's capacity, shared with the other workers (slots are PostgreSQL advisory locks)
         self.capacity = CapacityShare(config.database.dsn.get_secret_value(), config.framewatch.namespace,
-                                      in_flight=lambda service_id: self.scheduler.in_flight_on(service_id))
+                                      in_flight=lambda service_id: self.scheduler.in_flight_on(service_id),
+                                      request_timeout_s=config.ai_analysis.infer_timeout_sec)
         self.scheduler = InferenceScheduler(config, self.registry, self.client, self.capacity)
         self.capacity.on_slot = self.scheduler.wake
 
@@ -237,19 +243,22 @@ class InFlightSafeConsumer(kafka_driver.Consumer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._ownership: defaultdict[TP, int] = defaultdict(int)  # a partition's, bumped each time it is revoked
-        self._read_in: WeakKeyDictionary[Message, int] = WeakKeyDictionary()  # the ownership a record was read in
+        # a partition's last revocation: the consumer generation (Faust's `message.generation_id`, the group's
+        # generation when the record was fetched) of the records it ended
+        self._revoked_in: dict[TP, int] = {}
 
-    def track_message(self, message: Message) -> None:
-        self._read_in[message] = self._ownership[message.tp]
-        super().track_message(message)
+    def owns(self, message: Message) -> bool:
+        """Whether the record's partition has stayed this worker's since the record was read. Faust revokes every
+        partition at each rebalance; one assigned again is read again from its committed offset, so a record
+        read before is in the hands of the new reading, here or elsewhere."""
+        return (message.generation_id or 0) > self._revoked_in.get(message.tp, -1)
 
     def ack(self, message: Message) -> bool:
         """Faust's, except for a record read before its partition was last revoked: its ack is dropped. Once the
         revocation's commit is made, the partition is another ownership's (whoever has it reads the record
         again); counted, that ack could commit past a record the new ownership has not handled yet (Faust
         commits one offset past an unacked head: see `_new_offset`)."""
-        if self._read_in.get(message, self._ownership[message.tp]) != self._ownership[message.tp]:
+        if not self.owns(message):
             message.acked = True
             STALE_ACKS.inc()
             return False
@@ -261,7 +270,7 @@ class InFlightSafeConsumer(kafka_driver.Consumer):
         still in flight belong to no one here: they are forgotten, and acks still to come for them dropped."""
         await super().on_partitions_revoked(revoked)
         for tp in revoked:
-            self._ownership[tp] += 1
+            self._revoked_in[tp] = self.app.consumer_generation_id
             self._acked.pop(tp, None)
             self._acked_index.pop(tp, None)
         self._unacked_messages -= {message for message in self._unacked_messages if message.tp in revoked}
@@ -375,9 +384,8 @@ def broker_credentials(config: Config) -> faust.SASLCredentials | faust.SSLCrede
 
 
 def create_app(config: Config) -> faust.App:
-    namespace = config.framewatch.namespace
     app = WorkerApp(
-        f"{namespace}-framewatch" if namespace else "framewatch",
+        config.worker_group,
         broker=[f"kafka://{address}" for address in config.kafka_bootstrap.split(",")],
         broker_credentials=broker_credentials(config),
         store="memory://",
@@ -401,5 +409,6 @@ def create_app(config: Config) -> faust.App:
         broker_session_timeout=10.0,  # a crashed worker's partitions move within 10 s, not Faust's default 60
         stream_wait_empty=True,
         Stream=WorkerStream,  # batches whose wait starts at their first value
+        PartitionAssignor=GroupAssignor,  # the group's membership, for capacity without PostgreSQL
     )
     return app

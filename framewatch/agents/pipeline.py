@@ -32,6 +32,7 @@ from framewatch.agents.app import CONSUMER, RebalanceWatch, RecordTooLarge, Reso
 from framewatch.agents.batches import batches
 from framewatch.agents.delivery import Confirmations, Delivery, all_confirmed
 from framewatch.agents.inference import scheduler as inference
+from framewatch.agents.membership import GroupAssignor
 from framewatch.agents.retention import frames
 from framewatch.agents.retention.frames import Retention
 from framewatch.agents.retention.housekeeping import Housekeeping
@@ -131,7 +132,8 @@ class Pipeline:
             if (frame := await self.topology.decode(FrameEvent, event.value, self.topology.frames)) is None:
                 await frames.ack(event)
                 continue
-            await self.resources.scheduler.submit(frame, partial(self.hand_on, frames, event))
+            await self.resources.scheduler.submit(frame, partial(self.hand_on, frames, event),
+                                                  owned=partial(self.topology.owns, event.message))
 
     async def hand_on(self, frames: faust.StreamT[bytes], event: faust.EventT[bytes],
                       result: DetectionEvent | FrameOutcome) -> None:
@@ -189,11 +191,12 @@ class Pipeline:
 
     async def raise_alert(self, alert: AlertEvent, deliveries: list[Delivery]) -> str:
         """Copies the alert image, then sends the alert (adding what it sent to `deliveries`); the frame outcome's
-        reason (the image not copied)."""
+        reason (the image not copied: the alert's image is then its frame's object, which it keeps)."""
         reason = ""
         if (failure := await self.relocator.copy_image(alert)) is not None:
             deliveries.append(await self.topology.dead_letter(self.topology.alerts, f"relocation: {failure}",
                                                               alert.to_bytes(), alert.frame.camera_id))
+            alert = alert.model_copy(update={"image_key": alert.frame.object_key})
             reason = IMAGE_NOT_COPIED
         deliveries.append(await self.topology.emit(self.topology.alerts, alert))
         ALERTS_RAISED.labels(alert.frame.task_type.value, alert.rule).inc()
@@ -306,6 +309,7 @@ def build_worker(config: Config) -> tuple[faust.App, Topology, Resources, Pipeli
     CONSUMER.app = app
     topology = Topology(app, config)
     resources = Resources(config)
+    resources.capacity.membership = GroupAssignor.of(app).current
     app.add_dependency(resources)
     app.add_dependency(AlertPublisher(config, app.conf.id))  # fw.alerts-stored -> mq_topic, in transactions
     pipeline = Pipeline(topology, resources)

@@ -198,6 +198,12 @@ class AlertStore:
                                  "captured_at < $1 LIMIT $2) RETURNING task_id, image_key", before, limit)
         return [(r["task_id"], r["image_key"]) for r in rows]
 
+    async def images_among(self, keys: list[str]) -> set[str]:
+        """Which of these frame objects alert rows keep as their image (an image that could not be copied)."""
+        rows = await self._fetch("SELECT image_key FROM alerts WHERE image_key LIKE '%frames/%' "  # the partial index
+                                 "AND image_key = ANY($1::text[])", keys)
+        return {r["image_key"] for r in rows}
+
     async def cameras(self) -> list[asyncpg.Record]:
         return await self._fetch("SELECT camera_id, task_id, task_type, count(*) AS alerts, max(captured_at) AS "
                                  "last_alert_at FROM alerts GROUP BY camera_id, task_id, task_type ORDER BY camera_id")

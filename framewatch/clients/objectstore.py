@@ -161,12 +161,16 @@ class ObjectStore:
 
     async def list_keys(self, prefix: str, modified_before: datetime | None = None) -> list[str]:
         """Keys under a prefix (only those last modified before a time, when given)."""
-        def names() -> list[str]:
-            return [o.object_name for o in self._client.list_objects(self.bucket, prefix=prefix, recursive=True)
-                    if o.object_name is not None and (modified_before is None or o.last_modified is None
-                                                      or o.last_modified < modified_before)]
-        keys: list[str] = await self._call("listing", prefix, names)
-        return keys
+        return [key for key, modified in (await self.list_modified(prefix)).items()
+                if modified_before is None or modified is None or modified < modified_before]
+
+    async def list_modified(self, prefix: str, start_after: str | None = None) -> dict[str, datetime | None]:
+        """Keys under a prefix (those after `start_after` in key order, when given), with when each was written."""
+        def listed() -> dict[str, datetime | None]:
+            return {o.object_name: o.last_modified for o in self._client.list_objects(
+                self.bucket, prefix=prefix, recursive=True, start_after=start_after) if o.object_name is not None}
+        found: dict[str, datetime | None] = await self._call("listing", prefix, listed)
+        return found
 
     def presign(self, key: str, expiry_sec: int) -> str:
         """A GET URL computed locally (the region is configured, so no request is made)."""

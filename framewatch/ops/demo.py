@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,16 +58,17 @@ class RunSummary:
 
 class ServiceProcess:
     """One framewatch process (detector or worker) with its log in the stack's state folder; with `cpus`, it runs
-    on those cores only (`taskset`, so that its thread pools are sized and placed from its first instruction)."""
+    on those cores only (`taskset`, so that its thread pools are sized and placed from its first instruction);
+    `wrapper` is a command it runs under (e.g. `faketime -f -5s`, a host whose clock is behind)."""
 
     def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path,
-                 cpus: Collection[int] = ()) -> None:
+                 cpus: Collection[int] = (), wrapper: Sequence[str] = ()) -> None:
         log_dir.mkdir(parents=True, exist_ok=True)
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         pinned = ["taskset", "-c", ",".join(map(str, sorted(cpus)))] if cpus else []
         with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen([*pinned, sys.executable, "-m", "framewatch.cli", *args], env=env,
+            self.process = subprocess.Popen([*pinned, *wrapper, sys.executable, "-m", "framewatch.cli", *args], env=env,
                                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def alive(self) -> bool:

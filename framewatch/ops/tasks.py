@@ -130,11 +130,12 @@ async def camera_statuses(config: Config) -> list[CameraStatus]:
 def cameras_table(statuses: list[CameraStatus]) -> list[str]:
     now = now_ms()
     rows = []
-    for s in statuses:
-        stale = (now - s.emitted_at) / 1000 > STALE_STATUS_S and s.state is not CameraState.STOPPED
+    for s in statuses:  # their times are their extractors' clocks: read on the broker's, which this host shares
+        stale = (now - s.on_broker_clock(s.emitted_at)) / 1000 > STALE_STATUS_S and s.state is not CameraState.STOPPED
+        last_frame = None if s.last_frame_at is None else (now - s.on_broker_clock(s.last_frame_at)) / 1000
         rows.append([s.camera_id, "unknown" if stale else s.state.value,  # unknown: its extractor stopped reporting
                      f"{s.fps_in:.1f}", f"{s.fps_out:.1f}", f"{s.interval_ms}ms",
-                     "-" if s.last_frame_at is None else f"{(now - s.last_frame_at) / 1000:.1f}s", s.reconnects,
-                     s.extractor, s.last_error])
-    return text_table(["camera", "state", "fps in", "fps out", "interval", "last frame", "reconnects", "extractor",
-                       "last error"], rows, right=range(2, 7))
+                     "-" if last_frame is None else f"{last_frame:.1f}s", s.reconnects,
+                     "-" if s.clock_skew_ms is None else f"{s.clock_skew_ms / 1000:+.1f}s", s.extractor, s.last_error])
+    return text_table(["camera", "state", "fps in", "fps out", "interval", "last frame", "reconnects", "clock skew",
+                       "extractor", "last error"], rows, right=range(2, 8))

@@ -248,6 +248,11 @@ class Config(BaseModel):
         """A framewatch topic's name in this config's namespace (the alert topic for users is not prefixed)."""
         return f"{self.framewatch.namespace}.{name}" if self.framewatch.namespace else name
 
+    @property
+    def worker_group(self) -> str:
+        """The workers' consumer group, the Faust app's id: its committed offsets say what the agents have done."""
+        return f"{self.framewatch.namespace}-framewatch" if self.framewatch.namespace else "framewatch"
+
     def task(self, task_id: str) -> CameraTask:
         for task in self.frame_extractor.tasks:
             if task.id == task_id:

@@ -79,10 +79,22 @@ class FrameEvent(Event):
     height: int = Field(gt=0)
     freshness: Freshness = Field(default=Freshness.LATEST, description="all: infer and evaluate it, in order, "
                                  "however late; latest: a newer frame of the camera may supersede it")
+    clock_offset_ms: int = Field(default=0, description="the broker's clock minus the extractor's when it was "
+                                 "sent (measured from fw.frames' append times; 0: not measured): captured_at + "
+                                 "clock_offset_ms is the capture time on the broker's clock")
 
     @property
     def event_id(self) -> str:
         return self.frame_id
+
+    @property
+    def captured_on_broker_clock(self) -> int:
+        return self.captured_at + self.clock_offset_ms
+
+    def age_ms(self, now: int | None = None) -> int:
+        """Since capture, on the broker's clock (which workers share, by NTP): a skewed extractor's frames are
+        neither stale at birth nor forever fresh."""
+        return (now_ms() if now is None else now) - self.captured_on_broker_clock
 
     @staticmethod
     def make_id(camera_id: str, captured_at: int, seq: int) -> str:
@@ -277,10 +289,16 @@ class CameraStatus(Event):
     last_error: str = ""
     decoded: int = Field(default=0, ge=0, description="frames decoded since the camera started on this extractor")
     emitted: int = Field(default=0, ge=0, description="FrameEvents sent since the camera started on this extractor")
+    clock_skew_ms: int | None = Field(default=None, description="the extractor's clock minus the broker's "
+                                      "(negative: behind); None until measured")
 
     @property
     def event_id(self) -> str:
         return f"{self.camera_id}@{self.emitted_at}"
+
+    def on_broker_clock(self, extractor_ms: int) -> int:
+        """One of this status's times (`emitted_at`, `last_frame_at`), read on the broker's clock."""
+        return extractor_ms - (self.clock_skew_ms or 0)
 
 
 class InferencePressure(Event):

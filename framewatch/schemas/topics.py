@@ -18,6 +18,9 @@ class TopicSpec:
     compacted: bool = False
     retention_ms: int | None = None
     shards_cameras: bool = False  # its partitions share the cameras among extractors: `task_partitions` of them
+    # stamped by the broker's clock when appended (message.timestamp.type=LogAppendTime): its producers' acks tell
+    # them the broker's time, from which an extractor measures its clock's offset (streams/clock.py)
+    log_append_time: bool = False
 
     def key_of(self, record: events.Event) -> bytes:
         """The record's key; a record of another type is a programming error, named before anything is sent."""
@@ -31,7 +34,8 @@ MAX_RECORD_BYTES = 1_000_000  # what a record may take: under the 1 MiB default 
 
 BY_FRAME_CAMERA = attrgetter("frame.camera_id")  # every frame's records go where its camera's frames go
 
-FRAMES = TopicSpec("fw.frames", events.FrameEvent, attrgetter("camera_id"), retention_ms=6 * HOUR_MS)
+FRAMES = TopicSpec("fw.frames", events.FrameEvent, attrgetter("camera_id"), retention_ms=6 * HOUR_MS,
+                   log_append_time=True)
 DETECTIONS = TopicSpec("fw.detections", events.DetectionEvent, BY_FRAME_CAMERA, retention_ms=6 * HOUR_MS)
 ALERTS = TopicSpec("fw.alerts", events.AlertEvent, BY_FRAME_CAMERA, retention_ms=7 * 24 * HOUR_MS)
 ALERTS_STORED = TopicSpec("fw.alerts-stored", events.AlertStored, attrgetter("alert.frame.camera_id"),

@@ -16,11 +16,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import av
@@ -36,9 +38,11 @@ from framewatch.schemas.config import FrameExtractorSettings, mask_url
 from framewatch.schemas.events import CameraState, CameraStatus, FrameEvent, now_ms
 from framewatch.schemas.tasks import CameraTask, Freshness
 from framewatch.schemas.topics import FRAMES
+from framewatch.streams.clock import BrokerClock
 from framewatch.streams.gate import ChangeGate
 from framewatch.streams.handoff import Handoff
 from framewatch.streams.pressure import LOSSLESS_AHEAD, Throttle
+from framewatch.streams.reconcile import announce_orphans
 from framewatch.streams.source import DueFrame, Source, SourceError, SourceSettings
 
 log = logging.getLogger("framewatch.extractor")
@@ -92,13 +96,20 @@ class Sample:
     height: int
 
 
+def extractor_name() -> str:
+    """This extractor process, as fw.cameras and its metrics name it."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
 @dataclass
 class Uplink:
-    """Where samples go, shared by every camera of an extractor: the store, the producer, an upload bound."""
+    """Where samples go, shared by every camera of an extractor: the store, the producer, an upload bound, and
+    the offset of this host's clock to the broker's, measured from the frames sent."""
 
     store: ObjectStore
     producer: EventProducer
     uploads: asyncio.Semaphore
+    clock: BrokerClock = field(default_factory=lambda: BrokerClock(extractor_name()))
 
     async def close(self) -> None:
         await self.producer.stop()
@@ -150,6 +161,10 @@ class Camera:
         self._stopped = asyncio.Event()
 
     @property
+    def freshness(self) -> Freshness:
+        return Freshness.ALL if self.lossless else Freshness.LATEST
+
+    @property
     def dropped(self) -> int:
         return self.not_sent + self.pushed_out
 
@@ -168,9 +183,11 @@ class Camera:
     # -- the session loop ---------------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Until stopped, a file ends, or an error retrying cannot fix; transient errors back off and retry."""
+        """Until stopped, a file ends, or an error retrying cannot fix; transient errors back off and retry. First,
+        what an earlier run of the camera uploaded and never announced is announced (streams/reconcile.py)."""
         failures = 0
         try:
+            await announce_orphans(self.task, self.uplink.store, self.uplink.producer, self.freshness)
             while not self._stop.is_set():
                 self._set_state(CameraState.CONNECTING)
                 started = time.monotonic()
@@ -301,15 +318,18 @@ class Camera:
                            camera_id=self.task.id, task_type=self.task.task_type, seq=seq,
                            captured_at=sample.captured_at, bucket=self.uplink.store.bucket, object_key=key,
                            width=sample.width, height=sample.height,
-                           freshness=Freshness.ALL if self.lossless else Freshness.LATEST)
+                           freshness=self.freshness,
+                           clock_offset_ms=self.uplink.clock.offset_ms)
+        sent_at = now_ms()
         try:
-            await self.uplink.producer.send(FRAMES, event)
+            delivered = await self.uplink.producer.send(FRAMES, event)
         except KafkaError as error:
             log.warning("camera %s: frame %s not sent: %r", self.task.id, event.frame_id, error)
             FRAMES_DROPPED.labels(self.task.id, "kafka").inc()
             self.not_sent += 1
             await self._forget(key)
             return
+        self.uplink.clock.observe(sent_at, now_ms(), delivered)
         self.emitted += 1
         self.last_frame_at = sample.captured_at
         LAST_FRAME.labels(self.task.id).set(sample.captured_at / 1000)
@@ -354,4 +374,4 @@ class Camera:
         return CameraStatus(camera_id=self.task.id, extractor=extractor, state=self.state, fps_in=round(fps_in, 2),
                             fps_out=round(fps_out, 2), interval_ms=max(1, round(self.interval_ms())),
                             last_frame_at=self.last_frame_at, reconnects=self.reconnects, last_error=self.last_error,
-                            decoded=self.decoded, emitted=self.emitted)
+                            decoded=self.decoded, emitted=self.emitted, clock_skew_ms=self.uplink.clock.skew_ms)

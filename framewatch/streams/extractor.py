@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
@@ -53,7 +51,7 @@ from framewatch.schemas.events import (
 )
 from framewatch.schemas.tasks import CameraTask
 from framewatch.schemas.topics import CAMERAS, TASKS
-from framewatch.streams.camera import Camera, Uplink
+from framewatch.streams.camera import Camera, Uplink, extractor_name
 from framewatch.streams.pressure import Throttle
 
 log = logging.getLogger("framewatch.extractor")
@@ -185,7 +183,7 @@ class ExtractorService(Service, ConsumerRebalanceListener):
         super().__init__(**kwargs)
         self.config = config
         self.uplink = uplink
-        self.name = f"{socket.gethostname()}-{os.getpid()}"
+        self.name = extractor_name()
         self.throttle = Throttle(config.frame_extractor.max_throttle)
         self.cameras: dict[str, Running] = {}
         self.reported: dict[str, CameraStatus] = {}

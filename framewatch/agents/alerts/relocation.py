@@ -2,8 +2,10 @@
 
 Copying first, in the rules agent, means no alert ever exists without its image: the frame object is deleted
 afterwards by retention, like every other frame, once the frame's outcome says the copy is done. A frame whose
-image could not be copied after the retries keeps its object (outcome `alert`, reason `image_not_copied`) and
-the alert is also sent to fw.dead-letters with the reason.
+image could not be copied after the retries keeps its object (outcome `alert`, reason `image_not_copied`), which
+becomes the alert's image: the alert goes out (and its row is stored) with the frame's key as `image_key`, so it
+is deleted with the alert row at its maximum age, and the sweep keeps it meanwhile. The alert is also sent to
+fw.dead-letters with the reason.
 """
 
 from __future__ import annotations

@@ -130,7 +130,8 @@ def attach_web(app: faust.App, resources: Resources, snapshot: Callable[[], Work
             by_camera.setdefault(camera_id, {"camera_id": camera_id, "alerts": 0}).update(
                 state=status.state.value, extractor=status.extractor, fps_in=status.fps_in, fps_out=status.fps_out,
                 interval_ms=status.interval_ms, reconnects=status.reconnects, last_error=status.last_error,
-                status_age_s=round((now_ms - status.emitted_at) / 1000, 1))
+                status_age_s=round((now_ms - status.on_broker_clock(status.emitted_at)) / 1000, 1),
+                clock_skew_s=None if status.clock_skew_ms is None else status.clock_skew_ms / 1000)
         for camera_id, seen in resources.scheduler.cameras.items():
             by_camera.setdefault(camera_id, {"camera_id": camera_id, "alerts": 0}).update(
                 frames=seen.frames, inferred=seen.inferred, freshness=seen.freshness.value,

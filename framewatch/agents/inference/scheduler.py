@@ -9,7 +9,9 @@ Whenever a service has room (the slots of its declared capacity this worker hold
 through `Capacity`; its breaker; and `max_concurrent_infer` for the whole worker), the dispatcher sends it the next frame, plus, when the
 service takes batches, more frames of the same task type from other cameras, waiting at most `batch_wait_ms` for
 a batch to fill. A failed frame is retried once, on another service. Every frame submitted ends exactly once
-through its `done` callback: inferred (a DetectionEvent) or a FrameOutcome (dropped or failed, with its reason).
+through its `done` callback: inferred (a DetectionEvent) or a FrameOutcome (dropped or failed, with its reason),
+unless its partition is revoked from this worker first (`owned` says so): the frame then leaves the room and a
+result that comes back for it is discarded, for the partition's next reader handles the frame again.
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ FRAMES_DONE = Tally("framewatch_inference_frames_total", "Frames leaving inferen
                       ["outcome", "reason"])
 INFER_SECONDS = Histogram("framewatch_inference_seconds", "Request round trip per service", ["service"],
                           buckets=(0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.5, 1, 2.5, 5, 10))
-FRAME_AGE = Histogram("framewatch_inference_frame_age_seconds", "Frame age (since capture) when dispatched",
+FRAME_AGE = Histogram("framewatch_inference_frame_age_seconds", "Frame age (since capture, on the broker's clock) "
+                      "when dispatched",
                       buckets=(0.05, 0.1, 0.25, 0.5, 0.75, 1, 2, 5, 10, 30))
 BATCH_SIZE = Histogram("framewatch_inference_batch_size", "Frames per request", buckets=(1, 2, 4, 8, 16, 32))
 IN_FLIGHT = Gauge("framewatch_inference_in_flight", "Requests in flight", ["service"])
@@ -64,6 +67,9 @@ SUCCESS_RATIO = Gauge("framewatch_inference_success_ratio", "Share of the last 2
 TASK_FRESHNESS = Gauge("framewatch_inference_task_freshness", "1 for the freshness mode of a task's last frame "
                        "(latest: superseded and stale frames dropped; all: every frame, in order)", ["task", "mode"])
 
+FENCED = Counter("framewatch_inference_results_fenced_total",
+                 "Frame results discarded because the frame's partition was revoked from this worker (its new "
+                 "owner handles the frame)")
 HAND_ON_FAILURES = Counter("framewatch_inference_hand_on_failures_total",
                            "Results that could not be sent on at the first try (retried until they are)")
 
@@ -75,6 +81,11 @@ WAIT_FOR_SERVICE_S = 5.0
 IDLE_TICK_S = 0.05
 
 Done = Callable[[DetectionEvent | FrameOutcome], Awaitable[None]]
+Owned = Callable[[], bool]  # whether this worker still owns the partition the frame was read from
+
+
+def always_owned() -> bool:
+    return True
 
 
 def _unlabel(metric: Gauge, *labels: str) -> None:
@@ -109,6 +120,7 @@ class Waiting:
     frame: FrameEvent
     done: Done
     queued_at: float
+    owned: Owned = always_owned
     tried: set[str] = field(default_factory=set)
     result: Result | None = None  # an in-order frame's end, held until the frames before it have ended
 
@@ -126,7 +138,7 @@ class CameraSeen:
     task_id: str
     frames: int = 0
     inferred: int = 0
-    last_captured_at: int = 0
+    last_captured_at: int = 0  # on the broker's clock
     freshness: Freshness = Freshness.LATEST  # of its last frame
     last_seen: float = field(default_factory=time.monotonic)
 
@@ -178,21 +190,22 @@ class InferenceScheduler(Service):
         self.pressure: dict[str, TaskPressure] = {}
         self._wake = asyncio.Event()
         self._space = asyncio.Event()
-        self._finished: asyncio.Queue[tuple[Done, Result]] = asyncio.Queue()
+        self._finished: asyncio.Queue[tuple[Waiting, Result]] = asyncio.Queue()
         self._requests: set[asyncio.Task[None]] = set()
         self._recent: deque[bool] = deque(maxlen=200)
         self._expired_at = 0.0
 
     # -- the way in ---------------------------------------------------------------------------------------------
 
-    async def submit(self, frame: FrameEvent, done: Done) -> None:
+    async def submit(self, frame: FrameEvent, done: Done, owned: Owned = always_owned) -> None:
         """Queue a frame. Waits while the room is full: of other cameras' frames, or, for a lossless task, of
-        any frames (that wait is the backpressure that holds a recorded video's stream back)."""
-        item = Waiting(frame, done, time.monotonic())
+        any frames (that wait is the backpressure that holds a recorded video's stream back). Once `owned` says
+        the frame's partition went to another worker, the frame leaves the room and its result is discarded."""
+        item = Waiting(frame, done, time.monotonic(), owned)
         seen = self._seen(frame)
         seen.last_seen = item.queued_at
         seen.frames += 1
-        seen.last_captured_at = max(seen.last_captured_at, frame.captured_at)
+        seen.last_captured_at = max(seen.last_captured_at, frame.captured_on_broker_clock)
         if seen.freshness is not frame.freshness or seen.frames == 1:
             seen.freshness = frame.freshness
             for mode in Freshness:
@@ -267,7 +280,11 @@ class InferenceScheduler(Service):
         that fails (the broker is away) is tried again until it succeeds: a frame left unacknowledged would freeze
         its partition's commits."""
         while not self.should_stop:
-            done, result = await self._finished.get()
+            item, result = await self._finished.get()
+            if not item.owned():
+                FENCED.inc()
+                continue
+            done = item.done
             on_retry = logged(log, f"handing on the result of frame {result.frame.frame_id}", HAND_ON_FAILURES.inc)
             try:
                 await HAND_ON_BACKOFF.call(done, lambda _: not self.should_stop, on_retry, result)
@@ -290,10 +307,8 @@ class InferenceScheduler(Service):
             if not line:  # it left with an earlier batch of this pass
                 continue
             item = line[0]
-            if self._too_old(item):
-                self._dequeue(item)
+            if self._left_waiting(item):
                 self._gauge_waiting()
-                self._drop(item, "stale")
                 continue
             service = self._choose(item, ready)
             if service is None:
@@ -352,7 +367,7 @@ class InferenceScheduler(Service):
             if len(batch) == service.heartbeat.max_batch:
                 break
             if (item is not first and item.frame.task_type == first.frame.task_type
-                    and service.service_id not in item.tried):
+                    and service.service_id not in item.tried and item.owned()):
                 batch.append(item)
         return batch
 
@@ -379,7 +394,7 @@ class InferenceScheduler(Service):
         sid = service.service_id
         dispatched_at = now_ms()
         for item in batch:
-            FRAME_AGE.observe(max(0, dispatched_at - item.frame.captured_at) / 1000)
+            FRAME_AGE.observe(max(0, item.frame.age_ms(dispatched_at)) / 1000)
         REQUESTS.labels(sid).inc()
         BATCH_SIZE.observe(len(batch))
         answer: BatchAnswer | InferenceFailure
@@ -457,16 +472,27 @@ class InferenceScheduler(Service):
         self._expired_at = now
         served = {t for s in self.registry.alive() for t in s.heartbeat.task_types}
         for item in [item for line in self.waiting.values() for item in line]:
-            if self._too_old(item):
-                self._dequeue(item)
-                self._drop(item, "stale")
-            elif item.frame.task_type not in served and now - item.queued_at >= WAIT_FOR_SERVICE_S:
+            if self._left_waiting(item):
+                continue
+            if item.frame.task_type not in served and now - item.queued_at >= WAIT_FOR_SERVICE_S:
                 self._dequeue(item)
                 self._end(item, Outcome.FAILED, "no_service")
         self._gauge_waiting()
 
+    def _left_waiting(self, item: Waiting) -> bool:
+        """Ends a waiting frame that can no longer go: of a partition revoked from this worker (its result is
+        then discarded), or stale."""
+        if item.owned() and not self._too_old(item):
+            return False
+        self._dequeue(item)
+        if item.owned():
+            self._drop(item, "stale")
+        else:
+            self._end(item, Outcome.DROPPED, "revoked")
+        return True
+
     def _too_old(self, item: Waiting) -> bool:
-        return not item.lossless and now_ms() - item.frame.captured_at > self.max_age_ms
+        return not item.lossless and item.frame.age_ms() > self.max_age_ms
 
     def _drop(self, item: Waiting, reason: str) -> None:
         self.pressure.setdefault(item.frame.task_id, TaskPressure()).dropped += 1
@@ -484,12 +510,12 @@ class InferenceScheduler(Service):
     def _finish(self, item: Waiting, result: Result) -> None:
         self.pressure.setdefault(item.frame.task_id, TaskPressure()).ended += 1
         if not item.lossless:
-            self._finished.put_nowait((item.done, result))
+            self._finished.put_nowait((item, result))
             return
         item.result = result
         in_order = self._in_order[item.key]
         while in_order and (head_result := in_order[0].result) is not None:
-            self._finished.put_nowait((in_order.popleft().done, head_result))
+            self._finished.put_nowait((in_order.popleft(), head_result))
         if not in_order:
             del self._in_order[item.key]
 

@@ -1,8 +1,9 @@
 """Retention: a frame whose outcome is known has no reason to stay under frames/ (an alert's image is copied
-to its alert key before the alert's outcome is sent); only a frame whose alert image could not be copied stays.
+to its alert key before the alert's outcome is sent); only a frame whose alert image could not be copied stays,
+as that alert's image: its row points at it, and it goes with the row (`housekeeping`), never before.
 
-Frames kept (all of them with `save_only_with_detection = false`, or those whose alert image could not be copied)
-stay within the task's `max_frame_count` and `max_frame_age_sec`: the oldest go first.
+Frames kept (all of them with `save_only_with_detection = false`) stay within the task's `max_frame_count` and
+`max_frame_age_sec`: the oldest go first.
 
 Deletion waits `grace_s` after the outcome. A frame can be delivered twice (a replay after a crash or a
 rebalance) and end differently each time, e.g. dropped as stale on the second delivery while the first one's
@@ -68,7 +69,7 @@ class Deleted:
 
 class Retention:
     """Deletes frame objects as their outcomes arrive, and bounds the frames it keeps (when frames are kept at all:
-    `save_only_with_detection = false`, or an alert image that could not be copied) by count per task and by age."""
+    `save_only_with_detection = false`) by count per task and by age."""
 
     def __init__(self, store: ObjectStore, save_only_with_detection: bool, limit_for: Callable[[str], int],
                  max_age_s: int, grace_s: float = GRACE_S) -> None:
@@ -89,8 +90,9 @@ class Retention:
             log.error("not deleting %s/%s for frame %s: not a frame object of this deployment", frame.bucket,
                       frame.object_key, frame.frame_id)
             await ack()
-        elif not self.save_only_with_detection or (outcome.outcome is Outcome.ALERT
-                                                   and outcome.reason == IMAGE_NOT_COPIED):
+        elif outcome.outcome is Outcome.ALERT and outcome.reason == IMAGE_NOT_COPIED:
+            await ack()  # the alert's image now: neither deleted nor counted against the task's kept frames
+        elif not self.save_only_with_detection:
             self._keep(outcome.frame)
             await ack()
         else:

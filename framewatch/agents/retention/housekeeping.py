@@ -5,6 +5,24 @@ In steady state retention works from events and never lists the store. A crash c
 behind (an upload whose event never left, deletions pending in retention's grace). The sweep lists frames/ and
 deletes what is older than any frame can legitimately be, page by page with a pause so the store is not flooded,
 and reports how many orphans it found.
+
+It never deletes a frame something still needs, however old:
+- an alert's image: a frame whose image could not be copied is the image of its alert, whose row points at it
+  (deleted with the row at the alert's maximum age);
+- a frame the workers have not finished with: named by a record their consumer group has not committed on
+  fw.frames (a lossless recording's backlog waits there for inference, hours if need be), fw.detections (the
+  rules copy the alert image from it) or fw.alerts (an alert not stored yet whose image is the frame).
+
+Why reading those records is the cheap sound way: the group's committed offsets say exactly what is done, because
+an agent acks a record only once the broker has confirmed its outputs (docs/architecture.md), and Faust commits
+no further than the oldest record still in flight. So a frame event that is committed has its detection (or its
+outcome) on fw.detections already, a committed detection its alert on fw.alerts, a committed alert its row in
+PostgreSQL: reading the backlogs in that order, then the rows, no needed frame slips between two reads. The
+backlogs are small: a lossless camera sends only while it is less than 32 frames ahead of inference, and live
+frames are committed as soon as their results are out. An age bound instead (keep everything newer than the
+oldest unprocessed frame event) costs a read per partition but is sound only for fw.frames: a detection can be
+made hours after its frame's upload. When the backlogs together exceed `max_backlog` records (the workers far
+behind), the sweep deletes nothing and waits for its next run; so it does when Kafka or PostgreSQL cannot say.
 """
 
 from __future__ import annotations
@@ -13,12 +31,22 @@ import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
 
+from aiokafka.errors import KafkaError
 from prometheus_client import Counter
 
+from framewatch.clients.bus import backlog, read_backlog
 from framewatch.clients.database import AlertStore, DatabaseUnavailable
 from framewatch.clients.objectstore import ObjectStore, StoreError
+from framewatch.errors import FramewatchError, Unreachable
 from framewatch.schemas.config import Config
-from framewatch.schemas.events import RetentionEvent
+from framewatch.schemas.events import (
+    AlertEvent,
+    DecodeError,
+    DetectionEvent,
+    FrameEvent,
+    RetentionEvent,
+)
+from framewatch.schemas.topics import ALERTS, DETECTIONS, FRAMES, TopicSpec
 
 log = logging.getLogger("framewatch.housekeeping")
 
@@ -29,10 +57,18 @@ ALERTS_EXPIRED = Counter("framewatch_housekeeping_alerts_expired_total", "Alert 
 ORPHAN_AFTER_S = 600  # far beyond max_frame_age_ms + infer timeout + retention grace: such a frame has no future
 PAGE = 1000
 PAUSE_S = 0.2
+MAX_BACKLOG = 50_000  # records read to learn what the workers still need: a few MB
+PIPELINE_TOPICS = (FRAMES, DETECTIONS, ALERTS)  # in the order a frame meets them
+
+
+class SweepPostponed(FramewatchError, RuntimeError):
+    """The sweep cannot tell which old frames the workers still need (their backlog is too long to read)."""
 
 
 class Housekeeping:
-    def __init__(self, config: Config, store: ObjectStore, alerts: AlertStore) -> None:
+    def __init__(self, config: Config, store: ObjectStore, alerts: AlertStore,
+                 max_backlog: int = MAX_BACKLOG) -> None:
+        self.config = config
         self.store = store
         self.alerts = alerts
         self.bucket = store.bucket
@@ -40,6 +76,7 @@ class Housekeeping:
         self.orphan_after_s = (ORPHAN_AFTER_S if analysis.save_only_with_detection
                                else extraction.max_frame_age_sec or None)
         self.alert_max_age = timedelta(days=analysis.alert_max_age_days) if analysis.alert_max_age_days else None
+        self.max_backlog = max_backlog
 
     async def run(self) -> list[RetentionEvent]:
         events = await self.sweep_frames(self.orphan_after_s) if self.orphan_after_s else []
@@ -51,20 +88,53 @@ class Housekeeping:
         before = datetime.now(UTC) - timedelta(seconds=older_than_s)
         try:
             found = await self.store.list_keys(self.store.key("frames") + "/", modified_before=before)
-            refused: dict[str, str] = {}
-            for start in range(0, len(found), PAGE):
-                refused |= await self.store.delete_many(found[start:start + PAGE])
-                await asyncio.sleep(PAUSE_S)
-            orphans = [key for key in found if key not in refused]
+            needed = await self.needed(found) if found else set()
+            deleted = await self.delete_paced([key for key in found if key not in needed])
         except StoreError as error:
             SWEEPS.labels("failed").inc()
             log.warning("reconciliation sweep failed, next one will retry: %s", error)
             return []
+        except (SweepPostponed, Unreachable, KafkaError, LookupError, TimeoutError) as error:
+            SWEEPS.labels("postponed").inc()
+            log.warning("reconciliation sweep postponed, nothing deleted: what the workers still need is not "
+                        "known (%s)", error or type(error).__name__)
+            return []
         SWEEPS.labels("ok").inc()
-        ORPHANS.inc(len(orphans))
-        log.info("reconciliation sweep: %d orphan frame objects older than %.0fs deleted", len(orphans), older_than_s)
+        ORPHANS.inc(len(deleted))
+        log.info("reconciliation sweep: %d orphan frame objects older than %.0fs deleted, %d still needed kept",
+                 len(deleted), older_than_s, len(needed))
         return [RetentionEvent(bucket=self.bucket, object_key=key, task_id=_task_of(key), reason="orphan")
-                for key in orphans]
+                for key in deleted]
+
+    async def delete_paced(self, keys: list[str]) -> list[str]:
+        """Deletes the keys a page at a time, pausing between pages; those the store deleted."""
+        refused: dict[str, str] = {}
+        for start in range(0, len(keys), PAGE):
+            refused |= await self.store.delete_many(keys[start:start + PAGE])
+            await asyncio.sleep(PAUSE_S)
+        return [key for key in keys if key not in refused]
+
+    async def needed(self, candidates: list[str]) -> set[str]:
+        """The candidates the workers have yet to finish with, then those alert rows keep as their image."""
+        waiting = await self.named_by_backlogs()
+        kept = {key for key in candidates if key in waiting}
+        for start in range(0, len(candidates), PAGE):
+            kept |= await self.alerts.images_among(candidates[start:start + PAGE])
+        return kept
+
+    async def named_by_backlogs(self) -> set[str]:
+        """The objects named by the records the workers' group has not committed, topic by topic in the order a
+        frame meets them; SweepPostponed when they are more than `max_backlog`."""
+        named: set[str] = set()
+        left = self.max_backlog
+        for spec in PIPELINE_TOPICS:
+            ranges = await backlog(self.config, self.config.worker_group, self.config.topic(spec.name))
+            left -= sum(end - first for first, end in ranges.values())
+            if left < 0:
+                raise SweepPostponed(f"more than {self.max_backlog} records not processed yet")
+            for record in await read_backlog(self.config, ranges):
+                named |= objects_named(spec, record.value)
+        return named
 
     async def expire_alerts(self, before: datetime) -> list[RetentionEvent]:
         events: list[RetentionEvent] = []
@@ -80,6 +150,22 @@ class Housekeeping:
         except (StoreError, DatabaseUnavailable) as error:
             log.warning("alert expiry stopped, next run will go on: %s", error)
         return events
+
+
+def objects_named(spec: TopicSpec, raw: bytes | None) -> set[str]:
+    """The objects a record of fw.frames, fw.detections or fw.alerts names (none when it cannot be read: the agent
+    dead-letters it)."""
+    try:
+        event = spec.record.decode(raw)
+    except DecodeError:
+        return set()
+    if isinstance(event, FrameEvent):
+        return {event.object_key}
+    if isinstance(event, DetectionEvent):
+        return {event.frame.object_key}
+    if isinstance(event, AlertEvent):
+        return {event.frame.object_key, event.image_key}
+    return set()
 
 
 def _task_of(key: str) -> str:
