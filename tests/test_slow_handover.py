@@ -25,6 +25,7 @@ from framewatch.schemas.events import DetectionEvent, FrameEvent, FrameOutcome, 
 from framewatch.schemas.topics import DETECTIONS, FRAME_OUTCOMES, FRAMES
 from tests.conftest import SAMPLE_JPEG
 from tests.test_alert_path import alerting_config, missing_images, stored
+from tests.test_broker_link import committed
 
 CAMERAS = 8
 LATENCY_MS = 45_000  # past the second worker's start, the 15 s hand-over and retention's 5 s grace
@@ -64,6 +65,16 @@ async def frame_ends(config: Config) -> tuple[set[str], set[str]]:
     return detected, {o.frame.frame_id for o in outcomes if o.outcome in (Outcome.DROPPED, Outcome.FAILED)}
 
 
+async def unended(config: Config, ended: set[str]) -> str:
+    """Where the frames without an end are, and how far the workers' group has committed."""
+    where = sorted((r.partition, r.offset) for r in await read_records(config, config.topic(FRAMES.name))
+                   if FrameEvent.decode(r.value).frame_id not in ended)
+    frames = config.topic(FRAMES.name)
+    commits = {p: o for (t, p), o in (await committed(config, f"{config.framewatch.namespace}-framewatch")).items()
+               if t == frames}
+    return f"(partition, offset) {where}, committed {commits}"
+
+
 def test_results_coming_back_after_a_hand_over_are_discarded_and_no_alert_lacks_its_image(
         tmp_path: Path, stack_env: dict[str, str]) -> None:
     prefix = "h" + uuid.uuid4().hex[:6]
@@ -94,7 +105,7 @@ def test_results_coming_back_after_a_hand_over_are_discarded_and_no_alert_lacks_
                 print(f"slow hand-over: {len(frames)} frames, {len(detected)} inferred, {discarded:.0f} results "
                       f"discarded by the old owner, {len(rows)} alerts stored, outcome reasons "
                       f"{dict(collections.Counter(o.reason for o in outcomes))}")
-                assert detected | dropped >= frames, "every frame ended"
+                assert detected | dropped >= frames, f"frames without an end: {await unended(config, detected | dropped)}"
                 assert detected & dropped == set(), "inferred by the old owner, dropped by the new one"
                 assert [o for o in outcomes if o.reason == "image_not_copied"] == []
                 assert await missing_images(config, list(rows.values())) == []

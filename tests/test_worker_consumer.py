@@ -126,3 +126,24 @@ async def test_an_ack_from_before_a_revocation_commits_nothing_for_the_next_owne
     consumer.ack(after)
     consumer.ack(head)
     assert consumer._new_offset(tp) == 7
+
+
+
+async def test_a_partition_without_a_commit_is_read_again_from_its_start_when_assigned() -> None:
+    """aiokafka seeks an assigned partition only to a committed offset above 0: one never committed (its first
+    frame still at a detector) and assigned back to the same worker kept its fetch position, past the records
+    Faust dropped from the agents' buffers at the revocation; they were never handled."""
+    consumer, tp = await consumer_of_frames()
+    committed_tp = TP(tp.topic, 1)
+    seeks: list[tuple[TP, int]] = []
+
+    async def seek_to_committed() -> dict[TP, int | None]:
+        return {tp: None, committed_tp: 7}
+
+    async def seek(partition: TP, offset: int) -> None:
+        seeks.append((partition, offset))
+    consumer.seek_to_committed = seek_to_committed  # type: ignore[method-assign,assignment]
+    consumer.seek = seek  # type: ignore[method-assign]
+    consumer.assignment = lambda: {tp, committed_tp}  # type: ignore[method-assign]
+    await consumer.perform_seek()
+    assert seeks == [(tp, 0)]

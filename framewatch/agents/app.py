@@ -275,6 +275,18 @@ class InFlightSafeConsumer(kafka_driver.Consumer):
             self._acked_index.pop(tp, None)
         self._unacked_messages -= {message for message in self._unacked_messages if message.tp in revoked}
 
+    async def perform_seek(self) -> None:
+        """Faust's, which seeks each assigned partition to its committed offset, then the agents' partitions that
+        have none (or 0) to their start, as `consumer_auto_offset_reset = "earliest"` says: aiokafka seeks
+        only to a committed offset above 0 and leaves such a partition where its last fetch got to, so one assigned
+        back to this worker skipped the records read before the rebalance and never handled (Faust empties its
+        agents' buffers at a revocation): they stayed unhandled, and its commits stalled below them."""
+        await super().perform_seek()
+        agents_topics = self.app.topics.acking_topics
+        for tp in self.assignment():
+            if tp.topic in agents_topics and not self._committed_offset.get(tp):
+                await self.seek(tp, 0)  # below the log's start (retention), the earliest reset applies
+
     def _new_offset(self, tp: TP) -> int | None:
         acked = self._acked[tp]
         if acked and (oldest := self._oldest_in_flight(tp)) is not None and oldest < min(acked):
