@@ -152,6 +152,42 @@ async def test_frames_of_a_revoked_partition_leave_the_room_and_their_results_ar
     assert slow.requests == 2 and h.scheduler.queued == 0 and not h.scheduler._in_order
 
 
+async def test_a_result_whose_hand_on_fails_is_not_sent_again_once_its_partition_is_revoked(
+        fleet: Fleet, harness: MakeHarness) -> None:
+    [service] = await fleet(fake("s", latency_ms=10))
+    h = await harness([service])
+    attempts = 0
+    revoked = False
+
+    async def broker_away(result: DetectionEvent | FrameOutcome) -> None:
+        nonlocal attempts, revoked
+        attempts += 1
+        revoked = True  # the outage that failed the send moved the partition to another worker
+        raise OSError("the broker is away")
+
+    await h.scheduler.submit(camera_frame("a"), broker_away, lambda: not revoked)
+    await asyncio.sleep(2)  # hand-on retries come 0.5 s, then 1 s, after a failure
+    assert attempts == 1
+    later = camera_frame("b")  # the finisher goes on with the next frame
+    await h.submit(later)
+    assert [outcome(r) for r in await h.ended(later)] == [("inferred", "s")]
+
+
+async def test_a_recording_read_again_after_a_revocation_does_not_wait_for_its_revoked_frame(
+        fleet: Fleet, harness: MakeHarness) -> None:
+    slow, quick = await fleet(fake("slow", latency_ms=3000), fake("quick", latency_ms=10))
+    h = await harness([slow, quick])
+    revoked = False
+    [before] = recorded_frames("recording", 1)
+    await h.scheduler.submit(before, h.done, lambda: not revoked)
+    await asyncio.sleep(0.1)  # at the slow service
+    revoked = True
+    again = recorded_frames("recording", 3)  # the partition's records, read again by its next ownership
+    await h.submit(*again)
+    assert {outcome(r) for r in await h.ended(*again, timeout_s=2)} == {("inferred", "quick")}
+    assert before.frame_id not in {r.frame.frame_id for r in h.results}
+
+
 async def test_cameras_take_turns(fleet: Fleet, harness: MakeHarness) -> None:
     [service] = await fleet(fake("s", latency_ms=100))
     h = await harness([service])

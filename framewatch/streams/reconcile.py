@@ -100,10 +100,12 @@ async def recent_uploads(store: ObjectStore, task: CameraTask) -> list[Upload]:
 
 
 async def announced_since(producer: EventProducer, task: CameraTask, since_ms: int) -> set[str]:
-    """The objects named by the records on the camera's partition of fw.frames since `since_ms` (every camera's:
-    keys are unique to a folder)."""
+    """The objects named by the camera's records on its partition of fw.frames since `since_ms`."""
     named = set()
+    camera = task.id.encode()
     for record in await records_since(producer.config, FRAMES, task.id, since_ms):
+        if record.key != camera:  # the partition's other cameras
+            continue
         try:
             named.add(FrameEvent.decode(record.value).object_key)
         except DecodeError:

@@ -277,20 +277,23 @@ class InferenceScheduler(Service):
     @Service.task
     async def _finisher(self) -> None:
         """Every frame's end goes out through here, in order, so the dispatcher never waits on Kafka. A hand-on
-        that fails (the broker is away) is tried again until it succeeds: a frame left unacknowledged would freeze
-        its partition's commits."""
+        that fails (the broker is away) is tried again until it succeeds, or until the frame's partition is revoked
+        (the outage that failed it often moves the partitions): a frame left unacknowledged would freeze its
+        partition's commits, one handed on after its revocation acts on a partition another worker reads."""
         while not self.should_stop:
             item, result = await self._finished.get()
-            if not item.owned():
-                FENCED.inc()
-                continue
-            done = item.done
             on_retry = logged(log, f"handing on the result of frame {result.frame.frame_id}", HAND_ON_FAILURES.inc)
-            try:
-                await HAND_ON_BACKOFF.call(done, lambda _: not self.should_stop, on_retry, result)
-            except Exception:
-                if not self.should_stop:
-                    raise
+            if item.owned():
+                try:
+                    await HAND_ON_BACKOFF.call(item.done, lambda _: not self.should_stop and item.owned(), on_retry,
+                                               result)
+                    continue
+                except Exception:
+                    if self.should_stop:
+                        return
+                    if item.owned():
+                        raise
+            FENCED.inc()
 
     def _dispatch_ready(self) -> float:
         """Send every request that can go now; returns how long to sleep before looking again."""
@@ -509,15 +512,25 @@ class InferenceScheduler(Service):
 
     def _finish(self, item: Waiting, result: Result) -> None:
         self.pressure.setdefault(item.frame.task_id, TaskPressure()).ended += 1
-        if not item.lossless:
-            self._finished.put_nowait((item, result))
+        if item.lossless and item.owned():
+            item.result = result  # handed on once the frames before it are
+        else:
+            self._finished.put_nowait((item, result))  # a revoked frame's is discarded there: no order to keep
+        if item.lossless:
+            self._release_in_order(item.key)
+
+    def _release_in_order(self, key: str) -> None:
+        """Hands on a lossless task's results that no earlier frame holds back; a revoked frame holds none back
+        (one still at a service: the frames read again after the revocation need not wait for its answer)."""
+        in_order = self._in_order.get(key)
+        if in_order is None:
             return
-        item.result = result
-        in_order = self._in_order[item.key]
-        while in_order and (head_result := in_order[0].result) is not None:
-            self._finished.put_nowait((in_order.popleft(), head_result))
+        while in_order and ((head := in_order[0]).result is not None or not head.owned()):
+            in_order.popleft()
+            if head.result is not None:
+                self._finished.put_nowait((head, head.result))
         if not in_order:
-            del self._in_order[item.key]
+            del self._in_order[key]
 
     def _seen(self, frame: FrameEvent) -> CameraSeen:
         seen = self.cameras.get(frame.camera_id)
