@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from framewatch.agents.alerts.relocation import IMAGE_NOT_COPIED
 from framewatch.agents.retention.frames import Retention
-from framewatch.agents.retention.housekeeping import Housekeeping
+from framewatch.agents.retention.housekeeping import Housekeeping, objects_named
 from framewatch.clients.bus import EventProducer, ensure_topics, kafka_options, read_records
 from framewatch.clients.database import AlertStore
 from framewatch.clients.objectstore import ObjectStore
@@ -26,7 +26,7 @@ from framewatch.schemas.events import (
     now_ms,
 )
 from framewatch.schemas.tasks import Freshness
-from framewatch.schemas.topics import DETECTIONS, FRAMES
+from framewatch.schemas.topics import ALERTS, DETECTIONS, FRAMES
 from tests.conftest import SAMPLE_JPEG, free_port
 from tests.test_events import frame
 
@@ -235,3 +235,14 @@ async def test_outcomes_naming_anything_but_a_frame_of_ours_delete_nothing(stack
     events = [d.event for d in await retention.delete_due() if d.event is not None]
     assert [e.object_key for e in events] == [genuine.object_key]
     assert await store.list_keys("alerts/cam-x/") == [alert_image]
+
+
+def test_the_objects_a_backlog_record_names_are_read_from_its_json_and_a_broken_one_names_none() -> None:
+    f = frame()
+    detection = DetectionEvent(frame=f, service_id="s", inference_ms=1, detections=[])
+    alert = AlertEvent(alert_id=AlertEvent.make_id(f.frame_id, "area_intrusion"), frame=f, rule="area_intrusion",
+                       evidence={}, image_key="alerts/a.jpg")
+    assert objects_named(FRAMES, f.to_bytes()) == {f.object_key}
+    assert objects_named(DETECTIONS, detection.to_bytes()) == {f.object_key}
+    assert objects_named(ALERTS, alert.to_bytes()) == {f.object_key, "alerts/a.jpg"}
+    assert objects_named(ALERTS, b"not json") == objects_named(FRAMES, None) == objects_named(FRAMES, b"[1]") == set()

@@ -31,6 +31,7 @@ import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
 
+import orjson
 from aiokafka.errors import KafkaError
 from prometheus_client import Counter
 
@@ -39,13 +40,7 @@ from framewatch.clients.database import AlertStore, DatabaseUnavailable
 from framewatch.clients.objectstore import ObjectStore, StoreError
 from framewatch.errors import FramewatchError, Unreachable
 from framewatch.schemas.config import Config
-from framewatch.schemas.events import (
-    AlertEvent,
-    DecodeError,
-    DetectionEvent,
-    FrameEvent,
-    RetentionEvent,
-)
+from framewatch.schemas.events import RetentionEvent
 from framewatch.schemas.topics import ALERTS, DETECTIONS, FRAMES, TopicSpec
 
 log = logging.getLogger("framewatch.housekeeping")
@@ -57,6 +52,7 @@ ALERTS_EXPIRED = Counter("framewatch_housekeeping_alerts_expired_total", "Alert 
 ORPHAN_AFTER_S = 600  # far beyond max_frame_age_ms + infer timeout + retention grace: such a frame has no future
 PAGE = 1000
 PAUSE_S = 0.2
+YIELD_EVERY = 1000  # backlog records read between two turns of the event loop
 MAX_BACKLOG = 50_000  # records read to learn what the workers still need: a few MB
 PIPELINE_TOPICS = (FRAMES, DETECTIONS, ALERTS)  # in the order a frame meets them
 
@@ -132,8 +128,10 @@ class Housekeeping:
             left -= sum(end - first for first, end in ranges.values())
             if left < 0:
                 raise SweepPostponed(f"more than {self.max_backlog} records not processed yet")
-            for record in await read_backlog(self.config, ranges):
+            for count, record in enumerate(await read_backlog(self.config, ranges), 1):
                 named |= objects_named(spec, record.value)
+                if count % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)  # the leader's agents go on meanwhile
         return named
 
     async def expire_alerts(self, before: datetime) -> list[RetentionEvent]:
@@ -152,20 +150,27 @@ class Housekeeping:
         return events
 
 
+# where a record of each topic names an object: FrameEvent, DetectionEvent, AlertEvent
+NAMED_AT = {FRAMES.name: (("object_key",),), DETECTIONS.name: (("frame", "object_key"),),
+            ALERTS.name: (("frame", "object_key"), ("image_key",))}
+
+
 def objects_named(spec: TopicSpec, raw: bytes | None) -> set[str]:
-    """The objects a record of fw.frames, fw.detections or fw.alerts names (none when it cannot be read: the agent
-    dead-letters it)."""
+    """The objects a record of fw.frames, fw.detections or fw.alerts names, read as plain JSON: the sweep may read
+    tens of thousands on the leader's event loop, and validating each as its model would hold the loop for
+    seconds. A record that is not such JSON names nothing (its agent dead-letters it)."""
     try:
-        event = spec.record.decode(raw)
-    except DecodeError:
+        record: object = orjson.loads(raw or b"null")
+    except orjson.JSONDecodeError:
         return set()
-    if isinstance(event, FrameEvent):
-        return {event.object_key}
-    if isinstance(event, DetectionEvent):
-        return {event.frame.object_key}
-    if isinstance(event, AlertEvent):
-        return {event.frame.object_key, event.image_key}
-    return set()
+    named = set()
+    for path in NAMED_AT[spec.name]:
+        value = record
+        for step in path:
+            value = value.get(step) if isinstance(value, dict) else None
+        if isinstance(value, str):
+            named.add(value)
+    return named
 
 
 def _task_of(key: str) -> str:
