@@ -131,6 +131,16 @@ async def test_a_failed_statement_on_an_open_session_keeps_it_and_its_slots(monk
     assert worker.share._connection is None, "a closed session is lost"
 
 
+async def test_a_timed_out_statement_ends_the_session_whose_locks_it_may_have_changed() -> None:
+    connection = Connection()
+    worker = Share(connection)
+    worker.hold(0, 1)
+    worker.share.services["gpu"].demand_at = -math.inf
+    connection.failing = TimeoutError()  # asyncpg's command_timeout: the statement may have run all the same
+    await worker.share._adjust_or_wait()
+    assert worker.share._connection is None and connection.closed and worker.held == []
+
+
 async def test_after_a_loss_a_worker_sends_its_part_but_no_more_than_it_held_for_a_request_timeout() -> None:
     connection = Connection()
     worker = Share(connection, Membership(members=4, rank=0))

@@ -15,8 +15,9 @@ When PostgreSQL cannot be reached, the workers split each service's capacity by 
 the capacity (a worker whose part is 0 sends nothing to that service). The changes of mode are where requests of
 both modes meet, so each waits out the other's: for one request timeout after the session is lost a worker sends on
 no more slots than it held (the others' requests on theirs may still run), and for `SETTLE_S` after it is back it
-holds no more than its part (the others may not be back yet). A session is given up only once it is closed: while
-it is open its locks are this worker's, whatever a statement on it answered. A lowered capacity counts at once: the
+holds no more than its part (the others may not be back yet). A session is given up once it is closed, or once a
+statement on it timed out (it may have taken or freed a lock all the same); a statement refused leaves it and its
+locks as they were. A lowered capacity counts at once: the
 slots above it are released, busy or not (no one can take them), and the requests on them count against the rest.
 """
 
@@ -256,7 +257,9 @@ class CapacityShare(Service):
         except LINK_ERRORS as error:
             if self.should_stop or self._connection is None:
                 return
-            if self._connection.is_closed():
+            if self._connection.is_closed() or isinstance(error, TimeoutError):
+                # timed out, a statement may still have taken or freed a lock unknown to `held`: the session is
+                # ended, and with it every lock it holds, so the slots held and PostgreSQL's never disagree
                 self._lost(error)
                 return
             log.warning("a capacity statement failed (%s); the session and its slots stay", error)
