@@ -35,10 +35,12 @@ import av
 import cv2
 import numpy as np
 import onnx
+import onnxruntime
 from onnx import TensorProto, helper
 
 from framewatch.clients.bus import ensure_topics
-from framewatch.detector.onnx import COCO, OnnxDetector
+from framewatch.detector.hog import decode_image
+from framewatch.detector.onnx import COCO, PADDING, OnnxDetector, intra_op_threads, letterbox, model_input
 from framewatch.ops.demo import PipelineRun
 from framewatch.ops.load import (
     FrameLoad,
@@ -92,6 +94,45 @@ def frames(count: int) -> list[bytes]:
     with av.open(str(VIDEO)) as container:
         decoded = [f.to_ndarray(format="bgr24") for _, f in zip(range(count), container.decode(video=0))]
     return [bytes(cv2.imencode(".jpg", image)[1]) for image in decoded]
+
+
+def step_by_step(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """The preprocessing before the one-pass one, kept as the baseline: resize, paste onto the canvas, convert the
+    colours, transpose, convert to float, divide."""
+    h, w = image.shape[:2]
+    scale = min(width / w, height / h)
+    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
+    left, top = int((width - new_w) / 2), int((height - new_h) / 2)
+    canvas = np.full((height, width, 3), PADDING, np.uint8)
+    canvas[top:top + new_h, left:left + new_w] = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    tensor: np.ndarray = cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB).transpose(2, 0, 1).astype(np.float32) / 255.0
+    return tensor
+
+
+def preprocessing_ms(images: list[bytes], size: int) -> dict[str, float]:
+    """JPEG decode plus preprocessing, ms per frame on one thread: the step-by-step baseline and the one pass."""
+    decoded = [decode_image(image) for image in images]
+    figures = {}
+    for name, prepare in (("step_by_step", lambda: np.stack([step_by_step(i, size, size) for i in decoded])),
+                          ("one_pass", lambda: model_input([letterbox(i, size, size)[0] for i in decoded]))):
+        prepare()
+        started = time.process_time()
+        prepare()
+        figures[f"{name}_ms"] = round(1000 * (time.process_time() - started) / len(decoded), 2)
+    started = time.process_time()
+    for image in images:
+        decode_image(image)
+    figures["jpeg_decode_ms"] = round(1000 * (time.process_time() - started) / len(images), 2)
+    return figures
+
+
+def session_options_compared(model: Path, images: list[bytes]) -> dict[str, dict[str, float]]:
+    """Batch 1 on ONNX Runtime's default session (every core, threads spinning between runs) and on the serving
+    options (`intra_op_threads` for a service of this host's capacity, no spinning), side by side."""
+    defaults = OnnxDetector(model)
+    defaults.session = onnxruntime.InferenceSession(str(model), providers=defaults.session.get_providers())
+    serving = OnnxDetector(model, threads=intra_op_threads(os.cpu_count() or 1))
+    return {"defaults": measure(defaults, images, 1), "serving": measure(serving, images, 1)}
 
 
 def measure(detector: OnnxDetector, images: list[bytes], batch: int) -> dict[str, float]:
@@ -175,7 +216,8 @@ def main() -> int:
     args = parser.parse_args()
     images = frames(args.frames)
     with tempfile.TemporaryDirectory() as folder:
-        detector = OnnxDetector(synthetic_yolo(Path(folder) / "synthetic.onnx", args.size))
+        cores = len(os.sched_getaffinity(0))  # one run at a time here: every core for it
+        detector = OnnxDetector(synthetic_yolo(Path(folder) / "synthetic.onnx", args.size), threads=cores)
         figures: dict[str, Any] = {"provider": detector.provider, "input": args.size, "frames": len(images),
                                    **{f"batch_{b}": measure(detector, images, b) for b in BATCHES}}
         base = figures["batch_1"]["frames_per_s"]
@@ -183,11 +225,21 @@ def main() -> int:
             figures[f"batch_{b}"]["speedup_vs_batch_1"] = round(figures[f"batch_{b}"]["frames_per_s"] / base, 2)
         rows = [(f"batch {b}: frames/s ({detector.provider})", figures[f"batch_{b}"]["frames_per_s"],
                  f"{figures[f'batch_{b}']['speedup_vs_batch_1']}x batch 1") for b in BATCHES]
+        pre = figures["preprocessing_640"] = preprocessing_ms(images, 640)
+        sessions = figures["session_options"] = session_options_compared(Path(folder) / "synthetic.onnx", images)
+        rows += [("preprocessing at 640, ms per frame: step by step", pre["step_by_step_ms"], "before"),
+                 ("  in one pass", pre["one_pass_ms"], f"{pre['step_by_step_ms'] / pre['one_pass_ms']:.2f}x faster"),
+                 ("  (JPEG decode, ms per frame)", pre["jpeg_decode_ms"], ""),
+                 ("batch 1, CPU ms per frame: ONNX Runtime defaults", sessions["defaults"]["cpu_ms_per_frame"],
+                  f"{sessions['defaults']['frames_per_s']} frames/s"),
+                 ("  serving options (no spinning)", sessions["serving"]["cpu_ms_per_frame"],
+                  f"{sessions['serving']['frames_per_s']} frames/s")]
         if args.worker_seconds > 0:
             model = synthetic_yolo(Path(folder) / "worker.onnx", args.worker_size)
             plan = core_plan()
             with running_on(plan.get("detector", [])):
-                alone = measure(OnnxDetector(model), images, 16)["frames_per_s"]
+                alone = measure(OnnxDetector(model, threads=len(plan.get("detector", [])) or cores), images,
+                                16)["frames_per_s"]
             fed = figures["through_worker"] = through_worker(model, images[0], alone, args.worker_seconds,
                                                              Path(folder), plan)
             rows += [(f"input {args.worker_size}, batch 16 alone: frames/s", alone, ""),

@@ -150,7 +150,7 @@ def cmd_detector(args: argparse.Namespace) -> int:
     serve(DetectorSettings(service_id=service_id, host=config.framewatch.bind_host, port=args.port,
                            capacity=args.capacity or os.cpu_count() or 1, advertise_url=args.advertise_url,
                            upscale=args.upscale, model=Path(args.model) if args.model else None, labels=labels,
-                           max_batch=args.max_batch, **({"task_types": task_types} if task_types else {})), config)
+                           max_batch=args.max_batch, threads=args.threads, **({"task_types": task_types} if task_types else {})), config)
     return 0
 
 
@@ -374,6 +374,8 @@ def parser() -> argparse.ArgumentParser:
                                    "outputs: see README, Bring your own model)")
     p.add_argument("--labels", help="--model: its class names, one per line, in order (default: COCO's 80)")
     p.add_argument("--max-batch", type=int, default=16, help="--model: frames per request and per model run")
+    p.add_argument("--threads", type=int, help="--model: ONNX Runtime threads per model run (default: the CPU "
+                   "cores shared by --capacity runs at once)")
     p.add_argument("--task-types", help="the task types it serves, comma-separated (default: the people tasks)")
     p.set_defaults(func=cmd_detector)
 

@@ -16,7 +16,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from framewatch.detector.onnx import ModelError, OnnxDetector
+from framewatch.detector.onnx import PADDING, ModelError, OnnxDetector, intra_op_threads, letterbox, model_input
 from framewatch.schemas.contract import InferFrame, InferRequest, InferResponse
 from framewatch.schemas.tasks import TaskType
 
@@ -81,6 +81,27 @@ def test_end_to_end_nms_and_detr_outputs_and_a_batch_in_one_run(tmp_path: Path) 
     (found,) = detr.detect_jpegs([IMAGE])
     assert not isinstance(found, ValueError)
     assert [(d.label, d.score) for d in found] == [("fallen", pytest.approx(0.85)), ("person", pytest.approx(0.3))]
+
+
+def test_preprocessing_in_one_pass_gives_the_step_by_step_input() -> None:
+    image = np.random.default_rng(7).integers(0, 256, (576, 1024, 3), np.uint8)
+    canvas, box = letterbox(image, 640, 640)
+    step_by_step = np.full((640, 640, 3), PADDING, np.uint8)
+    step_by_step[140:500] = cv2.resize(image, (640, 360), interpolation=cv2.INTER_LINEAR)
+    assert (box.pad_x, box.pad_y, box.scale) == (0, 140, 0.625)
+    assert np.array_equal(canvas, step_by_step)
+    batch = model_input([canvas, canvas])
+    tensor = cv2.cvtColor(step_by_step, cv2.COLOR_BGR2RGB).transpose(2, 0, 1).astype(np.float32) / 255.0
+    assert batch.shape == (2, 3, 640, 640) and batch.dtype == np.float32
+    assert np.abs(batch - tensor).max() < 1e-6
+
+
+def test_a_served_model_shares_the_cores_among_its_runs_and_spins_no_thread(tmp_path: Path) -> None:
+    detector = OnnxDetector(constant_model(tmp_path / "yolo.onnx", {"output0": yolo_head()}), ["a", "b"], threads=2)
+    options = detector.session.get_session_options()
+    assert options.intra_op_num_threads == 2 and detector.describe()["threads"] == 2
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert [intra_op_threads(capacity, cores=16) for capacity in (1, 4, 16, 64)] == [16, 4, 1, 1]
 
 
 def test_a_file_that_is_not_a_model_is_refused_with_its_name(tmp_path: Path) -> None:

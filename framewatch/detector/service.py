@@ -70,6 +70,7 @@ class DetectorSettings:
     model: Path | None = None  # an ONNX file; HOG when None
     labels: list[str] | None = None  # the model's class names, in order (COCO when None)
     max_batch: int = 1  # frames per request (and per model run) a model takes
+    threads: int | None = None  # a model's intra-op threads per run (None: the cores shared by `capacity` runs)
     task_types: list[TaskType] = field(default_factory=lambda: list(PEOPLE_TASKS))
 
     @property
@@ -83,9 +84,11 @@ class DetectorService:
         self.config = config
         self.detector: Detector = HogPeopleDetector(upscale=settings.upscale)
         if settings.model is not None:
-            from framewatch.detector.onnx import OnnxDetector  # ONNX Runtime is the `onnx` extra: imported on use
+            # ONNX Runtime is the `onnx` extra: imported on use
+            from framewatch.detector.onnx import OnnxDetector, intra_op_threads
 
-            self.detector = OnnxDetector(settings.model, settings.labels)
+            self.detector = OnnxDetector(settings.model, settings.labels,
+                                         threads=settings.threads or intra_op_threads(settings.capacity))
         self.max_batch = 1 if settings.model is None else settings.max_batch
         self.pool = ThreadPoolExecutor(max_workers=settings.capacity, thread_name_prefix="hog")
         self.images: httpx.AsyncClient | None = None
