@@ -13,7 +13,7 @@ from aiokafka.admin import NewTopic
 
 from framewatch.clients.bus import connect_admin, read_records
 from framewatch.ops.load import FrameLoad, start_fleet
-from framewatch.schemas.config import load_config
+from framewatch.schemas.config import Config, load_config
 from framewatch.schemas.events import AlertStored, DeadLetter
 from tests.conftest import SAMPLE_JPEG
 from tests.test_alert_path import alerting_config, metric, stored
@@ -40,19 +40,8 @@ def test_alerts_the_alert_topic_refuses_are_dead_lettered_not_marked_published(t
                      extra_env={"FRAMEWATCH_MQ_TOPIC": mq_topic}) as fleet:
         config = fleet.run.config
 
-        async def refused() -> dict[str, DeadLetter]:
-            letters = [DeadLetter.decode(r.value) for r in await read_records(config, config.topic("fw.dead-letters"))]
-            return {AlertStored.decode(letter.payload.encode()).alert.alert_id: letter for letter in letters
-                    if letter.reason.startswith("refused by")}
-
         async def scenario() -> None:
-            await FrameLoad(config, cameras=2, fps_per_camera=1, prefix=prefix, image=SAMPLE_JPEG).run(duration_s=8)
-            for _ in range(90):  # every stored alert dead-lettered (after three refusals each)
-                rows = await stored(config, prefix)
-                if rows and set(rows) <= set(await refused()):
-                    break
-                await asyncio.sleep(1)
-            letters = await refused()
+            rows, letters = await load_until_dead_lettered(config, prefix)
             published = await read_records(config, mq_topic)
             markers = await read_records(config, config.topic("fw.published"))
             metrics = httpx.get(fleet.run.metrics_url, timeout=10).text
@@ -65,6 +54,53 @@ def test_alerts_the_alert_topic_refuses_are_dead_lettered_not_marked_published(t
                 assert mq_topic in letter.reason and "MessageSizeTooLarge" in letter.reason, letter.reason
             assert metric(metrics, "framewatch_publisher_alerts_published_total") == 0
             assert metric(metrics, f'framewatch_publisher_alerts_refused_total{{reason="MessageSizeTooLargeError",'
+                                   f'topic="{mq_topic}"}}') == len(rows)
+
+        asyncio.run(scenario())
+
+
+async def refused(config: Config) -> dict[str, DeadLetter]:
+    """The alerts dead-lettered for the alert topic's refusal, by id."""
+    letters = [DeadLetter.decode(r.value) for r in await read_records(config, config.topic("fw.dead-letters"))]
+    return {AlertStored.decode(letter.payload.encode()).alert.alert_id: letter for letter in letters
+            if letter.reason.startswith("refused by")}
+
+
+async def load_until_dead_lettered(config: Config, prefix: str) -> tuple[dict[str, str], dict[str, DeadLetter]]:
+    """Alerts raised for 8 s, then until every stored alert is dead-lettered (after three refusals each): the rows
+    and the dead letters."""
+    await FrameLoad(config, cameras=2, fps_per_camera=1, prefix=prefix, image=SAMPLE_JPEG).run(duration_s=8)
+    for _ in range(90):
+        rows = await stored(config, prefix)
+        if rows and set(rows) <= set(await refused(config)):
+            break
+        await asyncio.sleep(1)
+    return rows, await refused(config)
+
+
+def test_alerts_for_an_alert_topic_that_is_gone_are_dead_lettered_not_waited_for(tmp_path: Path,
+                                                                               stack_env: dict[str, str]) -> None:
+    """The alert topic deleted after the worker made it: each alert is refused at once (the broker, reached, has
+    no such topic), not after the producer's 40 s wait for its metadata, and dead-lettered after three tries."""
+    prefix = "u" + uuid.uuid4().hex[:6]
+    with start_fleet(tmp_path, stack_env, 1, alerting_config(prefix, cameras=2), latency_ms=20, people=1) as fleet:
+        config = fleet.run.config
+        mq_topic = config.ai_analysis.mq_topic
+
+        async def scenario() -> None:
+            admin = await connect_admin(config)
+            try:
+                await admin.delete_topics([mq_topic])
+            finally:
+                await admin.close()
+            rows, letters = await load_until_dead_lettered(config, prefix)
+            markers = await read_records(config, config.topic("fw.published"))
+            metrics = httpx.get(fleet.run.metrics_url, timeout=10).text
+            print(f"alert topic gone: {len(rows)} stored, {len(letters)} dead-lettered, {len(markers)} marked published")
+            assert len(rows) >= 8 and set(letters) == set(rows)
+            assert markers == [], "nothing marked published"
+            assert all(f"{mq_topic} does not exist" in letter.reason for letter in letters.values())
+            assert metric(metrics, f'framewatch_publisher_alerts_refused_total{{reason="UnknownAlertTopic",'
                                    f'topic="{mq_topic}"}}') == len(rows)
 
         asyncio.run(scenario())

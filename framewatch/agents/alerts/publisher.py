@@ -6,8 +6,8 @@ marker and the consumer offset go in one Kafka transaction: after a crash either
 did, so a consumer reading the alert topic with `isolation.level=read_committed` sees each alert exactly once.
 aiokafka commits a transaction even when a record sent in it was refused, so the transaction is committed only once
 every send in it is confirmed; a refusal aborts it. An alert the alert topic refuses for a reason retrying cannot
-change (too large for it, not authorized, a topic policy) goes to fw.dead-letters with the reason after
-`REFUSALS_MAX` refusals, so its partition moves on.
+change (too large for it, not authorized, a topic policy, a topic the broker does not have) goes to
+fw.dead-letters with the reason after `REFUSALS_MAX` refusals, so its partition moves on.
 
 With several workers a partition of fw.alerts-stored moves between them, and aiokafka has no KIP-447 fencing by
 consumer generation. So each partition has a transactional producer of its own, its transactional id derived from
@@ -41,6 +41,7 @@ from aiokafka.errors import (
     RecordListTooLargeError,
     RecordTooLargeError,
     TopicAuthorizationFailedError,
+    UnknownTopicOrPartitionError,
 )
 from mode import Service
 from prometheus_client import Counter, Gauge
@@ -75,9 +76,16 @@ REFUSED = Counter("framewatch_publisher_alerts_refused_total",
                   "Alerts the alert topic refused for good, dead-lettered instead of published", ["topic", "reason"])
 DEAD_LETTERED = Counter("framewatch_publisher_dead_letters_total",
                         "Records of fw.alerts-stored kept on fw.dead-letters (unreadable, or refused for good)")
+
+
+class UnknownAlertTopic(UnknownTopicOrPartitionError):
+    """The broker, reached, has no such topic (deleted, or never made where framewatch may not make topics). Not
+    aiokafka's own UnknownTopicOrPartitionError, which it also raises when it could not reach the broker at all."""
+
+
 # what the broker (or the client, before sending) will refuse however often the record is sent again
 LASTING_REFUSALS = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError,
-                    TopicAuthorizationFailedError, PolicyViolationError, InvalidTopicError)
+                    TopicAuthorizationFailedError, PolicyViolationError, InvalidTopicError, UnknownAlertTopic)
 REFUSALS_MAX = 3  # a lasting refusal is tried this often, in case the site fixes the topic meanwhile
 Sent = list["asyncio.Future[Any]"]
 
@@ -338,6 +346,8 @@ class AlertPublisher(Service):
             return [await self._dead_letter(producer, f"refused by {mq_topic}: {refusal}", record.value,
                                             alert.frame.camera_id)]
         try:
+            if not await self._alert_topic_known(producer):
+                raise UnknownAlertTopic(f"{mq_topic} does not exist")
             message = await producer.send(mq_topic, AlertMessage.of(stored).to_bytes(),
                                           key=alert.frame.camera_id.encode())
         except LASTING_REFUSALS as error:
@@ -346,6 +356,19 @@ class AlertPublisher(Service):
         marker = AlertPublished(alert_id=alert.alert_id, camera_id=alert.frame.camera_id)
         batch.published.add(alert.alert_id)
         return [message, await producer.send(self.markers, marker.to_bytes(), key=PUBLISHED.key_of(marker))]
+
+    async def _alert_topic_known(self, producer: AIOKafkaProducer) -> bool:
+        """Whether the broker has the alert topic: the producer's metadata names it, or, when it does not, metadata
+        fetched now (a send to a missing topic would wait `request_timeout_ms` for it, then fail the way it fails
+        when the broker is away). A broker that cannot be reached says nothing: the send waits for it as ever."""
+        mq_topic = self.config.ai_analysis.mq_topic
+        if producer.client.cluster.partitions_for_topic(mq_topic) is not None:
+            return True
+        try:
+            metadata = await producer.client.fetch_all_metadata()
+        except KafkaError:
+            return True
+        return mq_topic in metadata.topics()
 
     async def _dead_letter(self, producer: AIOKafkaProducer, reason: str, raw: bytes,
                            key: str | None = None) -> asyncio.Future[Any]:
