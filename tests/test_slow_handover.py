@@ -15,7 +15,6 @@ import uuid
 from pathlib import Path
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 from framewatch.clients.bus import read_records
 from framewatch.ops.demo import ServiceProcess
@@ -24,7 +23,7 @@ from framewatch.schemas.config import Config
 from framewatch.schemas.events import DetectionEvent, FrameEvent, FrameOutcome, Outcome
 from framewatch.schemas.topics import DETECTIONS, FRAME_OUTCOMES, FRAMES
 from tests.conftest import SAMPLE_JPEG
-from tests.test_alert_path import alerting_config, missing_images, stored
+from tests.test_alert_path import alerting_config, metric, missing_images, stored
 from tests.test_broker_link import committed
 
 CAMERAS = 8
@@ -40,9 +39,7 @@ def slow_config(prefix: str) -> str:
 
 
 def fenced(metrics_url: str) -> float:
-    text = httpx.get(metrics_url, timeout=5).text
-    return sum(sample.value for family in text_string_to_metric_families(text)
-               for sample in family.samples if sample.name == "framewatch_inference_results_fenced_total")
+    return metric(httpx.get(metrics_url, timeout=5).text, "framewatch_inference_results_fenced_total")
 
 
 def wait_for_partitions(port: int, timeout_s: float = 90) -> None:
