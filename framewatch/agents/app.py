@@ -27,6 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from framewatch.agents.batches import WorkerStream
+from framewatch.agents.dead_letters import dead_letter
 from framewatch.agents.catalog import camera_states, task_catalog
 from framewatch.agents.delivery import SEND_BACKOFF, SEND_RETRIES, Delivery, Enqueue
 from framewatch.agents.inference.capacity import CapacityShare
@@ -42,7 +43,7 @@ from framewatch.process import StopsWithinDeadline
 from framewatch.retry import logged
 from framewatch.schemas import topics
 from framewatch.schemas.config import Config
-from framewatch.schemas.events import DeadLetter, DecodeError, Event
+from framewatch.schemas.events import DecodeError, Event
 from framewatch.schemas.tasks import CameraTask
 from framewatch.schemas.topics import MAX_RECORD_BYTES, TopicSpec
 
@@ -56,9 +57,6 @@ STALE_ACKS = Counter("framewatch_worker_stale_acks_total",
                      "Acks of records read before their partition was revoked, dropped (the new owner reads them again)")
 REBALANCE_WAITS_ABANDONED = Counter("framewatch_worker_rebalance_waits_abandoned_total",
                                     "Rebalances or stops that handed partitions over with records still in flight")
-
-DEAD_LETTERS = Counter("framewatch_worker_dead_letters_total", "Records kept on fw.dead-letters, by source topic",
-                       ["topic"])
 
 E = TypeVar("E", bound=Event)
 
@@ -159,15 +157,12 @@ class Topology:
 
     async def dead_letter(self, topic: faust.TopicT, reason: str, record: bytes, key: str | None = None) -> Delivery:
         """Keeps a record framewatch could not handle on fw.dead-letters, with the reason."""
-        delivery = await self.emit(self.dead_letters, DeadLetter.of(topic.get_topic_name(), reason, record, key))
-        DEAD_LETTERS.labels(topic.get_topic_name()).inc()
-        return delivery
+        return await self.emit(self.dead_letters, dead_letter(topic.get_topic_name(), reason, record, key))
 
     async def decode(self, record: type[E], raw: bytes, topic: faust.TopicT) -> E | None:
         try:
             return record.decode(raw)
         except DecodeError as error:
-            log.error("dead letter from %s: %s", topic.get_topic_name(), error)
             await (await self.dead_letter(topic, str(error), raw)).confirmed()
             return None
 
