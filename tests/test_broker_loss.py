@@ -1,22 +1,30 @@
 """A broker of a three-node cluster dies under load (`framewatch stack up --brokers 3`): topics and changelogs
-replicated three times, writes acknowledged by two, and every frame sent still ends with an outcome."""
+replicated three times, writes acknowledged by two, and every frame sent still ends with an outcome. And a cluster
+that refuses the worker's writes (fewer replicas in sync than the topics demand) while its reads go on: nothing the
+worker read then is acknowledged, so a worker killed meanwhile loses nothing."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import signal
-from collections.abc import Iterator
+import uuid
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
-from framewatch.clients.bus import connect_admin
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+from framewatch.clients.bus import DYNAMIC_TOPIC_CONFIG, connect_admin
 from framewatch.ops.load import Fleet, FrameLoad, TopicFollower, start_fleet
-from framewatch.schemas.events import FrameOutcome
-from framewatch.schemas.topics import FRAME_OUTCOMES
+from framewatch.schemas.config import Config
+from framewatch.schemas.events import AlertEvent, FrameOutcome
+from framewatch.schemas.topics import ALERTS, FRAME_OUTCOMES, FRAMES
 from framewatch.stack import LocalStack
 from framewatch.stack.kafka import Kafka
+from tests.conftest import SAMPLE_JPEG
+from tests.test_alert_path import alerting_config, published, settle, stored
 
 CLUSTER_CONFIG = """
 [framewatch]
@@ -75,3 +83,70 @@ async def test_frames_survive_a_broker_killed_under_load(fleet: Fleet, cluster: 
     outcomes = {e.frame.frame_id for e in follower.events if isinstance(e, FrameOutcome)}
     assert ended, f"{sent - len(outcomes)} of {sent} frames sent never ended"
     assert fleet.run.processes[-1].alive(), "the worker lived through the broker's death"
+
+
+# every write of the worker needs all three replicas, and its producer gives up on a refused one after 5 s (Faust's
+# default is 20 min: a commit waits for the producer's flush, so only a delivery that ends in failure can slip under
+# a commit)
+REFUSING_CONFIG = """
+[framewatch]
+replication_factor = 3
+min_insync_replicas = 3
+producer_request_timeout_sec = 5
+"""
+
+
+async def accept_with_two_replicas(config: Config, topic: str) -> None:
+    """The extractors' topic keeps taking frames with a broker down; the worker's outputs do not."""
+    admin = await connect_admin(config)
+    try:
+        resource = ConfigResource(ConfigResourceType.TOPIC, topic)
+        [(_, _, _, _, entries)] = (await admin.describe_configs([resource]))[0].resources
+        own = {name: value for name, value, _, source, *_ in entries if source == DYNAMIC_TOPIC_CONFIG}
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic,
+                                                  configs={**own, "min.insync.replicas": "2"})])
+    finally:
+        await admin.close()
+
+
+def test_a_worker_killed_while_its_writes_are_refused_loses_nothing(tmp_path: Path, stack_env: dict[str, str],
+                                                                   cluster: LocalStack) -> None:
+    prefix = "r" + uuid.uuid4().hex[:6]
+    config_text = REFUSING_CONFIG + alerting_config(prefix, cameras=6)
+    bootstrap = {"FRAMEWATCH_KAFKA_BOOTSTRAP": cluster.env()["FRAMEWATCH_KAFKA_BOOTSTRAP"]}
+    with start_fleet(tmp_path, stack_env, 1, config_text, latency_ms=50, people=1, extra_env=bootstrap) as fleet:
+        config = fleet.run.config
+
+        async def scenario() -> None:
+            await accept_with_two_replicas(config, config.topic(FRAMES.name))
+            follower = TopicFollower(config, [FRAME_OUTCOMES, ALERTS])
+            await follower.start()
+            load = FrameLoad(config, cameras=6, fps_per_camera=2, prefix=prefix, image=SAMPLE_JPEG)
+            sending = asyncio.create_task(load.run(duration_s=40))
+            await asyncio.sleep(8)
+            victim = cluster.brokers[1]
+            kill(victim)
+            await asyncio.sleep(20)  # frames read, their outputs refused, each refusal final after 5 s
+            await asyncio.to_thread(fleet.run.stop_worker, signal.SIGKILL)
+            await asyncio.to_thread(victim.up)
+            await asyncio.to_thread(fleet.run.start_worker)
+            sent = await sending
+            try:
+                await follower.collect_until(lambda events: len(ended_frames(events)) >= sent, timeout_s=120)
+                alert_ids = {e.alert_id for e in follower.events if isinstance(e, AlertEvent)}
+                await settle(config, prefix, alert_ids)
+            finally:
+                await follower.stop()
+            ended = ended_frames(follower.events)
+            print(f"refused writes: {sent} frames sent, {len(ended)} ended, {len(alert_ids)} alerts")
+            assert len(ended) == sent, f"{sent - len(ended)} of {sent} frames never ended: acked, their outputs lost"
+            assert alert_ids, "the detector saw people: frames alerted"
+            assert set(await stored(config, prefix)) == alert_ids
+            counts = await published(config)
+            assert {a: n for a, n in counts.items() if n != 1} == {} and set(counts) == alert_ids
+
+        asyncio.run(scenario())
+
+
+def ended_frames(events: Sequence[object]) -> set[str]:
+    return {e.frame.frame_id for e in events if isinstance(e, FrameOutcome)}
