@@ -1,6 +1,6 @@
 """`Delivery` and `Confirmations` (agents/delivery.py) on their own: a source record is acked only once every record
 it produced is confirmed; a refused one is handed to the producer again; a task has a bounded number of frames
-unconfirmed at once (the rules' replay window)."""
+unconfirmed at once (the rules' replay window); a revoked source's records are not sent again."""
 
 from __future__ import annotations
 
@@ -88,3 +88,21 @@ async def test_a_task_has_a_bounded_number_of_frames_unconfirmed_and_others_go_o
         future.set_result(None)
     await settle()
     assert sorted(acks) == ["a1", "a2", "a3", "b1"]
+
+
+async def test_a_refused_record_is_not_sent_again_once_its_source_partition_is_revoked() -> None:
+    """The new owner reads the source again and sends its outputs; a resend of the old owner's would land after
+    them (a rule state older than the new owner's written over it)."""
+    producer, acks, owned = Producer(), [], [True]
+
+    async def ack() -> None:
+        acks.append(1)
+    confirmations = Confirmations()
+    await confirmations.ack_when_confirmed([await producer.delivery()], ack, owned=lambda: owned[0])
+    producer.futures[0].set_exception(NotEnoughReplicasError())
+    await settle()
+    assert len(producer.futures) == 2  # still owned: sent again
+    owned[0] = False
+    producer.futures[1].set_exception(NotEnoughReplicasError())
+    await settle()
+    assert len(producer.futures) == 2 and acks == []  # revoked: neither sent again nor acked

@@ -148,7 +148,8 @@ class Pipeline:
             log.error("frame %s: %s; the frame fails", result.frame.frame_id, error)
             failed = FrameOutcome(frame=result.frame, outcome=Outcome.FAILED, reason="too_large")
             delivery = await topology.emit(topology.frame_outcomes, failed)
-        await self.confirmations.ack_when_confirmed([delivery], partial(frames.ack, event))
+        await self.confirmations.ack_when_confirmed([delivery], partial(frames.ack, event),
+                                                    owned=partial(topology.owns, event.message))
 
     # fw.detections: the rules
 
@@ -163,7 +164,8 @@ class Pipeline:
                 await detections.ack(record)
                 continue
             await self.confirmations.ack_when_confirmed(await self.evaluate(event), partial(detections.ack, record),
-                                                        key=event.frame.task_id)
+                                                        key=event.frame.task_id,
+                                                        owned=partial(self.topology.owns, record.message))
 
     async def evaluate(self, event: DetectionEvent) -> list[Delivery]:
         """The state is saved after the frame's alerts are sent; a frame replayed after a crash sends them
