@@ -14,7 +14,7 @@ import asyncpg
 import orjson
 
 from framewatch.errors import BadInput, Unreachable
-from framewatch.schemas.events import AlertEvent, CountWindow
+from framewatch.schemas.events import AlertEvent, ClipReady, CountWindow
 from framewatch.schemas.queries import AlertQuery, CountQuery
 
 log = logging.getLogger("framewatch.database")
@@ -31,6 +31,11 @@ MERGE = ("INSERT INTO alerts (" + ", ".join(ALERT_COLUMNS) + ") SELECT * FROM un
          "$8::timestamptz[], $9::text[], $10::text[], $11::jsonb[]) ON CONFLICT (alert_id) DO NOTHING")
 
 
+UPSERT_CLIP = ("INSERT INTO alert_clips (alert_id, bucket, clip_key, start_at, end_at, clip_bytes, reason) "
+               "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (alert_id) DO UPDATE SET bucket = EXCLUDED.bucket, "
+               "clip_key = EXCLUDED.clip_key, start_at = EXCLUDED.start_at, end_at = EXCLUDED.end_at, "
+               "clip_bytes = EXCLUDED.clip_bytes, reason = EXCLUDED.reason, made_at = now() "
+               "WHERE alert_clips.clip_key IS NULL AND EXCLUDED.clip_key IS NOT NULL")
 UPSERT_COUNT = ("INSERT INTO counts (task_id, camera_id, task_type, window_start, window_sec, samples, people_max, "
                 "people_mean, crossed_in, crossed_out) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "
                 "ON CONFLICT (task_id, window_start) DO UPDATE SET samples = EXCLUDED.samples, "
@@ -176,6 +181,18 @@ class AlertStore:
                 await connection.executemany(UPSERT_COUNT, rows)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
             raise classified(error, f"storing {len(windows)} count windows") from None
+        return len(rows)
+
+    async def store_clips(self, clips: list[ClipReady]) -> int:
+        """Records each alert's clip, or why it has none; a clip replaces a former 'none' (an extractor that took
+        the camera over may answer a request the one before did not), never the other way round."""
+        rows = [(uuid.UUID(c.alert_id), c.bucket, c.clip_key, None if c.start_at is None else _ts(c.start_at),
+                 None if c.end_at is None else _ts(c.end_at), c.clip_bytes, c.reason) for c in clips]
+        try:
+            async with self.pool.acquire() as connection:
+                await connection.executemany(UPSERT_CLIP, rows)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            raise classified(error, f"storing {len(clips)} clips") from None
         return len(rows)
 
     async def counts(self, query: CountQuery) -> list[asyncpg.Record]:

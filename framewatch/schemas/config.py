@@ -96,6 +96,8 @@ class FrameExtractorSettings(Section):
     upload_concurrency: int = Field(default=16, ge=1, description="uploads in flight at once, all cameras")
     handoff_size: int = Field(default=4, ge=1, description="samples waiting for upload per camera; oldest dropped")
     max_throttle: float = Field(default=10.0, ge=1, description="most a camera's interval stretches under pressure")
+    clip_buffer_mb: int = Field(default=256, ge=1, description="encoded packets held for event clips, all cameras "
+                                "together (each camera an equal share, at most 64 MB)")
     minio: MinioSettings = MinioSettings()
     tasks: list[CameraTask] = []
 

@@ -348,6 +348,41 @@ class AlertPublished(Event):
         return self.alert_id
 
 
+class ClipRequest(Event):
+    """An alert wants the seconds around it: sent by the rules agent to fw.clip-requests, partitioned like fw.tasks
+    (by task id), so the extractor that runs the camera reads it."""
+
+    alert_id: str
+    task_id: str
+    camera_id: str
+    captured_at: int
+    pre_ms: int = Field(ge=0)
+    post_ms: int = Field(ge=0)
+
+    @property
+    def event_id(self) -> str:
+        return stable_id("clip-request", self.alert_id)
+
+
+class ClipReady(Event):
+    """An alert's clip is in the object store (`clip_key`), or there is none (`clip_key` None, `reason` says why);
+    a clip shorter than asked for has both. Several alerts of one camera may share one clip."""
+
+    alert_id: str
+    task_id: str
+    camera_id: str
+    bucket: str
+    clip_key: str | None = None
+    start_at: int | None = Field(default=None, description="capture time of its first frame, ms since the epoch")
+    end_at: int | None = Field(default=None, description="capture time of its last frame")
+    clip_bytes: int | None = Field(default=None, ge=0)
+    reason: str | None = None
+
+    @property
+    def event_id(self) -> str:
+        return stable_id("clip", self.alert_id)
+
+
 MAX_LETTER_PAYLOAD = 64 * 1024  # characters of the record a dead letter keeps: it must fit in a Kafka message
 MAX_LETTER_REASON = 2048
 
@@ -374,7 +409,7 @@ class DeadLetter(Event):
 
 ALL_EVENTS: tuple[type[Event], ...] = (FrameEvent, DetectionEvent, AlertEvent, FrameOutcome, ServiceHeartbeat,
                                        TaskEvent, CameraStatus, InferencePressure, RetentionEvent, AlertStored,
-                                       AlertPublished, CountWindow, DeadLetter)
+                                       AlertPublished, CountWindow, DeadLetter, ClipRequest, ClipReady)
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:

@@ -158,6 +158,9 @@ class CameraTask(BaseModel):
                                    description="share of the picture that must change for a frame to be sent")
     change_heartbeat_sec: float = Field(default=10.0, gt=0, description="a frame is sent at least this often")
     # rule settings
+    clips: bool = Field(default=True, description="each alert comes with a clip of the seconds around it")
+    clip_pre_sec: float = Field(default=5.0, ge=0, le=30, description="seconds of the clip before the alert's frame")
+    clip_post_sec: float = Field(default=5.0, ge=0, le=30, description="seconds of the clip after the alert's frame")
     region: list[Point] | None = Field(default=None, description="polygon in normalised coordinates; whole frame if absent")
     line: tuple[Point, Point] | None = Field(default=None, description="trip line for line_crossing, two points")
     line_direction: LineDirection = Field(default=LineDirection.BOTH, description="crossings that raise alerts")

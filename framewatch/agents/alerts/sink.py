@@ -1,4 +1,4 @@
-"""The alert sink: store a batch of alerts (or of count windows) in PostgreSQL, retrying until it is committed.
+"""The alert sink: store a batch of alerts (or of count windows, or of clips) in PostgreSQL, retrying until it is committed.
 
 `stream.take` acknowledges its batch when the loop body returns *or raises*, so `store` never raises: it retries
 with capped backoff while the database is down, and only returns once the batch is committed. A batch that
@@ -18,7 +18,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from framewatch.clients.database import AlertStore, DatabaseUnavailable, DataRejected
 from framewatch.metrics import Tally
 from framewatch.retry import Backoff, logged
-from framewatch.schemas.events import AlertEvent, CountWindow, Event
+from framewatch.schemas.events import AlertEvent, ClipReady, CountWindow, Event
 
 log = logging.getLogger("framewatch.sink")
 
@@ -30,6 +30,7 @@ ALERTS_DUPLICATE = Counter("framewatch_sink_alerts_duplicate_total", "Alerts alr
 WRITE_FAILURES = Counter("framewatch_sink_write_failures_total", "Failed attempts to write a batch")
 DATABASE_UP = Gauge("framewatch_sink_database_up", "0 while the sink cannot write to the database")
 
+CLIPS_STORED = Counter("framewatch_sink_clips_stored_total", "Alerts' clips (or why they have none) recorded")
 COUNT_WINDOWS_STORED = Counter("framewatch_sink_count_windows_stored_total", "Closed count minutes written")
 REJECTED = Counter("framewatch_sink_rejected_total", "Records PostgreSQL refused for their data (dead-lettered)",
                    ["kind"])
@@ -62,6 +63,11 @@ class AlertSink:
         if windows:
             stored, _ = await self._write(windows, self.store.store_counts, "count window")
             COUNT_WINDOWS_STORED.inc(len(stored))
+
+    async def store_clips(self, clips: list[ClipReady]) -> None:
+        if clips:
+            stored, _ = await self._write(clips, self.store.store_clips, "clip")
+            CLIPS_STORED.inc(len(stored))
 
     async def _write(self, records: list[R], write: Callable[[list[R]], Awaitable[int]],
                      kind: str) -> tuple[list[R], int]:
