@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 from aiokafka.errors import NotEnoughReplicasError
 
-from framewatch.agents.app import Resources, Topology
 from framewatch.agents.pipeline import Pipeline, build_worker
+from framewatch.agents.resources import Resources
+from framewatch.agents.topology import Topology
 from framewatch.rules.state import RuleState
 from framewatch.schemas.config import load_config
 from framewatch.schemas.events import (

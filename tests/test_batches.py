@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import faust
 import pytest
 
-from framewatch.agents.batches import WorkerStream, batches
+from framewatch.agents.faust_overrides import WorkerStream, batches
 
 WITHIN_S = 0.5
 HANDLING_S = 0.6  # longer than the window: with Faust's `take`, a value arriving meanwhile waits both

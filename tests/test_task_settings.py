@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from framewatch.agents.app import Resources
+from framewatch.agents.resources import Resources
 from framewatch.schemas.config import load_config
 from tests.conftest import write_config
 

@@ -28,14 +28,15 @@ from framewatch.agents.alerts.publisher import AlertPublisher
 from framewatch.agents.alerts.relocation import IMAGE_NOT_COPIED, Relocator
 from framewatch.agents.alerts.sink import AlertSink
 from framewatch.agents.api.web import attach_web
-from framewatch.agents.app import CONSUMER, RebalanceWatch, RecordTooLarge, Resources, Topology, create_app
-from framewatch.agents.batches import batches
+from framewatch.agents.app import RebalanceWatch, create_app
 from framewatch.agents.delivery import Confirmations, Delivery, all_confirmed
+from framewatch.agents.faust_overrides import GroupAssignor, batches
 from framewatch.agents.inference import scheduler as inference
-from framewatch.agents.membership import GroupAssignor
+from framewatch.agents.resources import Resources
 from framewatch.agents.retention import frames
 from framewatch.agents.retention.frames import Retention
 from framewatch.agents.retention.housekeeping import Housekeeping
+from framewatch.agents.topology import RecordTooLarge, Topology
 from framewatch.metrics import Tally, watch_loop_lag
 from framewatch.rules.engine import Evaluation, Status, evaluate
 from framewatch.rules.state import RuleState, StateUnreadable
@@ -308,7 +309,6 @@ class Pipeline:
 
 def build_worker(config: Config) -> tuple[faust.App, Topology, Resources, Pipeline]:
     app = create_app(config)
-    CONSUMER.app = app
     topology = Topology(app, config)
     resources = Resources(config)
     resources.capacity.membership = GroupAssignor.of(app).current

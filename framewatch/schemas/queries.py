@@ -1,5 +1,5 @@
-"""The alert query API's inputs and answers: filters validated with errors that name the parameter, keyset
-pagination by (captured_at, alert_id), image URLs presigned when the answer is built."""
+"""The query API's inputs and answers: filters validated with errors that name the parameter, keyset
+pagination by (captured_at, alert_id), image URLs presigned when the answer is built, the rows of /api/cameras."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from framewatch.errors import BadInput, describe
-from framewatch.schemas.tasks import TaskType, parse_task_type
+from framewatch.schemas.events import CameraState
+from framewatch.schemas.tasks import Freshness, TaskType, parse_task_type
 
 MAX_PAGE = 500
 
@@ -157,3 +158,36 @@ def count_json(row: Mapping[str, Any]) -> dict[str, Any]:
             "window_start": row["window_start"].isoformat(), "window_sec": row["window_sec"],
             "samples": row["samples"], "people_max": row["people_max"], "people_mean": round(row["people_mean"], 3),
             "crossed_in": row["crossed_in"], "crossed_out": row["crossed_out"]}
+
+
+class CameraRow(BaseModel):
+    """One camera of `/api/cameras`. A field no source knows of the camera is absent from the answer, not null:
+    the dashboard tells a configured camera by `enabled`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    camera_id: str
+    task_type: str | None = Field(default=None, description="the task's, or that of the camera's last alerts")
+    enabled: bool | None = Field(default=None, description="only for a task of the config or fw.tasks")
+    alerts: int = Field(default=0, description="stored alerts")
+    # from the camera's extractor (fw.cameras)
+    state: CameraState | None = None
+    extractor: str | None = None
+    fps_in: float | None = None
+    fps_out: float | None = None
+    interval_ms: int | None = None
+    reconnects: int | None = None
+    last_error: str | None = None
+    status_age_s: float | None = Field(default=None, description="since the status was sent, on the broker's clock")
+    clock_skew_s: float | None = Field(default=None, description="the extractor's clock minus the broker's")
+    # from this worker's inference scheduler
+    frames: int | None = None
+    inferred: int | None = None
+    freshness: Freshness | None = None
+    last_frame_age_s: float | None = Field(default=None, description="since the last frame's capture")
+    # from the alert store
+    last_alert_at: str | None = None
+
+
+def camera_json(row: CameraRow) -> dict[str, Any]:
+    return row.model_dump(mode="json", exclude_unset=True)

@@ -33,7 +33,7 @@ import uuid
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import orjson
@@ -41,6 +41,9 @@ from mode import Service
 from prometheus_client import Counter, Gauge
 
 from framewatch.agents.membership import Membership
+
+if TYPE_CHECKING:
+    from framewatch.agents.inference.scheduler import SlotUser
 
 log = logging.getLogger("framewatch.capacity")
 
@@ -92,12 +95,17 @@ class ServiceSlots:
         return sum(1 for slot in self.held if slot < capacity)
 
 
-class CapacityShare(Service):
-    """This worker's part of every service's capacity. The scheduler asks `usable` before it sends and calls
-    `demand` while it has frames it cannot send; `in_flight` tells how many of a service's slots are in use."""
+def nothing_in_flight(_service_id: str) -> int:
+    return 0
 
-    def __init__(self, dsn: str, namespace: str, in_flight: Callable[[str], int], request_timeout_s: float = 10.0,
-                 **kwargs: Any) -> None:
+
+class CapacityShare(Service):
+    """This worker's part of every service's capacity: the scheduler's `Capacity`. The scheduler it `serve`s asks
+    `usable` before it sends and calls `demand` while it has frames it cannot send; `in_flight` tells how many of a
+    service's slots are in use (the scheduler's requests on it)."""
+
+    def __init__(self, dsn: str, namespace: str, in_flight: Callable[[str], int] = nothing_in_flight,
+                 request_timeout_s: float = 10.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.dsn = dsn
         self.namespace = namespace
@@ -114,6 +122,11 @@ class CapacityShare(Service):
         self._wake = asyncio.Event()
 
     # -- what the scheduler asks --------------------------------------------------------------------------------
+
+    def serve(self, user: SlotUser) -> None:
+        """The scheduler whose requests use the slots: its count of them, and its wake-up once a slot is taken."""
+        self.in_flight = user.in_flight_on
+        self.on_slot = user.wake
 
     def usable(self, service_id: str, capacity: int) -> int:
         """How many requests this worker may have in flight on the service now."""

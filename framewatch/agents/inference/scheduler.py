@@ -12,6 +12,10 @@ a batch to fill. A failed frame is retried once, on another service. Every frame
 through its `done` callback: inferred (a DetectionEvent) or a FrameOutcome (dropped or failed, with its reason),
 unless its partition is revoked from this worker first (`owned` says so): the frame then leaves the room and a
 result that comes back for it is discarded, for the partition's next reader handles the frame again.
+
+The room is `waiting.py` (synchronous: what waits, what supersedes or expires, in which order results leave); each
+service's load and the choice of service are `loads.py`. This module runs the dispatcher, the requests and the
+hand-on, and keeps the metrics.
 """
 
 from __future__ import annotations
@@ -20,27 +24,33 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections import deque
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any, Protocol
 
 from mode import Service
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Gauge, Histogram
 
-from framewatch.agents.inference.breaker import BreakerSettings, BreakerState, CircuitBreaker
+from framewatch.agents.inference.activity import CameraActivity, CameraSeen
+from framewatch.agents.inference.breaker import BreakerSettings
+from framewatch.agents.inference.handon import HandOn
 from framewatch.agents.inference.client import BatchAnswer, InferenceFailure, ServiceClient
+from framewatch.agents.inference.loads import ServiceLoad, ServiceLoads, service_row
 from framewatch.agents.inference.registry import RegisteredService, ServiceRegistry
-from framewatch.metrics import Tally
-from framewatch.retry import Backoff, logged
-from framewatch.schemas.config import Config
-from framewatch.schemas.events import (
-    DetectionEvent,
-    FrameEvent,
-    FrameOutcome,
-    Outcome,
-    now_ms,
+from framewatch.agents.inference.waiting import (
+    Done,
+    Ends,
+    Owned,
+    Result,
+    TaskPressure,
+    Waiting,
+    WaitingRoom,
+    always_owned,
 )
+from framewatch.metrics import Tally
+from framewatch.schemas.config import Config
+from framewatch.schemas.events import DetectionEvent, FrameEvent, now_ms
 from framewatch.schemas.tasks import Freshness
 
 log = logging.getLogger("framewatch.scheduler")
@@ -67,25 +77,10 @@ SUCCESS_RATIO = Gauge("framewatch_inference_success_ratio", "Share of the last 2
 TASK_FRESHNESS = Gauge("framewatch_inference_task_freshness", "1 for the freshness mode of a task's last frame "
                        "(latest: superseded and stale frames dropped; all: every frame, in order)", ["task", "mode"])
 
-FENCED = Counter("framewatch_inference_results_fenced_total",
-                 "Frame results discarded because the frame's partition was revoked from this worker (its new "
-                 "owner handles the frame)")
-HAND_ON_FAILURES = Counter("framewatch_inference_hand_on_failures_total",
-                           "Results that could not be sent on at the first try (retried until they are)")
-
 FORGET_EVERY_S = 60.0
 FORGET_AFTER_S = 3600.0
 MAX_ATTEMPTS = 2
-HAND_ON_BACKOFF = Backoff(first_s=0.5, max_s=5.0)
-WAIT_FOR_SERVICE_S = 5.0
 IDLE_TICK_S = 0.05
-
-Done = Callable[[DetectionEvent | FrameOutcome], Awaitable[None]]
-Owned = Callable[[], bool]  # whether this worker still owns the partition the frame was read from
-
-
-def always_owned() -> bool:
-    return True
 
 
 def _unlabel(metric: Gauge, *labels: str) -> None:
@@ -94,11 +89,26 @@ def _unlabel(metric: Gauge, *labels: str) -> None:
         metric.remove(*labels)
 
 
-Result = DetectionEvent | FrameOutcome
+def outcome_labels(result: Result) -> tuple[str, str]:
+    """A frame's end as FRAMES_DONE counts it: outcome and reason."""
+    if isinstance(result, DetectionEvent):
+        return "inferred", ""
+    return result.outcome.value, result.reason
+
+
+class SlotUser(Protocol):
+    """Whoever sends on a capacity's slots (the scheduler): its requests in flight on a service, and its wake-up."""
+
+    def in_flight_on(self, service_id: str) -> int: ...
+
+    def wake(self) -> None: ...
 
 
 class Capacity(Protocol):
-    """This worker's part of each service's declared capacity (agents/inference/capacity.py shares it among workers)."""
+    """This worker's part of each service's declared capacity (agents/inference/capacity.py shares it among workers).
+    `serve` hands it the scheduler: it counts the scheduler's requests on the slots, and wakes it once it took one."""
+
+    def serve(self, user: SlotUser) -> None: ...
 
     def usable(self, service_id: str, capacity: int) -> int: ...
 
@@ -115,56 +125,6 @@ class WholeCapacity:
         pass
 
 
-@dataclass(eq=False)
-class Waiting:
-    frame: FrameEvent
-    done: Done
-    queued_at: float
-    owned: Owned = always_owned
-    tried: set[str] = field(default_factory=set)
-    result: Result | None = None  # an in-order frame's end, held until the frames before it have ended
-
-    @property
-    def key(self) -> str:
-        return self.frame.task_id
-
-    @property
-    def lossless(self) -> bool:
-        return self.frame.freshness is Freshness.ALL
-
-
-@dataclass
-class CameraSeen:
-    task_id: str
-    frames: int = 0
-    inferred: int = 0
-    last_captured_at: int = 0  # on the broker's clock
-    freshness: Freshness = Freshness.LATEST  # of its last frame
-    last_seen: float = field(default_factory=time.monotonic)
-
-
-@dataclass
-class TaskPressure:
-    """Since the last report: frames of a task that arrived, that were dropped (superseded or stale), and that
-    left inference by any way (the credit a lossless camera waits for)."""
-
-    received: int = 0
-    dropped: int = 0
-    ended: int = 0
-
-
-@dataclass(eq=False)
-class ServiceLoad:
-    breaker: CircuitBreaker
-    in_flight: int = 0
-    requests: int = 0
-    faults: int = 0
-    latency_ms: float | None = None
-
-    def observe_latency(self, ms: float) -> None:
-        self.latency_ms = ms if self.latency_ms is None else 0.8 * self.latency_ms + 0.2 * ms
-
-
 class InferenceScheduler(Service):
     def __init__(self, config: Config, registry: ServiceRegistry, client: ServiceClient,
                  capacity: Capacity | None = None, **kwargs: Any) -> None:
@@ -172,28 +132,48 @@ class InferenceScheduler(Service):
         settings = config.ai_analysis
         self.registry = registry
         self.client = client
+        if capacity is not None:
+            capacity.serve(self)
         self.capacity = capacity or WholeCapacity()
         self.max_in_flight = settings.max_concurrent_infer
-        self.max_waiting = settings.max_queue_size
-        self.max_age_ms = settings.max_frame_age_ms
         self.batch_wait_s = settings.batch_wait_ms / 1000
-        self.breaker_settings = BreakerSettings(failures_to_open=settings.breaker_failures,
-                                                error_rate=settings.breaker_error_rate,
-                                                open_sec=settings.breaker_open_sec)
-        self.waiting: OrderedDict[str, deque[Waiting]] = OrderedDict()  # the line: a task's turn, its frames
-        self.queued = 0
-        self._in_order: dict[str, deque[Waiting]] = {}  # frames of lossless tasks not yet handed on, in order
-        self.loads: dict[str, ServiceLoad] = {}
-        self.in_flight = 0
+        self.room = WaitingRoom(settings.max_queue_size, settings.max_frame_age_ms)
+        self.loads = ServiceLoads(BreakerSettings(failures_to_open=settings.breaker_failures,
+                                                  error_rate=settings.breaker_error_rate,
+                                                  open_sec=settings.breaker_open_sec))
+        self.activity = CameraActivity()
+        self.hand_on = HandOn()
         self.waiting_max = 0
-        self.cameras: dict[str, CameraSeen] = {}
-        self.pressure: dict[str, TaskPressure] = {}
         self._wake = asyncio.Event()
         self._space = asyncio.Event()
-        self._finished: asyncio.Queue[tuple[Waiting, Result]] = asyncio.Queue()
         self._requests: set[asyncio.Task[None]] = set()
-        self._recent: deque[bool] = deque(maxlen=200)
         self._expired_at = 0.0
+
+    @property
+    def queued(self) -> int:
+        return self.room.queued
+
+    @property
+    def max_waiting(self) -> int:
+        return self.room.max_waiting
+
+    @property
+    def in_flight(self) -> int:
+        return self.loads.in_flight
+
+    def in_flight_on(self, service_id: str) -> int:
+        return self.loads.in_flight_on(service_id)
+
+    @property
+    def cameras(self) -> dict[str, CameraSeen]:
+        return self.activity.cameras
+
+    def camera_activity(self) -> Mapping[str, CameraSeen]:
+        """What this worker saw of each camera's frames, by camera id."""
+        return MappingProxyType(self.activity.cameras)
+
+    def wake(self) -> None:
+        self._wake.set()
 
     # -- the way in ---------------------------------------------------------------------------------------------
 
@@ -202,65 +182,20 @@ class InferenceScheduler(Service):
         any frames (that wait is the backpressure that holds a recorded video's stream back). Once `owned` says
         the frame's partition went to another worker, the frame leaves the room and its result is discarded."""
         item = Waiting(frame, done, time.monotonic(), owned)
-        seen = self._seen(frame)
-        seen.last_seen = item.queued_at
-        seen.frames += 1
-        seen.last_captured_at = max(seen.last_captured_at, frame.captured_on_broker_clock)
-        if seen.freshness is not frame.freshness or seen.frames == 1:
-            seen.freshness = frame.freshness
+        if self.activity.saw(frame, item.queued_at):
             for mode in Freshness:
                 TASK_FRESHNESS.labels(frame.task_id, mode.value).set(int(mode is frame.freshness))
-        self.pressure.setdefault(frame.task_id, TaskPressure()).received += 1
-        if item.lossless:
-            await self._submit_in_order(item)
-        else:
-            await self._submit_latest(item)
-        self._gauge_waiting()
+        ends = self.room.arrive(item)
+        if not ends.ended:  # not dropped on arrival: it takes a place once there is one
+            while self.room.must_wait(item):
+                await self._room()
+            ends = self.room.submit(item)
+        self._settle(ends)
         self._wake.set()
-
-    async def _submit_latest(self, item: Waiting) -> None:
-        if self._too_old(item):
-            self._drop(item, "stale")
-            return
-        while item.key not in self.waiting and self.queued >= self.max_waiting:
-            await self._room()
-        line = self.waiting.get(item.key)
-        waiting = line[-1] if line else None
-        if line is None or waiting is None or waiting.lossless:
-            self._enqueue(item)
-        elif waiting.frame.captured_at > item.frame.captured_at:
-            self._drop(item, "superseded")
-        else:
-            line[-1] = item  # in place: the camera keeps its turn
-            self._drop(waiting, "superseded")
-
-    async def _submit_in_order(self, item: Waiting) -> None:
-        while self.queued >= self.max_waiting:
-            await self._room()
-        self._in_order.setdefault(item.key, deque()).append(item)
-        self._enqueue(item)
 
     async def _room(self) -> None:
         self._space.clear()
         await self._space.wait()
-
-    def _enqueue(self, item: Waiting, first: bool = False) -> None:
-        line = self.waiting.get(item.key)
-        if line is None:
-            line = self.waiting[item.key] = deque()
-        if first:
-            line.appendleft(item)
-            self.waiting.move_to_end(item.key, last=False)  # it has waited longest: first in line
-        else:
-            line.append(item)
-        self.queued += 1
-
-    def _dequeue(self, item: Waiting) -> None:
-        line = self.waiting[item.key]
-        line.remove(item)
-        self.queued -= 1
-        if not line:
-            del self.waiting[item.key]
 
     # -- the dispatcher -----------------------------------------------------------------------------------------
 
@@ -276,24 +211,7 @@ class InferenceScheduler(Service):
 
     @Service.task
     async def _finisher(self) -> None:
-        """Every frame's end goes out through here, in order, so the dispatcher never waits on Kafka. A hand-on
-        that fails (the broker is away) is tried again until it succeeds, or until the frame's partition is revoked
-        (the outage that failed it often moves the partitions): a frame left unacknowledged would freeze its
-        partition's commits, one handed on after its revocation acts on a partition another worker reads."""
-        while not self.should_stop:
-            item, result = await self._finished.get()
-            on_retry = logged(log, f"handing on the result of frame {result.frame.frame_id}", HAND_ON_FAILURES.inc)
-            if item.owned():
-                try:
-                    await HAND_ON_BACKOFF.call(item.done, lambda _: not self.should_stop and item.owned(), on_retry,
-                                               result)
-                    continue
-                except Exception:
-                    if self.should_stop:
-                        return
-                    if item.owned():
-                        raise
-            FENCED.inc()
+        await self.hand_on.run(lambda: self.should_stop)
 
     def _dispatch_ready(self) -> float:
         """Send every request that can go now; returns how long to sleep before looking again."""
@@ -302,90 +220,35 @@ class InferenceScheduler(Service):
             self._expire(now)
         delay = IDLE_TICK_S
         self._mark_demand()
-        ready = self._ready()
-        for key in list(self.waiting):
+        ready = self.loads.ready(self.registry.alive(), self.capacity.usable)
+        for item in self.room.heads():
             if not ready or self.in_flight >= self.max_in_flight:
                 break  # nothing can go before a request returns: the rest of the line need not be looked at
-            line = self.waiting.get(key)
-            if not line:  # it left with an earlier batch of this pass
+            if self.room.is_lapsed(item):
+                self._settle(self.room.lapse(item))
                 continue
-            item = line[0]
-            if self._left_waiting(item):
-                self._gauge_waiting()
-                continue
-            service = self._choose(item, ready)
+            service = self.loads.least_loaded(item.frame.task_type, item.tried, ready)
             if service is None:
                 continue
-            batch = self._batch(service, item)
+            batch = self.room.batch(item, service.service_id, service.heartbeat.max_batch)
             filled_in = self.batch_wait_s - (now - item.queued_at)
             if len(batch) < service.heartbeat.max_batch and filled_in > 0:
                 delay = min(delay, filled_in)
                 continue
             self._send(service, batch)
-            ready = [s for s in ready if self._has_room(s)]
+            ready = self.loads.ready(ready, self.capacity.usable)
         return delay
 
     def _mark_demand(self) -> None:
         """Tells the capacity share which services have frames waiting for them."""
-        if not self.waiting:
-            return
-        waiting_types = {line[0].frame.task_type for line in self.waiting.values()}
-        for service in self.registry.alive():
-            if self._load(service.service_id).breaker.allows() and not waiting_types.isdisjoint(
-                    service.heartbeat.task_types):
-                self.capacity.demand(service.service_id, service.heartbeat.capacity)
-
-    def _ready(self) -> list[RegisteredService]:
-        return [s for s in self.registry.alive() if self._has_room(s)]
-
-    def _has_room(self, service: RegisteredService) -> bool:
-        load = self._load(service.service_id)
-        usable = self.capacity.usable(service.service_id, service.heartbeat.capacity)
-        return load.in_flight < usable and load.breaker.allows()
-
-    def in_flight_on(self, service_id: str) -> int:
-        load = self.loads.get(service_id)
-        return 0 if load is None else load.in_flight
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    def _choose(self, item: Waiting, ready: list[RegisteredService]) -> RegisteredService | None:
-        """The least loaded service with room, relative to its capacity, that serves the frame."""
-        best: RegisteredService | None = None
-        best_load = 0.0
-        for service in ready:
-            if service.service_id in item.tried or item.frame.task_type not in service.heartbeat.task_types:
-                continue
-            share = self._load(service.service_id).in_flight / service.heartbeat.capacity
-            if best is None or share < best_load:
-                best, best_load = service, share
-        return best
-
-    def _batch(self, service: RegisteredService, first: Waiting) -> list[Waiting]:
-        batch = [first]
-        if service.heartbeat.max_batch == 1:
-            return batch
-        for item in (item for line in self.waiting.values() for item in line):
-            if len(batch) == service.heartbeat.max_batch:
-                break
-            if (item is not first and item.frame.task_type == first.frame.task_type
-                    and service.service_id not in item.tried and item.owned()):
-                batch.append(item)
-        return batch
+        for service in self.loads.wanted(self.registry.alive(), self.room.task_types()):
+            self.capacity.demand(service.service_id, service.heartbeat.capacity)
 
     def _send(self, service: RegisteredService, batch: list[Waiting]) -> None:
-        load = self._load(service.service_id)
-        load.breaker.on_dispatch()
-        load.in_flight += 1
-        self.in_flight += 1
+        load = self.loads.dispatched(service.service_id)
         IN_FLIGHT.labels(service.service_id).set(load.in_flight)
         BREAKER.labels(service.service_id).set(load.breaker.state)
-        for item in batch:
-            self._dequeue(item)
-            item.tried.add(service.service_id)
-            if item.key in self.waiting:
-                self.waiting.move_to_end(item.key)  # the task's next frame waits for its next turn
+        self.room.send(batch, service.service_id)
         self._gauge_waiting()
         task = asyncio.create_task(self._request(service, batch))
         self._requests.add(task)
@@ -409,7 +272,7 @@ class InferenceScheduler(Service):
             log.exception("request to %s failed unexpectedly", sid)
             answer = InferenceFailure("internal", repr(error))
         finally:
-            self._returned(service)
+            IN_FLIGHT.labels(sid).set(self.loads.returned(sid).in_flight)
         if isinstance(answer, InferenceFailure):
             log.warning("request to %s with %d frame(s) failed: %s", sid, len(batch), answer)
             self._record(service, answer.service_fault)
@@ -419,12 +282,6 @@ class InferenceScheduler(Service):
             self._answered(service, batch, answer, dispatched_at)
         self._wake.set()
 
-    def _returned(self, service: RegisteredService) -> None:
-        load = self._load(service.service_id)
-        load.in_flight -= 1
-        self.in_flight -= 1
-        IN_FLIGHT.labels(service.service_id).set(load.in_flight)
-
     def _answered(self, service: RegisteredService, batch: list[Waiting], answer: BatchAnswer,
                   dispatched_at: int) -> None:
         sid = service.service_id
@@ -433,40 +290,27 @@ class InferenceScheduler(Service):
         if not faults:
             RESPONSES.labels(sid).inc()
             INFER_SECONDS.labels(sid).observe(answer.round_trip_ms / 1000)
-            self._load(sid).observe_latency(answer.round_trip_ms)
+            self.loads.of(sid).observe_latency(answer.round_trip_ms)
         for item in batch:
             result = answer.results[item.frame.frame_id]
             if isinstance(result, InferenceFailure):
                 self._failed(item, sid, result)
                 continue
-            FRAMES_DONE.labels("inferred", "").inc()
-            self._seen(item.frame).inferred += 1
-            self._finish(item, DetectionEvent(frame=item.frame, service_id=sid, inference_ms=answer.round_trip_ms,
-                                              service_ms=answer.service_ms, dispatched_at=dispatched_at,
-                                              batch_size=len(batch), detections=result))
+            self.activity.of(item.frame).inferred += 1
+            self._settle(self.room.end(item, DetectionEvent(
+                frame=item.frame, service_id=sid, inference_ms=answer.round_trip_ms, service_ms=answer.service_ms,
+                dispatched_at=dispatched_at, batch_size=len(batch), detections=result)))
 
     def _record(self, service: RegisteredService, fault: bool) -> None:
-        load = self._load(service.service_id)
-        load.requests += 1
-        load.faults += fault
-        load.breaker.record(success=not fault)
+        load = self.loads.record(service.service_id, fault)
         BREAKER.labels(service.service_id).set(load.breaker.state)
-        self._recent.append(not fault)
-        SUCCESS_RATIO.set(sum(self._recent) / len(self._recent))
+        SUCCESS_RATIO.set(self.loads.success_ratio)
 
     def _failed(self, item: Waiting, service_id: str, failure: InferenceFailure) -> None:
         FAILURES.labels(service_id, failure.reason).inc()
-        if len(item.tried) >= MAX_ATTEMPTS or not self._retryable(item):
-            self._end(item, Outcome.FAILED, failure.reason)
-        elif item.key in self.waiting and not item.lossless:
-            self._drop(item, "superseded")
-        else:
-            self._enqueue(item, first=True)
-            self._gauge_waiting()
-
-    def _retryable(self, item: Waiting) -> bool:
-        return not self._too_old(item) and any(
+        elsewhere = len(item.tried) < MAX_ATTEMPTS and any(
             s.service_id not in item.tried for s in self.registry.alive(item.frame.task_type))
+        self._settle(self.room.fail(item, failure.reason, elsewhere))
 
     # -- ends ---------------------------------------------------------------------------------------------------
 
@@ -474,69 +318,21 @@ class InferenceScheduler(Service):
         """Drops stale frames and fails those whose task type no live service has served for a while."""
         self._expired_at = now
         served = {t for s in self.registry.alive() for t in s.heartbeat.task_types}
-        for item in [item for line in self.waiting.values() for item in line]:
-            if self._left_waiting(item):
-                continue
-            if item.frame.task_type not in served and now - item.queued_at >= WAIT_FOR_SERVICE_S:
-                self._dequeue(item)
-                self._end(item, Outcome.FAILED, "no_service")
+        self._settle(self.room.expire(now, served))
+
+    def _settle(self, ends: Ends) -> None:
+        """After a change to the room: counts what ended, gives what it released to the finisher to hand on, and
+        gauges how full it is."""
+        for result in ends.ended:
+            FRAMES_DONE.labels(*outcome_labels(result)).inc()
+        self.hand_on.put(ends.released)
         self._gauge_waiting()
-
-    def _left_waiting(self, item: Waiting) -> bool:
-        """Ends a waiting frame that can no longer go: of a partition revoked from this worker (its result is
-        then discarded), or stale."""
-        if item.owned() and not self._too_old(item):
-            return False
-        self._dequeue(item)
-        if item.owned():
-            self._drop(item, "stale")
-        else:
-            self._end(item, Outcome.DROPPED, "revoked")
-        return True
-
-    def _too_old(self, item: Waiting) -> bool:
-        return not item.lossless and item.frame.age_ms() > self.max_age_ms
-
-    def _drop(self, item: Waiting, reason: str) -> None:
-        self.pressure.setdefault(item.frame.task_id, TaskPressure()).dropped += 1
-        self._end(item, Outcome.DROPPED, reason)
 
     def take_pressure(self) -> dict[str, TaskPressure]:
         """Per task, what arrived and was dropped since the last call (the extractor's credit signal)."""
-        taken, self.pressure = self.pressure, {}
-        return taken
+        return self.room.take_pressure()
 
-    def _end(self, item: Waiting, outcome: Outcome, reason: str) -> None:
-        FRAMES_DONE.labels(outcome.value, reason).inc()
-        self._finish(item, FrameOutcome(frame=item.frame, outcome=outcome, reason=reason))
-
-    def _finish(self, item: Waiting, result: Result) -> None:
-        self.pressure.setdefault(item.frame.task_id, TaskPressure()).ended += 1
-        if item.lossless and item.owned():
-            item.result = result  # handed on once the frames before it are
-        else:
-            self._finished.put_nowait((item, result))  # a revoked frame's is discarded there: no order to keep
-        if item.lossless:
-            self._release_in_order(item.key)
-
-    def _release_in_order(self, key: str) -> None:
-        """Hands on a lossless task's results that no earlier frame holds back; a revoked frame holds none back
-        (one still at a service: the frames read again after the revocation need not wait for its answer)."""
-        in_order = self._in_order.get(key)
-        if in_order is None:
-            return
-        while in_order and ((head := in_order[0]).result is not None or not head.owned()):
-            in_order.popleft()
-            if head.result is not None:
-                self._finished.put_nowait((head, head.result))
-        if not in_order:
-            del self._in_order[key]
-
-    def _seen(self, frame: FrameEvent) -> CameraSeen:
-        seen = self.cameras.get(frame.camera_id)
-        if seen is None:
-            seen = self.cameras[frame.camera_id] = CameraSeen(frame.task_id)
-        return seen
+    # -- forgetting -----------------------------------------------------------------------------------------------
 
     @Service.timer(FORGET_EVERY_S)
     async def _forget_hourly(self) -> None:
@@ -544,14 +340,10 @@ class InferenceScheduler(Service):
 
     def forget_idle(self, horizon: float) -> None:
         """Cameras silent since `horizon` and services gone from the registry leave the maps and the metrics."""
-        for camera_id, seen in list(self.cameras.items()):
-            if seen.last_seen < horizon:
-                del self.cameras[camera_id]
-                for mode in Freshness:
-                    _unlabel(TASK_FRESHNESS, seen.task_id, mode.value)
-        known = {s.service_id for s in self.registry.known()}
-        for service_id in [sid for sid, load in self.loads.items() if sid not in known and not load.in_flight]:
-            del self.loads[service_id]
+        for seen in self.activity.forget(horizon):
+            for mode in Freshness:
+                _unlabel(TASK_FRESHNESS, seen.task_id, mode.value)
+        for service_id in self.loads.forget({s.service_id for s in self.registry.known()}):
             for metric in (IN_FLIGHT, BREAKER):
                 _unlabel(metric, service_id)
 
@@ -564,31 +356,19 @@ class InferenceScheduler(Service):
         if size < self.max_waiting:
             self._space.set()
 
-    def _load(self, service_id: str) -> ServiceLoad:
-        load = self.loads.get(service_id)
-        if load is None:
-            load = self.loads[service_id] = ServiceLoad(CircuitBreaker(self.breaker_settings))
-        return load
-
     # -- what `framewatch services` shows -----------------------------------------------------------------------
 
     def services_view(self) -> list[dict[str, Any]]:
         alive = {s.service_id for s in self.registry.alive()}
-        view = []
-        for service in self.registry.known():
-            load = self._load(service.service_id)
-            state = load.breaker.state
-            view.append({
-                "service_id": service.service_id, "endpoint": service.heartbeat.endpoint,
-                "task_types": [t.value for t in service.heartbeat.task_types],
-                "capacity": service.heartbeat.capacity, "max_batch": service.heartbeat.max_batch,
-                "version": service.heartbeat.version, "static": service.static,
-                "healthy": service.service_id in alive and state is BreakerState.CLOSED,
-                "alive": service.service_id in alive, "breaker": state.name.lower(),
-                "in_flight": load.in_flight,
-                "usable": self.capacity.usable(service.service_id, service.heartbeat.capacity),
-                "requests": load.requests, "faults": load.faults,
-                "latency_ms": None if load.latency_ms is None else round(load.latency_ms, 1),
-                "heartbeat_age_s": round(time.monotonic() - service.last_seen, 1),
-            })
-        return view
+        return [service_row(service, self.loads.of(service.service_id), service.service_id in alive,
+                            self.capacity.usable(service.service_id, service.heartbeat.capacity))
+                for service in self.registry.known()]
+
+    # -- reached into by tests/test_scheduler.py ----------------------------------------------------------------
+
+    @property
+    def _in_order(self) -> dict[str, deque[Waiting]]:
+        return self.room.in_order
+
+    def _load(self, service_id: str) -> ServiceLoad:
+        return self.loads.of(service_id)

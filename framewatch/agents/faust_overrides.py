@@ -1,0 +1,260 @@
+"""Every override of Faust's private members (and, through Faust's driver, of aiokafka's), in one place.
+
+Read from faust-streaming 0.15.3, over aiokafka 0.14.0; pyproject.toml pins faust-streaming to that minor version.
+Each override corrects a behaviour of that version, and `tests/test_faust_overrides.py` shows that the behaviour is
+still Faust's and that the private members relied on are still there: when it fails, Faust changed under an
+override, which must be read again (and dropped, when Faust now does the right thing).
+
+- `InFlightSafeConsumer` (installed by `WorkerApp._new_transport` through `KafkaTransport`): commits below every
+  record in flight (`_new_offset`), forgets records read before a revocation (`ack`, `on_partitions_revoked`), reads
+  an assigned partition without a commit from its start (`perform_seek`), and waits for the records in flight a
+  bounded time (`wait_empty`).
+- `WorkerStream.batches`: Faust's `take` (`_enable_passive`, `_processors`), with the window of agents/batches.py
+  and the batch acked only once the body handled it.
+- `GroupAssignor`: announces a member address of its own (`_url`) and keeps the group's membership.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any, Generic, TypeVar, cast
+
+import faust
+from faust.assignor.partition_assignor import PartitionAssignor
+from faust.transport.drivers import aiokafka as kafka_driver
+from faust.types import TP, ChannelT, EventT
+from faust.types.transports import TransportT
+from faust.types.tuples import Message
+from mode.utils.futures import notify
+from prometheus_client import Counter, Gauge
+from yarl import URL
+
+from framewatch.agents.batches import BatchWindow
+from framewatch.agents.membership import Membership, membership_of
+
+log = logging.getLogger("framewatch.worker")
+
+WAIT_EMPTY_S = 15.0  # within the stop deadline, and well within the 10 s session timeout's rebalance patience
+
+STALE_ACKS = Counter("framewatch_worker_stale_acks_total", "Acks of records read before their partition was revoked, "
+                     "dropped (the new owner reads them again)")
+REBALANCE_WAITS_ABANDONED = Counter("framewatch_worker_rebalance_waits_abandoned_total",
+                                    "Rebalances or stops that handed partitions over with records still in flight")
+GROUP_MEMBERS = Gauge("framewatch_worker_group_members",
+                      "Workers in the consumer group at its last assignment (0: none received yet)")
+
+T = TypeVar("T")
+
+
+class InFlightSafeConsumer(kafka_driver.Consumer):
+    """Faust's consumer, committing a partition only below every record still in flight.
+
+    Faust's own `_new_offset` checks for a gap at the head of the acked offsets only while the partition has a
+    committed offset other than 0, and then one offset too far (with 5 committed and 6 acked while 5 is in flight
+    it commits 7). The infer agent acks out of order, so that commit would lose the frame in flight at a crash or
+    rebalance (tests/test_worker_consumer.py)."""
+
+    wait_empty_s = WAIT_EMPTY_S
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # a partition's last revocation: the consumer generation (Faust's `message.generation_id`, the group's
+        # generation when the record was fetched) of the records it ended
+        self._revoked_in: dict[TP, int] = {}
+
+    def owns(self, message: Message) -> bool:
+        """Whether the record's partition has stayed this worker's since the record was read. Faust revokes every
+        partition at each rebalance; one assigned again is read again from its committed offset, so a record
+        read before is in the hands of the new reading, here or elsewhere."""
+        return (message.generation_id or 0) > self._revoked_in.get(message.tp, -1)
+
+    def ack(self, message: Message) -> bool:
+        """Faust's, except for a record read before its partition was last revoked: its ack is dropped. Once the
+        revocation's commit is made, the partition is another ownership's (whoever has it reads the record
+        again); counted, that ack could commit past a record the new ownership has not handled yet (Faust
+        commits one offset past an unacked head: see `_new_offset`)."""
+        if not self.owns(message):
+            message.acked = True
+            STALE_ACKS.inc()
+            return False
+        acked: bool = super().ack(message)
+        return acked
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        """Faust's (which waits for the records in flight and commits), then the revoked partitions' records
+        still in flight belong to no one here: they are forgotten, and acks still to come for them dropped."""
+        await super().on_partitions_revoked(revoked)
+        for tp in revoked:
+            self._revoked_in[tp] = self.app.consumer_generation_id
+            self._acked.pop(tp, None)
+            self._acked_index.pop(tp, None)
+        self._unacked_messages -= {message for message in self._unacked_messages if message.tp in revoked}
+
+    async def perform_seek(self) -> None:
+        """Faust's, which seeks each assigned partition to its committed offset, then the agents' partitions that
+        have none (or 0) to their start, as `consumer_auto_offset_reset = "earliest"` says: aiokafka seeks
+        only to a committed offset above 0 and leaves such a partition where its last fetch got to, so one assigned
+        back to this worker skipped the records read before the rebalance and never handled (Faust empties its
+        agents' buffers at a revocation): they stayed unhandled, and its commits stalled below them."""
+        await super().perform_seek()
+        agents_topics = self.app.topics.acking_topics
+        for tp in self.assignment():
+            if tp.topic in agents_topics and not self._committed_offset.get(tp):
+                await self.seek(tp, 0)  # below the log's start (retention), the earliest reset applies
+
+    def _new_offset(self, tp: TP) -> int | None:
+        acked = self._acked[tp]
+        if acked and (oldest := self._oldest_in_flight(tp)) is not None and oldest < min(acked):
+            return None
+        offset: int | None = super()._new_offset(tp)
+        return offset
+
+    def _oldest_in_flight(self, tp: TP) -> int | None:
+        return min((message.offset for message in self._unacked_messages if message.tp == tp), default=None)
+
+    async def wait_empty(self) -> None:
+        """Faust's, with a deadline: a rebalance (or a stop) waits for the records in flight at most
+        `wait_empty_s`, then hands the partitions over anyway (whoever takes them reads those records again).
+        Faust's own waits for ever, and swallows the cancellation that would end it: one record that is never
+        acknowledged (its result could not be sent while the broker was away) kept a worker out of its group."""
+        deadline = time.monotonic() + self.wait_empty_s
+        while not self.should_stop and self._unacked_messages:
+            if time.monotonic() >= deadline:
+                REBALANCE_WAITS_ABANDONED.inc()
+                log.warning("%d records still in flight after %.0fs: handing their partitions over anyway",
+                            len(self._unacked_messages), self.wait_empty_s)
+                break
+            await self.commit()
+            if not self._unacked_messages:
+                break
+            await self._wait_for_ack(timeout=1)
+            self._clean_unacked_messages()
+        await self.commit_and_end_transactions()
+
+
+class KafkaTransport(kafka_driver.Transport):
+    Consumer = InFlightSafeConsumer
+
+
+class WorkerApp(faust.App):
+    def _new_transport(self) -> TransportT:
+        return KafkaTransport(self.conf.broker_consumer, self)
+
+
+class BatchGathering(Generic[T]):
+    """A stream's values gathered into a `BatchWindow`, one batch at a time: `add`, the stream's processor, holds a
+    value back while the body handles the batch before it, and a full batch's last value until that batch is taken;
+    `due` waits until the batch is due; `release` lets the next one in."""
+
+    def __init__(self, stream: faust.Stream[T], size: int, within: float) -> None:
+        self.stream = stream
+        self.window: BatchWindow[tuple[T, EventT]] = BatchWindow(size, within)
+        self.arrived, self.full, self.consumed = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        self.consuming: asyncio.Future[None] | None = None  # while the body handles a batch
+
+    async def add(self, value: T) -> T:
+        arrived_at = time.time()
+        if self.consuming is not None:  # the body is handling the last batch: this value opens the next one
+            try:
+                await self.consuming
+            finally:
+                self.consuming = None
+        event = self.stream.current_event
+        if event is None:
+            raise RuntimeError("a batch value without its event")
+        full = self.window.on_item((value, event), min(arrived_at, event.message.timestamp))
+        self.arrived.set()
+        if full:
+            self.full.set()
+            self.consumed.clear()
+            await self.stream.wait(self.consumed)  # type: ignore[arg-type]  # mode accepts anything with .wait()
+        return value
+
+    async def due(self) -> list[tuple[T, EventT]]:
+        """The batch, once full or its window has passed; empty when the stream stopped first."""
+        await self.stream.wait_for_stopped(self.arrived)  # type: ignore[arg-type]
+        due_at = self.window.notify_at()
+        if due_at is not None and (left := due_at - time.time()) > 0:
+            await self.stream.wait_for_stopped(self.full, timeout=left)  # type: ignore[arg-type]
+        if not self.window.items:
+            return []
+        self.consuming = self.stream.loop.create_future()
+        return self.window.on_notify()
+
+    def release(self) -> None:
+        notify(self.consuming)
+        self.arrived.clear()
+        self.full.clear()
+        self.consumed.set()
+
+
+class WorkerStream(faust.Stream[T]):
+    """The app's stream class (`create_app`'s `Stream=`): Faust's, with `batches` instead of `take`. `take` starts
+    its window when the loop asks for the next batch (agents/batches.py), and acks a batch in a `finally`, so a
+    batch whose body was cancelled (the worker stopping) or raised is acked and committed unhandled."""
+
+    async def batches(self, size: int, within: float) -> AsyncIterator[list[T]]:
+        """Lists of at most `size` values, each handed on when full or `within` seconds after its first record's
+        timestamp; the values are acknowledged once the body has handled the list, never when it raised or was
+        cancelled (the list then comes again to whoever reads its partition next: the sinks are idempotent)."""
+        gathering = BatchGathering(self, size, within)
+        acks_before = self.enable_acks
+        self.enable_acks = False
+        self.add_processor(gathering.add)
+        self._enable_passive(cast(ChannelT, aiter(self.channel)))
+        try:
+            while not self.should_stop:
+                batch = await gathering.due()
+                if not batch:
+                    continue
+                handled = False
+                try:
+                    yield [value for value, _ in batch]
+                    handled = True
+                finally:
+                    for _, event in batch if handled else ():
+                        await self.ack(event)
+                    gathering.release()
+        finally:
+            self.enable_acks = acks_before
+            self._processors.remove(gathering.add)
+
+
+def batches(stream: faust.StreamT[Any], size: int, within: float) -> AsyncIterator[list[Any]]:
+    """`WorkerStream.batches` of an agent's stream (the app makes every stream a WorkerStream)."""
+    if not isinstance(stream, WorkerStream):
+        raise TypeError(f"{type(stream).__name__} is not a WorkerStream: create the app with Stream=WorkerStream")
+    return stream.batches(size, within)
+
+
+class GroupAssignor(PartitionAssignor):
+    """Faust's partition assignor, announcing a member address of its own (agents/membership.py says why) and
+    keeping the group's membership."""
+
+    def __init__(self, app: faust.App, replicas: int = 0) -> None:
+        super().__init__(app, replicas)
+        self.member_id = uuid.uuid4().hex[:12]
+        self.membership: Membership | None = None  # None until the first assignment
+
+    @classmethod
+    def of(cls, app: faust.App) -> GroupAssignor:
+        assignor = app.assignor
+        assert isinstance(assignor, cls), f"the app's assignor is a {type(assignor).__name__}: see create_app"
+        return assignor
+
+    @property
+    def _url(self) -> URL:
+        url: URL = self.app.conf.canonical_url
+        return url.update_query(member=self.member_id)
+
+    def on_assignment(self, assignment: Any) -> None:
+        super().on_assignment(assignment)
+        self.membership = membership_of(self.changelog_distribution, str(self._url))
+        GROUP_MEMBERS.set(self.membership.members)
+
+    def current(self) -> Membership | None:
+        return self.membership
