@@ -17,7 +17,6 @@ import asyncio
 import functools
 import logging
 import os
-import random
 import socket
 import threading
 import time
@@ -116,6 +115,12 @@ class Uplink:
         self.store.close()
 
 
+def reconnect_backoff(settings: FrameExtractorSettings) -> Backoff:
+    """The waits between a camera's failed sessions: `reconnect_min_sec` doubling up to `reconnect_max_sec`, times a
+    random 0.5–1 (cameras that failed together do not return together)."""
+    return Backoff(first_s=settings.reconnect_min_sec, max_s=settings.reconnect_max_sec, jitter=0.5)
+
+
 def frame_key(store: ObjectStore, task: CameraTask, captured_at: int, seq: int) -> str:
     day = datetime.fromtimestamp(captured_at / 1000, tz=UTC).strftime("%Y%m%d")
     return store.key("frames", task.output_path or task.id, day, f"{captured_at}-{seq:06d}.jpg")
@@ -204,8 +209,7 @@ class Camera:
                     self._set_state(CameraState.FAILED)
                     return
                 failures = 1 if time.monotonic() - started >= self.settings.reconnect_max_sec else failures + 1
-                delay = min(self.settings.reconnect_max_sec, self.settings.reconnect_min_sec * 2 ** (failures - 1))
-                delay *= random.uniform(0.5, 1.0)  # jitter: cameras that failed together do not return together
+                delay = reconnect_backoff(self.settings).wait_s(failures)
                 log.warning("camera %s: %s; reconnecting in %.1fs", self.task.id, error, delay)
                 self._set_state(CameraState.BACKOFF)
                 try:

@@ -13,6 +13,7 @@ With several workers a partition of fw.alerts-stored moves between them, and aio
 consumer generation. So each partition has a transactional producer of its own, its transactional id derived from
 the partition alone (`<group>-<topic>-<partition>`): whoever takes the partition over starts that producer, which
 aborts the previous owner's open transaction and fences it (its commit fails), and only then reads the markers.
+Each partition's hand-over is an owner with an explicit state (ownership.py).
 This is a plain aiokafka consume-transform-produce loop rather than a Faust agent because Faust's own
 exactly-once mode would switch the whole worker to transactions.
 """
@@ -46,6 +47,8 @@ from aiokafka.errors import (
 from mode import Service
 from prometheus_client import Counter, Gauge
 
+from framewatch.agents.alerts.ownership import NotOwned, PartitionOwner, PartitionOwners
+from framewatch.agents.dead_letters import dead_letter
 from framewatch.clients.bus import (
     BrokerUnavailable,
     connect_admin,
@@ -59,7 +62,6 @@ from framewatch.schemas.config import Config
 from framewatch.schemas.events import (
     AlertPublished,
     AlertStored,
-    DeadLetter,
     DecodeError,
 )
 from framewatch.schemas.feed import AlertMessage
@@ -113,34 +115,25 @@ DEDUP_WINDOW_MS = 24 * 3600 * 1000  # fw.published keeps a day; replays happen w
 class _Handover(ConsumerRebalanceListener):
     def __init__(self, publisher: AlertPublisher) -> None:
         self.publisher = publisher
+        self.owners = publisher.owners
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        self.publisher.remembered.clear()
-        try:  # a transaction under way ends before its partition goes...
-            await asyncio.wait_for(self.publisher.publishing.acquire(), HANDOVER_WAIT_S)
-        except TimeoutError:  # ...or is left to the next owner, whose producer aborts and fences it
+        self.owners.settled.clear()
+        # a transaction under way ends before its partition goes, or is left to the next owner, whose producer
+        # aborts and fences it
+        if not await self.owners.release([tp.partition for tp in revoked], HANDOVER_WAIT_S):
             log.warning("a publish transaction outlasted %.0fs: handing its partitions over anyway", HANDOVER_WAIT_S)
-            await self.publisher.release(revoked)
-            return
-        try:
-            await self.publisher.release(revoked)
-        finally:
-            self.publisher.publishing.release()
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        self.publisher.remembered.clear()
-        try:  # nothing is published until it succeeds
-            await HANDOVER_BACKOFF.call(self._take_over, self._worth_retrying,
+        self.owners.settled.clear()
+        try:  # nothing is published until it succeeds; another worker may have published for these
+            await HANDOVER_BACKOFF.call(self.owners.take_over, self._worth_retrying,
                                         logged(log, "taking over fw.alerts-stored partitions", HANDOVER_FAILURES.inc),
-                                        assigned)
+                                        [tp.partition for tp in assigned], self.publisher.remember_published)
         except HANDOVER_ERRORS:
             if not self.publisher.should_stop:
                 raise
-        self.publisher.remembered.set()
-
-    async def _take_over(self, assigned: list[TopicPartition]) -> None:
-        await self.publisher.take_over(assigned)
-        await self.publisher.remember_published()  # another worker may have published for these
+        self.owners.settled.set()
 
     def _worth_retrying(self, error: BaseException) -> bool:
         return isinstance(error, HANDOVER_ERRORS) and not self.publisher.should_stop
@@ -154,14 +147,8 @@ class AlertPublisher(Service):
         self.source = config.topic(ALERTS_STORED.name)
         self.markers = config.topic(PUBLISHED.name)
         self.published: dict[str, int] = {}
-        # set once `published` holds what fw.published says for the current assignment: aiokafka may hand out
-        # records of new partitions while the assignment listener is still reading the markers
-        self.remembered = asyncio.Event()
-        self.publishing = asyncio.Lock()  # held by a batch's transactions, and by a hand-over
+        self.owners = PartitionOwners(self._new_producer)  # one per fw.alerts-stored partition this worker owns
         self._consumer: AIOKafkaConsumer | None = None
-        self._producers: dict[int, AIOKafkaProducer] = {}  # one per fw.alerts-stored partition this worker owns
-        # (partition, offset) of fw.alerts-stored -> how often the alert topic refused it for good, and the last error
-        self.refused: dict[tuple[int, int], tuple[int, BaseException]] = {}
 
     async def on_start(self) -> None:
         self._consumer = AIOKafkaConsumer(**kafka_options(self.config), group_id=self.group_id,
@@ -176,7 +163,7 @@ class AlertPublisher(Service):
                 await asyncio.wait_for(self._consumer.stop(), HANDOVER_WAIT_S + 10)
             except TimeoutError:
                 log.warning("the publisher's consumer did not stop within %.0fs", HANDOVER_WAIT_S + 10)
-        await self.release([TopicPartition(self.source, p) for p in list(self._producers)])
+        await self.owners.release(self.owners.partitions(), wait_s=0)
 
     @property
     def consumer(self) -> AIOKafkaConsumer:
@@ -186,40 +173,19 @@ class AlertPublisher(Service):
     def transactional_id(self, partition: int) -> str:
         return f"{self.group_id}-{self.source}-{partition}"
 
-    async def take_over(self, assigned: list[TopicPartition]) -> None:
-        """Starts the producer of each partition newly assigned: the broker aborts the open transaction of the
-        worker that had it (alive or dead) and fences it, so its markers are final before we read them."""
-        fresh = [tp.partition for tp in assigned if tp.partition not in self._producers]
-        await asyncio.gather(*(self._start_producer(partition) for partition in fresh))
-        if fresh:
-            log.info("publishing for fw.alerts-stored partitions %s", sorted(fresh))
-
-    async def _start_producer(self, partition: int) -> None:
+    def _new_producer(self, partition: int) -> AIOKafkaProducer:
         # a transaction begun right after the last commit may be told CONCURRENT_TRANSACTIONS while the broker
         # writes the last one's markers; the default 100 ms backoff before asking again was most of an alert's
         # stored -> published time
-        producer = AIOKafkaProducer(**kafka_options(self.config), linger_ms=5, retry_backoff_ms=PUBLISH_RETRY_MS,
-                                    transactional_id=self.transactional_id(partition))
-        await producer.start()
-        # start() does not wait for the producer id: an empty transaction gets it, and with it the fencing
-        await producer.begin_transaction()
-        await producer.commit_transaction()
-        self._producers[partition] = producer
+        return AIOKafkaProducer(**kafka_options(self.config), linger_ms=5, retry_backoff_ms=PUBLISH_RETRY_MS,
+                                transactional_id=self.transactional_id(partition))
 
     async def _take_again(self, tp: TopicPartition) -> None:
         """After being fenced: the partition is ours again only if the group still says so, and then with what
         the other worker published meanwhile."""
-        await self.release([tp])
+        await self.owners.release([tp.partition], wait_s=0)
         if tp in self.consumer.assignment():
-            await self.take_over([tp])
-            await self.remember_published()
-
-    async def release(self, revoked: list[TopicPartition]) -> None:
-        gone = {tp.partition for tp in revoked}
-        self.refused = {where: refusal for where, refusal in self.refused.items() if where[0] not in gone}
-        for tp in revoked:
-            if (producer := self._producers.pop(tp.partition, None)) is not None:
-                await producer.stop()
+            await self.owners.take_over([tp.partition], self.remember_published)
 
     async def remember_published(self) -> None:
         """Read fw.published to its end (committed records only): the ids not to publish again."""
@@ -260,13 +226,12 @@ class AlertPublisher(Service):
             if not batches:
                 continue
             await self._gather_burst(batches)
-            await self.remembered.wait()
-            async with self.publishing:
-                # each partition has a producer, so their transactions run side by side: one after another, a
-                # batch spread over ten partitions waited ten commits for its last alert
-                await asyncio.gather(*(self._publish_partition(producer, tp, records)
-                                       for tp, records in batches.items()
-                                       if (producer := self._producers.get(tp.partition)) is not None))
+            await self.owners.settled.wait()
+            # each partition has a producer, so their transactions run side by side: one after another, a batch
+            # spread over ten partitions waited ten commits for its last alert
+            await asyncio.gather(*(self._publish_partition(owner, tp, records)
+                                   for tp, records in batches.items()
+                                   if (owner := self.owners.ready(tp.partition)) is not None))
 
     async def _gather_burst(self, batches: dict[TopicPartition, list[Any]]) -> None:
         """The sink announces a stored batch in a few fetches; what follows within BURST_MS joins this transaction
@@ -278,9 +243,12 @@ class AlertPublisher(Service):
                 batches.setdefault(tp, []).extend(records)
                 count += len(records)
 
-    async def _publish_partition(self, producer: AIOKafkaProducer, tp: TopicPartition, records: list[Any]) -> None:
+    async def _publish_partition(self, owner: PartitionOwner, tp: TopicPartition, records: list[Any]) -> None:
         try:
-            batch = await self._publish_batch(producer, tp, records)
+            batch = await self._publish_batch(owner, tp, records)
+        except NotOwned as error:  # revoked meanwhile: its records are its next owner's
+            log.info("nothing published on fw.alerts-stored partition %d: %s", tp.partition, error)
+            return
         except KafkaError as error:
             ABORTED.inc()
             log.warning("publish transaction on fw.alerts-stored partition %d aborted, will retry: %r",
@@ -289,8 +257,7 @@ class AlertPublisher(Service):
             if isinstance(error, ProducerFenced):  # another worker took the partition over while we were out
                 await self._take_again(tp)
             return
-        for record in records:
-            self.refused.pop((tp.partition, record.offset), None)
+        owner.committed(record.offset for record in records)
         self.published.update(dict.fromkeys(batch.published, int(time.time() * 1000)))
         PUBLISHED_TOTAL.inc(len(batch.published))
         DEAD_LETTERED.inc(batch.dead_letters)
@@ -302,29 +269,29 @@ class AlertPublisher(Service):
     async def _forget_hourly(self) -> None:
         self._forget_old()
 
-    async def _publish_batch(self, producer: AIOKafkaProducer, tp: TopicPartition, records: list[Any]) -> Batch:
+    async def _publish_batch(self, owner: PartitionOwner, tp: TopicPartition, records: list[Any]) -> Batch:
         """One transaction: each alert's message and marker (or, once refused for good `REFUSALS_MAX` times, its
         dead letter), then the offsets, committed only once the broker has confirmed every record in it."""
         batch = Batch()
-        async with producer.transaction():
-            sent = [(record, await self._publish_one(producer, tp, record, batch)) for record in records]
-            await self._confirm(tp, sent)
+        async with owner.transaction() as producer:
+            sent = [(record, await self._publish_one(owner, producer, record, batch)) for record in records]
+            await self._confirm(owner, sent)
             await producer.send_offsets_to_transaction({tp: records[-1].offset + 1}, self.group_id)
         return batch
 
-    async def _confirm(self, tp: TopicPartition, sent: list[tuple[Any, Sent]]) -> None:
+    async def _confirm(self, owner: PartitionOwner, sent: list[tuple[Any, Sent]]) -> None:
         """Raises the first refusal (the transaction aborts), counting the lasting ones against their record."""
         results = await asyncio.gather(*(asyncio.gather(*futures) for _, futures in sent), return_exceptions=True)
         refused = [(record, result) for (record, _), result in zip(sent, results, strict=True)
                    if isinstance(result, BaseException)]
         for record, error in refused:
             if isinstance(error, LASTING_REFUSALS):
-                times, _ = self.refused.get((tp.partition, record.offset), (0, error))
-                self.refused[(tp.partition, record.offset)] = (times + 1, error)
+                times, _ = owner.refusals.get(record.offset, (0, error))
+                owner.refusals[record.offset] = (times + 1, error)
         if refused:
             raise refused[0][1]
 
-    async def _publish_one(self, producer: AIOKafkaProducer, tp: TopicPartition, record: Any,
+    async def _publish_one(self, owner: PartitionOwner, producer: AIOKafkaProducer, record: Any,
                            batch: Batch) -> Sent:
         """Hands the record's messages to the producer; what comes back resolves once the broker has them. A
         refusal the client raises at once (a record larger than it sends) comes back the same way."""
@@ -332,18 +299,17 @@ class AlertPublisher(Service):
             stored = AlertStored.decode(record.value)
         except DecodeError as error:
             batch.dead_letters += 1
-            return [await self._dead_letter(producer, str(error), record.value)]
+            return [await self._dead_letter(owner, producer, record, str(error))]
         alert = stored.alert
         if alert.alert_id in self.published or alert.alert_id in batch.published:
             REPEATS.inc()
             return []
         mq_topic = self.config.ai_analysis.mq_topic
-        times, refusal = self.refused.get((tp.partition, record.offset), (0, None))
+        times, refusal = owner.refusals.get(record.offset, (0, None))
         if refusal is not None and times >= REFUSALS_MAX:
             batch.refused.append(type(refusal).__name__)
             batch.dead_letters += 1
-            log.error("alert %s dead-lettered: %s refused it %d times: %s", alert.alert_id, mq_topic, times, refusal)
-            return [await self._dead_letter(producer, f"refused by {mq_topic}: {refusal}", record.value,
+            return [await self._dead_letter(owner, producer, record, f"refused by {mq_topic}: {refusal}",
                                             alert.frame.camera_id)]
         try:
             if not await self._alert_topic_known(producer):
@@ -370,9 +336,13 @@ class AlertPublisher(Service):
             return True
         return mq_topic in metadata.topics()
 
-    async def _dead_letter(self, producer: AIOKafkaProducer, reason: str, raw: bytes,
+    async def _dead_letter(self, owner: PartitionOwner, producer: AIOKafkaProducer, record: Any, reason: str,
                            key: str | None = None) -> asyncio.Future[Any]:
-        letter = DeadLetter.of(self.source, reason, raw, key)
+        """Sends the record's dead letter in this transaction; it is built (counted and logged) once, however often
+        its transaction is tried."""
+        letter = owner.letters.get(record.offset)
+        if letter is None:
+            letter = owner.letters[record.offset] = dead_letter(self.source, reason, record.value, key)
         future: asyncio.Future[Any] = await producer.send(self.config.topic(DEAD_LETTERS.name), letter.to_bytes(),
                                                           key=DEAD_LETTERS.key_of(letter))
         return future
