@@ -20,11 +20,11 @@ demo: stack
 	$(BIN)/framewatch demo
 
 # Debian packages the tests drive: chromium (the dashboard, headless), prometheus (the alert rules against live
-# metrics), mosquitto (the MQTT bridge), faketime (an extractor with a skewed clock); and the benchmarks: ffmpeg
-# (the Frigate-style ingest baseline)
+# metrics), mosquitto (the MQTT bridge), faketime (an extractor with a skewed clock), ffmpeg (ffprobe reads the event
+# clips); and the benchmarks: ffmpeg (the Frigate-style ingest baseline)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y
-TEST_PACKAGES := chromium prometheus mosquitto faketime
+TEST_PACKAGES := chromium prometheus mosquitto faketime ffmpeg
 BENCH_PACKAGES := ffmpeg
 define apt_packages
 	@missing=""; for p in $(1); do command -v $$p >/dev/null || [ -x /usr/sbin/$$p ] || missing="$$missing $$p"; done; \

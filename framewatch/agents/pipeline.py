@@ -44,6 +44,8 @@ from framewatch.schemas.config import Config
 from framewatch.schemas.events import (
     AlertEvent,
     AlertStored,
+    ClipReady,
+    ClipRequest,
     CountWindow,
     DetectionEvent,
     Event,
@@ -84,6 +86,13 @@ def outcome_of(frame: FrameEvent, result: Evaluation, relocation_reasons: list[s
     return FrameOutcome(frame=frame, outcome=Outcome.NO_ALERT, reason=reason)
 
 
+def clip_request(alert: AlertEvent, task: CameraTask) -> ClipRequest:
+    frame = alert.frame
+    return ClipRequest(alert_id=alert.alert_id, task_id=frame.task_id, camera_id=frame.camera_id,
+                       captured_at=frame.captured_at, pre_ms=int(task.clip_pre_sec * 1000),
+                       post_ms=int(task.clip_post_sec * 1000))
+
+
 def restore(task_id: str, raw: bytes | None) -> RuleState:
     try:
         return RuleState.from_bytes(raw)
@@ -116,6 +125,7 @@ class Pipeline:
         topology = self.topology
         for name, topic, agent in (("infer", topology.frames, self.infer), ("rules", topology.detections, self.rules),
                                    ("store", topology.alerts, self.store), ("tally", topology.counts, self.tally),
+                                   ("clips", topology.clips, self.clips),
                                    ("retain", topology.frame_outcomes, self.retain)):
             self.agents[name] = app.agent(topic, name=f"framewatch.{name}")(agent)
         app.timer(self.settings.sweep_interval_sec, on_leader=True)(self.sweep)
@@ -178,7 +188,7 @@ class Pipeline:
         state = restore(frame.task_id, topology.rule_state.get(key))
         result = self.apply(task, state, event)
         deliveries: list[Delivery] = []
-        reasons = [await self.raise_alert(alert, deliveries) for alert in result.alerts]
+        reasons = [await self.raise_alert(alert, task, deliveries) for alert in result.alerts]
         deliveries += [await topology.emit(topology.counts, window) for window in result.windows]
         if result.status is Status.EVALUATED:
             deliveries.append(await topology.save_state(key, state.to_bytes()))
@@ -192,9 +202,10 @@ class Pipeline:
         with EVALUATION_SECONDS.labels(event.frame.task_type.value).time():
             return evaluate(task, state, event, self.settings.alert_base_path)
 
-    async def raise_alert(self, alert: AlertEvent, deliveries: list[Delivery]) -> str:
-        """Copies the alert image, then sends the alert (adding what it sent to `deliveries`); the frame outcome's
-        reason (the image not copied: the alert's image is then its frame's object, which it keeps)."""
+    async def raise_alert(self, alert: AlertEvent, task: CameraTask, deliveries: list[Delivery]) -> str:
+        """Copies the alert image, then sends the alert and its clip request (adding what it sent to `deliveries`);
+        the frame outcome's reason (the image not copied: the alert's image is then its frame's object, which it
+        keeps)."""
         reason = ""
         if (failure := await self.relocator.copy_image(alert)) is not None:
             deliveries.append(await self.topology.dead_letter(self.topology.alerts, f"relocation: {failure}",
@@ -202,6 +213,8 @@ class Pipeline:
             alert = alert.model_copy(update={"image_key": alert.frame.object_key})
             reason = IMAGE_NOT_COPIED
         deliveries.append(await self.topology.emit(self.topology.alerts, alert))
+        if task.clips:
+            deliveries.append(await self.topology.emit(self.topology.clip_requests, clip_request(alert, task)))
         ALERTS_RAISED.labels(alert.frame.task_type.value, alert.rule).inc()
         return reason
 
@@ -237,6 +250,13 @@ class Pipeline:
         async for batch in batches(stream, COUNTS_BATCH, self.settings.alert_batch_interval_sec):
             windows = [w for raw in batch if (w := await topology.decode(CountWindow, raw, topology.counts))]
             await self.sink.store_counts(windows)
+
+    async def clips(self, stream: faust.StreamT[bytes]) -> None:
+        """Each alert's clip (or why it has none) into PostgreSQL, where /api/alerts reads it."""
+        topology = self.topology
+        async for batch in batches(stream, COUNTS_BATCH, self.settings.alert_batch_interval_sec):
+            await self.sink.store_clips([c for raw in batch if (c := await topology.decode(ClipReady, raw,
+                                                                                           topology.clips))])
 
     async def refused_by_database(self, record: Event, reason: str) -> None:
         """A record PostgreSQL refused for its data: kept on fw.dead-letters with the reason."""

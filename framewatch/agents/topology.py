@@ -60,6 +60,8 @@ class Topology:
         self.retention = self._topic(topics.RETENTION)
         self.counts = self._topic(topics.COUNTS)
         self.pressure = self._topic(topics.PRESSURE)
+        self.clip_requests = self._topic(topics.CLIP_REQUESTS)
+        self.clips = self._topic(topics.CLIPS)
         self.dead_letters = self._topic(topics.DEAD_LETTERS)
         # task id (bytes) -> RuleState as bytes: tracks, incidents, cooldowns, the open count window (rules/state.py)
         min_insync = config.framewatch.min_insync_replicas
@@ -69,8 +71,9 @@ class Topology:
 
     def _topic(self, spec: TopicSpec) -> faust.TopicT:
         self.specs[self.config.topic(spec.name)] = spec
+        partitions = self.config.framewatch.task_partitions if spec.shards_cameras else self.partitions
         return self.app.topic(self.config.topic(spec.name), key_type=bytes, value_type=bytes, key_serializer="raw",
-                              value_serializer="raw", partitions=self.partitions)
+                              value_serializer="raw", partitions=partitions)
 
     @property
     def partitions(self) -> int:

@@ -37,6 +37,7 @@ from framewatch.schemas.config import FrameExtractorSettings, mask_url
 from framewatch.schemas.events import CameraState, CameraStatus, FrameEvent, now_ms
 from framewatch.schemas.tasks import CameraTask, Freshness
 from framewatch.schemas.topics import FRAMES
+from framewatch.streams.clips import ClipRecorder
 from framewatch.streams.clock import BrokerClock
 from framewatch.streams.gate import ChangeGate
 from framewatch.streams.handoff import Handoff
@@ -143,10 +144,11 @@ def encode_jpeg(due: DueFrame, quality: int) -> Sample | None:
 
 class Camera:
     def __init__(self, task: CameraTask, settings: FrameExtractorSettings, uplink: Uplink,
-                 pressure: Throttle | None = None) -> None:
+                 pressure: Throttle | None = None, recorder: ClipRecorder | None = None) -> None:
         """`pressure`: what inference reports (fw.pressure); without it the camera is neither throttled nor held
-        back."""
+        back. `recorder`: holds the camera's packets for event clips (streams/clips.py)."""
         self.task = task
+        self.recorder = recorder
         self.settings = settings
         self.uplink = uplink
         self.pressure = pressure
@@ -233,7 +235,7 @@ class Camera:
         live = not settings.is_file or settings.realtime
         handoff: Handoff[Sample] = Handoff(loop, self.settings.handoff_size, None if live else self._stop)
         outcome: list[SourceError] = []
-        source = Source(settings, self.interval_ms, self._stop)
+        source = Source(settings, self.interval_ms, self._stop, self.recorder)
         opened = functools.partial(loop.call_soon_threadsafe, self._set_state, CameraState.STREAMING)
         reader = threading.Thread(target=self._read, args=(source, handoff, outcome, opened), daemon=True,
                                   name=f"camera-{self.task.id}")

@@ -31,6 +31,8 @@ log = logging.getLogger("framewatch.extractor")
 
 MAX_CLIP_MS = 60_000  # overlapping alerts extend one clip up to this long; later ones start another
 CUT_REMEMBERED = 8  # clips already cut that a later request may share
+NOTHING_HELD = ("no packets of those seconds held: they came before this session of the source began, or the "
+                "request came more than pre + post seconds late")
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +198,7 @@ class ClipRecorder:
                 self.deliver(ClipCut(clip_id, (alert_id,), None, cut_start_ms, cut_end_ms))
                 return
         for wanted in self._waiting:
-            if start_ms <= wanted.end_ms and end_ms >= wanted.start_ms and end_ms - wanted.start_ms <= MAX_CLIP_MS:
+            if start_ms < wanted.end_ms and end_ms > wanted.start_ms and end_ms - wanted.start_ms <= MAX_CLIP_MS:
                 wanted.alert_ids.append(alert_id)
                 wanted.end_ms = max(wanted.end_ms, end_ms)
                 return
@@ -208,19 +210,22 @@ class ClipRecorder:
             self._cut.append((cut.clip_id, cut.start_ms, cut.end_ms))
         self.deliver(cut)
 
-    def _cut_clip(self, wanted: Wanted, reason: str | None) -> ClipCut:
+    def _cut_clip(self, wanted: Wanted, ended: str | None) -> ClipCut:
+        """The clip of `wanted` from what is held; `ended` says why no more will come, when it is cut early."""
         ids = tuple(wanted.alert_ids)
         if self.unsupported is not None:
             return ClipCut(ids[0], ids, None, wanted.start_ms, wanted.end_ms, self.unsupported)
         packets = self.ring.span(wanted.start_ms, wanted.end_ms) if self.ring is not None else []
         if not packets or self._template is None:
-            return ClipCut(ids[0], ids, None, wanted.start_ms, wanted.end_ms,
-                           reason or "no packets held for those seconds")
-        start_ms, end_ms = packets[0].at_ms, packets[-1].at_ms
-        if reason is None and start_ms > wanted.start_ms:
-            reason = f"pre-roll short: packets held from {(wanted.start_ms + self.pre_ms - start_ms) / 1000:.1f} s " \
-                     "before the alert (the camera started or moved here since)"
-        return ClipCut(ids[0], ids, remux(packets, self._template), start_ms, end_ms, reason)
+            return ClipCut(ids[0], ids, None, wanted.start_ms, wanted.end_ms, ended or NOTHING_HELD)
+        start_ms, end_ms = packets[0].at_ms, max(p.at_ms for p in packets)
+        short = []
+        if start_ms > wanted.start_ms:
+            short.append(f"pre-roll short: packets held from {(wanted.start_ms + self.pre_ms - start_ms) / 1000:.1f} s "
+                         "before the alert (the source's session began since)")
+        if ended is not None:
+            short.append(ended)
+        return ClipCut(ids[0], ids, remux(packets, self._template), start_ms, end_ms, "; ".join(short) or None)
 
 
 def mp4_refusal(stream: av.stream.Stream) -> str | None:

@@ -45,6 +45,7 @@ from framewatch.schemas.config import Config
 from framewatch.schemas.events import (
     CameraState,
     CameraStatus,
+    ClipRequest,
     DecodeError,
     TaskEvent,
     TaskOrigin,
@@ -52,6 +53,7 @@ from framewatch.schemas.events import (
 from framewatch.schemas.tasks import CameraTask
 from framewatch.schemas.topics import CAMERAS, TASKS
 from framewatch.streams.camera import Camera, Uplink, extractor_name
+from framewatch.streams.clip_uploads import CameraClips, ClipRequestReader
 from framewatch.streams.pressure import Throttle
 
 log = logging.getLogger("framewatch.extractor")
@@ -59,6 +61,8 @@ log = logging.getLogger("framewatch.extractor")
 STATUS_PERIOD_S = 5.0
 STOP_GRACE_S = 2.0
 CRASH_RESTART_S = 5.0
+MB = 1024 * 1024
+CLIP_BUFFER_PER_CAMERA_MAX = 64 * MB
 
 CAMERA_CRASHES = Counter("framewatch_extractor_camera_crashes_total", "Camera runs that raised, restarted after 5 s",
                          ["task"])
@@ -173,6 +177,7 @@ class Running:
     camera: Camera
     partition: int
     runner: asyncio.Task[None]
+    clips: CameraClips | None = None
 
 
 class ExtractorService(Service, ConsumerRebalanceListener):
@@ -194,9 +199,11 @@ class ExtractorService(Service, ConsumerRebalanceListener):
             **kafka_options(config), group_id=config.topic("framewatch-extractors"),
             enable_auto_commit=False, auto_offset_reset="earliest",
             session_timeout_ms=10000, heartbeat_interval_ms=2000)  # a dead extractor's cameras move within ~10 s
+        self.clip_requests = ClipRequestReader(config, self._request_clip)
 
     async def on_start(self) -> None:
         await publish_config_tasks(self.config, self.uplink.producer)
+        await self.clip_requests.start()
         self.consumer.subscribe([self.config.topic(TASKS.name)], listener=self)
         await self.consumer.start()
 
@@ -210,6 +217,7 @@ class ExtractorService(Service, ConsumerRebalanceListener):
         the cameras over at once instead of after the session timeout."""
         await self.release(None)
         await self.consumer.stop()
+        await self.clip_requests.stop()
 
     @Service.task
     async def _follow_tasks(self) -> None:
@@ -219,6 +227,10 @@ class ExtractorService(Service, ConsumerRebalanceListener):
                 for record in records:
                     await self._take(record)
             await self._end_replays()
+
+    @Service.task
+    async def _follow_clip_requests(self) -> None:
+        await self.clip_requests.run()
 
     @Service.task
     async def _watch_loop_lag(self) -> None:
@@ -235,6 +247,7 @@ class ExtractorService(Service, ConsumerRebalanceListener):
         await self.release({tp.partition for tp in revoked})
         self.owned -= set(revoked)
         self.replaying = {}
+        await self.clip_requests.follow(set())
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         """A compacted topic is read whole: it is the tasks as they stand. Until a partition is read to its end,
@@ -242,6 +255,7 @@ class ExtractorService(Service, ConsumerRebalanceListener):
         log.info("extractor %s owns fw.tasks partitions %s", self.name, sorted(tp.partition for tp in assigned))
         self.replaying = {tp: Replay() for tp in assigned}  # first: records come while this listener awaits
         self.joined = True
+        await self.clip_requests.follow({tp.partition for tp in assigned})
         if assigned:
             await self.consumer.seek_to_beginning(*assigned)
             for tp, end in (await self.consumer.end_offsets(assigned)).items():
@@ -288,11 +302,26 @@ class ExtractorService(Service, ConsumerRebalanceListener):
             self._start(task, record.partition)
 
     def _start(self, task: CameraTask, partition: int) -> None:
-        camera = Camera(task, self.config.frame_extractor, self.uplink, self.throttle)
-        runner = asyncio.create_task(camera.run(), name=f"camera-{task.id}")
-        running = self.cameras[task.id] = Running(camera, partition, runner)
+        clips = CameraClips(task, self.uplink, self._clip_bytes) if task.clips else None
+        camera = Camera(task, self.config.frame_extractor, self.uplink, self.throttle,
+                        recorder=clips.recorder if clips is not None else None)
+        runner = asyncio.create_task(run_with_clips(camera, clips), name=f"camera-{task.id}")
+        running = self.cameras[task.id] = Running(camera, partition, runner, clips)
         runner.add_done_callback(lambda _: self._ended(running))
         log.info("camera %s started (fw.tasks partition %d)", task.id, partition)
+        self.clip_requests.hand_out()
+
+    def _request_clip(self, request: ClipRequest) -> bool:
+        running = self.cameras.get(request.task_id)
+        if running is None or running.clips is None:
+            return False
+        running.clips.request(request)
+        return True
+
+    def _clip_bytes(self) -> int:
+        """Each camera's share of `clip_buffer_mb`, at most `CLIP_BUFFER_PER_CAMERA_MAX`."""
+        recording = sum(1 for running in self.cameras.values() if running.clips is not None)
+        return min(CLIP_BUFFER_PER_CAMERA_MAX, self.config.frame_extractor.clip_buffer_mb * MB // max(1, recording))
 
     def _ended(self, running: Running) -> None:
         """A camera whose run raised (a bug, not a camera fault: those it retries itself) starts again afresh."""
@@ -333,6 +362,19 @@ class ExtractorService(Service, ConsumerRebalanceListener):
             log.warning("camera %s: status not sent: %r", status.camera_id, error)
             return
         self.reported[camera.task.id] = status
+
+
+async def run_with_clips(camera: Camera, clips: CameraClips | None) -> None:
+    """The camera, and beside it the uploads of its clips, which end once the camera's last clips are announced."""
+    if clips is None:
+        await camera.run()
+        return
+    uploading = asyncio.create_task(clips.run(), name=f"clips-{camera.task.id}")
+    try:
+        await camera.run()
+    finally:
+        clips.close()
+        await uploading
 
 
 class HelperEnded(FramewatchError, RuntimeError):

@@ -28,6 +28,7 @@ from framewatch.errors import FramewatchError
 from framewatch.schemas.config import mask_url
 from framewatch.schemas.events import now_ms
 from framewatch.schemas.tasks import DecodeMode, RtspTransport, is_file_source
+from framewatch.streams.clips import ClipRecorder
 
 # errors that retrying cannot fix: the camera refuses us, or what answers is not a video
 PERMANENT_ERRORS = (av.error.HTTPUnauthorizedError, av.error.HTTPForbiddenError, av.error.InvalidDataError,
@@ -149,10 +150,12 @@ class Source:
 
     `decoded` and `keyframes_only` are read by the event loop for metrics; only this thread writes them."""
 
-    def __init__(self, settings: SourceSettings, interval_ms: Callable[[], float], stop: threading.Event) -> None:
+    def __init__(self, settings: SourceSettings, interval_ms: Callable[[], float], stop: threading.Event,
+                 recorder: ClipRecorder | None = None) -> None:
         self.settings = settings
         self.interval_ms = interval_ms
         self.stop = stop
+        self.recorder = recorder  # every packet demuxed is held for event clips, decoded or not
         self.decoded = 0
         self.skipped = 0  # packets no due frame needed, dropped undecoded
         self.corrupt = 0
@@ -164,10 +167,18 @@ class Source:
         cadence = Cadence()
         while not self.stop.is_set():
             container = open_container(self.settings)
+            ended = "the source ended before the post-roll"
             try:
                 on_open()
+                if self.recorder is not None:
+                    self.recorder.open(container.streams.video[0])
                 end_ms = yield from self._read(container, cadence)
+            except SourceError as error:
+                ended = f"the source failed before the post-roll: {error}"
+                raise
             finally:
+                if self.recorder is not None:  # before the container closes: clips are cut with its stream
+                    self.recorder.close("the camera stopped before the post-roll" if self.stop.is_set() else ended)
                 container.close()
             if not self.settings.is_file:
                 raise SourceError(f"{mask_url(self.settings.url)}: the stream ended")
@@ -192,6 +203,8 @@ class Source:
                     break
                 at = packet.pts if packet.pts is not None else packet.dts
                 at_ms = None if at is None else self._offset_ms + float(at * time_base) * 1000
+                if self.recorder is not None and at_ms is not None and packet.size:
+                    self.recorder.add(packet, self._captured_at(at_ms))
                 if packet.is_keyframe and at_ms is not None:
                     spacing.observe(at_ms)
                     self.keyframes_only = self._keyframes_suffice(spacing.gop_ms)

@@ -1,0 +1,168 @@
+"""Event clips, the event loop's part: a camera's clip requests handed to its recorder, and each clip it cuts uploaded
+to `clips/<output_path>/<day>/<first alert id>.mp4` and announced per alert on fw.clips (`ClipReady`), with the
+reason where there is no clip or a shorter one. Cutting happens in the camera's reader thread
+(`streams/clips.py`); nothing here decodes, encodes or waits for the camera.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import ConsumerStoppedError, KafkaError
+from prometheus_client import Counter, Gauge
+
+from framewatch.clients.objectstore import StoreError
+from framewatch.clients.bus import kafka_options
+from framewatch.retry import Backoff, logged
+from framewatch.schemas.config import Config
+from framewatch.schemas.events import ClipReady, ClipRequest, DecodeError, now_ms
+from framewatch.schemas.tasks import CameraTask
+from framewatch.schemas.topics import CLIP_REQUESTS, CLIPS
+from framewatch.streams.camera import Uplink
+from framewatch.streams.clips import ClipCut, ClipRecorder
+
+log = logging.getLogger("framewatch.extractor")
+
+CLIPS_MADE = Counter("framewatch_extractor_clips_total", "Alerts' clips, by result: full, short (less than asked "
+                     "for), none (with its reason), shared (another alert's clip covers it)", ["task", "result"])
+CLIP_BUFFER_BYTES = Gauge("framewatch_extractor_clip_buffer_bytes", "Encoded packets held for event clips", ["task"])
+CLIP_PACKETS_EVICTED = Gauge("framewatch_extractor_clip_packets_evicted",
+                             "Packets dropped before their time for the clip buffer's byte bound, this session",
+                             ["task"])
+UPLOAD_BACKOFF = Backoff(first_s=0.5, max_s=4.0, attempts=3)
+UPLOADED_REMEMBERED = 32  # clips whose key a later shared one may name
+# how far back a partition newly assigned is read, and how long a request waits for its camera to start here: an
+# extractor that takes a camera over serves the requests its last owner left (with what it has: a short pre-roll)
+REQUESTS_LOOKBACK_MS = 60_000
+
+
+def clip_key(uplink: Uplink, task: CameraTask, cut: ClipCut) -> str:
+    day = datetime.fromtimestamp(cut.start_ms / 1000, tz=UTC).strftime("%Y%m%d")
+    return uplink.store.key("clips", task.output_path or task.id, day, f"{cut.clip_id}.mp4")
+
+
+class CameraClips:
+    """One camera's clips: `request` from the extractor's fw.clip-requests reader, `run` beside the camera."""
+
+    def __init__(self, task: CameraTask, uplink: Uplink, max_bytes: Callable[[], int]) -> None:
+        self.task = task
+        self.uplink = uplink
+        self._loop = asyncio.get_running_loop()
+        self._cuts: asyncio.Queue[ClipCut | None] = asyncio.Queue()
+        self._uploaded: OrderedDict[str, str] = OrderedDict()  # clip id -> its key
+        self.recorder = ClipRecorder(int(task.clip_pre_sec * 1000), int(task.clip_post_sec * 1000), max_bytes,
+                                     self._handed_over)
+
+    def request(self, request: ClipRequest) -> None:
+        self.recorder.request(request.alert_id, request.captured_at)
+
+    async def run(self) -> None:
+        """Until `close`: each clip cut uploaded and announced."""
+        while (cut := await self._cuts.get()) is not None:
+            await self._announce(cut, await self._key_of(cut))
+            CLIP_BUFFER_BYTES.labels(self.task.id).set(self.recorder.held_bytes)
+            if self.recorder.ring is not None:
+                CLIP_PACKETS_EVICTED.labels(self.task.id).set(self.recorder.ring.evicted)
+
+    def close(self) -> None:
+        """The camera has stopped (its reader thread cut its last clips): `run` ends once they are announced."""
+        self._cuts.put_nowait(None)
+
+    def _handed_over(self, cut: ClipCut) -> None:
+        """From the reader thread."""
+        self._loop.call_soon_threadsafe(self._cuts.put_nowait, cut)
+
+    async def _key_of(self, cut: ClipCut) -> tuple[str | None, str | None]:
+        """The clip's key once uploaded, or None; and the reason to give with it."""
+        if cut.shared:
+            key = self._uploaded.get(cut.clip_id)
+            return key, None if key is not None else "the clip that covers it was not uploaded"
+        if cut.data is None:
+            return None, cut.reason
+        key = clip_key(self.uplink, self.task, cut)
+        try:
+            await UPLOAD_BACKOFF.call(self.uplink.store.put, lambda error: isinstance(error, StoreError),
+                                      logged(log, f"camera {self.task.id}: uploading clip {key}"),
+                                      key, cut.data, "video/mp4")
+        except StoreError as error:
+            return None, f"the clip's upload failed: {error}"
+        self._uploaded[cut.clip_id] = key
+        while len(self._uploaded) > UPLOADED_REMEMBERED:
+            self._uploaded.popitem(last=False)
+        return key, cut.reason
+
+    async def _announce(self, cut: ClipCut, found: tuple[str | None, str | None]) -> None:
+        key, reason = found
+        result = "shared" if cut.shared and key else "none" if key is None else "short" if reason else "full"
+        for alert_id in cut.alert_ids:
+            ready = ClipReady(alert_id=alert_id, task_id=self.task.id, camera_id=self.task.id,
+                              bucket=self.uplink.store.bucket, clip_key=key, reason=reason,
+                              start_at=cut.start_ms if key else None, end_at=cut.end_ms if key else None,
+                              clip_bytes=len(cut.data) if key and cut.data else None)
+            try:
+                await self.uplink.producer.send(CLIPS, ready)
+            except KafkaError as error:  # the clip stays; the alert says no clip came (the sweep removes it)
+                log.error("camera %s: clip of alert %s not announced: %r", self.task.id, alert_id, error)
+                continue
+            CLIPS_MADE.labels(self.task.id, result).inc()
+        if reason and key is None:
+            log.warning("camera %s: no clip for alerts %s: %s", self.task.id, ", ".join(cut.alert_ids), reason)
+
+
+class ClipRequestReader:
+    """fw.clip-requests, read for the partitions of fw.tasks this extractor owns: both are partitioned by task id
+    over `task_partitions`, so a request reaches whoever runs its camera. A request for a camera not running here
+    (yet: it starts once fw.tasks is read) waits up to `REQUESTS_LOOKBACK_MS` for it."""
+
+    def __init__(self, config: Config, route: Callable[[ClipRequest], bool]) -> None:
+        self.topic = config.topic(CLIP_REQUESTS.name)
+        self.route = route  # hands a request to its camera; False when the camera does not run here
+        self.consumer = AIOKafkaConsumer(**kafka_options(config), group_id=None, enable_auto_commit=False)
+        self.waiting: list[ClipRequest] = []
+
+    async def start(self) -> None:
+        await self.consumer.start()
+
+    async def stop(self) -> None:
+        await self.consumer.stop()
+
+    async def follow(self, partitions: set[int]) -> None:
+        """Reads these partitions from now on: those new to it from `REQUESTS_LOOKBACK_MS` ago."""
+        assigned = {TopicPartition(self.topic, p) for p in partitions}
+        new = assigned - self.consumer.assignment()
+        self.consumer.assign(list(assigned))
+        if new:
+            since = {tp: now_ms() - REQUESTS_LOOKBACK_MS for tp in new}
+            for tp, found in (await self.consumer.offsets_for_times(since)).items():
+                if found is None:
+                    await self.consumer.seek_to_end(tp)
+                else:
+                    self.consumer.seek(tp, found.offset)
+
+    async def run(self) -> None:
+        """Until the consumer is stopped (the extractor stops)."""
+        while True:
+            if not self.consumer.assignment():
+                await asyncio.sleep(1)
+                continue
+            try:
+                batches = await self.consumer.getmany(timeout_ms=1000)
+            except ConsumerStoppedError:
+                return
+            for records in batches.values():
+                for record in records:
+                    try:
+                        self.waiting.append(ClipRequest.decode(record.value))
+                    except DecodeError as error:
+                        log.error("fw.clip-requests: a bad record skipped: %s", error)
+            self.hand_out()
+
+    def hand_out(self) -> None:
+        """Each waiting request to its camera; those whose camera does not run here wait, until too old."""
+        oldest = now_ms() - REQUESTS_LOOKBACK_MS
+        self.waiting = [r for r in self.waiting if not self.route(r) and r.captured_at >= oldest]
