@@ -7,7 +7,10 @@ Scenarios (each in a namespace and bucket of its own, against the local stack; f
 warm-up, from the extractor's own metrics and its process CPU time):
   decode     16 cameras sampled every 1000 ms (one GOP): CPU seconds per sampled frame decoding every frame vs key
              frames only; and every 200 ms, where every frame must be decoded
-  seed load  14 cameras every 200 ms (70 frames/s sampled, the seed's load): cores used, drops, capture-to-event p99
+  seed load  14 cameras every 200 ms (70 frames/s sampled, the seed's load): cores used, drops, capture-to-event p99;
+             and the same with event clips off (`clips = false`): what holding each camera's packets costs
+  clips      the seed load from streams of 2 and 8 Mbit/s, clips on and off: the packets held per camera and the
+             extractor's memory (RSS) per camera
   capacity   more and more cameras every 200 ms (5 fps each) until one extractor drops a frame, samples less than
              it should, or its capture-to-event p99 reaches 500 ms: the largest number it sustains
   baselines  the seed load's 14 streams read by what a user might run instead, in the same run: the decode floor
@@ -79,6 +82,30 @@ def vtest() -> Path:
     raise SystemExit("vtest.avi not found: run `make testdata` first")
 
 
+def rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) / 1024
+
+
+def clip_memory(stack_env: dict[str, str], folder: Path, warm_up_s: float, seconds: float) -> dict[str, Any]:
+    """The seed load from streams of 2 and 8 Mbit/s, clips on and off: packets held and RSS per camera."""
+    found: dict[str, Any] = {}
+    for mbit in (2, 8):
+        clip = h264_clip(vtest(), StackHome.default().cache / "clips" / f"vtest-25fps-{mbit}mbit.mp4",
+                         bit_rate=mbit * 1_000_000)
+        bench = Bench(stack_env, clip, folder, warm_up_s, tag=f"m{mbit}")
+        try:
+            on = bench.run(f"clips-{mbit}mbit", 14, 200, "auto", seconds)
+            off = bench.run(f"no-clips-{mbit}mbit", 14, 200, "auto", seconds, clips=False)
+        finally:
+            bench.close()
+        found[f"{mbit}mbit"] = {"clip_buffer_mb_per_camera": on["clip_buffer_mb_per_camera"],
+                                "rss_mb_per_camera_clips_on": round(on["rss_mb"] / 14, 2),
+                                "rss_mb_per_camera_clips_off": round(off["rss_mb"] / 14, 2),
+                                "cores_clips_on": on["cores"], "cores_clips_off": off["cores"]}
+    return found
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime, all threads
@@ -91,6 +118,7 @@ class Snapshot:
     others_cpu_s: float
     counters: dict[str, float]
     latency: dict[float, float]  # capture-to-event histogram: upper bound -> cumulative count
+    rss_mb: float = 0.0
 
 
 LATENCY = "framewatch_extractor_capture_to_event_seconds"
@@ -105,18 +133,20 @@ def scrape(port: int) -> tuple[dict[str, float], dict[float, float]]:
             if sample.name.startswith("framewatch_extractor_frames_") and sample.name.endswith("_total"):
                 key = sample.name.removeprefix("framewatch_extractor_frames_").removesuffix("_total")
                 counters[key] = counters.get(key, 0.0) + sample.value
+            elif sample.name == "framewatch_extractor_clip_buffer_bytes":
+                counters["clip_buffer_bytes"] = counters.get("clip_buffer_bytes", 0.0) + sample.value
     return counters, histogram_buckets(text, LATENCY)
 
 
 class Bench:
-    def __init__(self, stack_env: dict[str, str], clip: Path, folder: Path, warm_up_s: float) -> None:
+    def __init__(self, stack_env: dict[str, str], clip: Path, folder: Path, warm_up_s: float, tag: str = "") -> None:
         self.stack_env = stack_env
         self.warm_up_s = warm_up_s
         self.folder = folder
         self.server = stack_env["FRAMEWATCH_RTSP_SERVER"]
-        self.prefix = f"bench{os.getpid()}"
+        self.prefix = f"bench{os.getpid()}{tag}"
         self.urls = [f"rtsp://{self.server}/cam-{self.prefix}-{i}" for i in range(PATHS)]
-        self.publisher = start_publisher(clip, self.urls, folder / "publisher.log")
+        self.publisher = start_publisher(clip, self.urls, folder / f"publisher{tag}.log")
         self.others = [self.publisher.pid, *self._stack_pids()]
         time.sleep(3)
 
@@ -130,13 +160,14 @@ class Bench:
     def snapshot(self, pid: int, port: int) -> Snapshot:
         counters, latency = scrape(port)
         others = sum(cpu_seconds(p) for p in self.others if Path(f"/proc/{p}").exists())
-        return Snapshot(time.monotonic(), cpu_seconds(pid), others, counters, latency)
+        return Snapshot(time.monotonic(), cpu_seconds(pid), others, counters, latency, rss_mb(pid))
 
-    def run(self, name: str, cameras: int, interval_ms: int, decode: str, seconds: float) -> dict[str, Any]:
+    def run(self, name: str, cameras: int, interval_ms: int, decode: str, seconds: float,
+            clips: bool = True) -> dict[str, Any]:
         env = namespaced_env(self.stack_env, FRAMEWATCH_EXTRACTOR_METRICS_PORT=str(free_port()))
         body = "".join(f'[[frame_extractor.tasks]]\nid = "c{i}"\ntask_type = "people_counting"\n'
                        f'rtsp_url = "{self.urls[i % PATHS]}"\ninterval_ms = {interval_ms}\ndecode = "{decode}"\n'
-                       for i in range(cameras))
+                       f'clips = {str(clips).lower()}\n' for i in range(cameras))
         path = self.folder / f"{name}.toml"
         path.write_text(body, encoding="utf-8")
         config, _ = load_config(path, env)
@@ -205,6 +236,8 @@ def figures(cameras: int, interval_ms: int, first: Snapshot, last: Snapshot) -> 
         "capture_to_event_p99_ms": None if p99 is None else round(p99 * 1000),
         "sustained": (delta.get("dropped", 0.0) == 0 and sampled >= 0.97 * expected
                       and p99 is not None and p99 < P99_GOAL_S),
+        "rss_mb": round(last.rss_mb, 1),
+        "clip_buffer_mb_per_camera": round(last.counters.get("clip_buffer_bytes", 0.0) / cameras / 2**20, 2),
     }
 
 
@@ -230,6 +263,7 @@ def main() -> int:
         keys = bench.run("decode-keyframes", DECODE_CAMERAS, 1000, "auto", args.seconds)
         dense = bench.run("decode-200ms", DECODE_CAMERAS, 200, "auto", args.seconds)
         seed = bench.run("seed-14x200ms", 14, 200, "auto", args.seconds)
+        seed_no_clips = bench.run("seed-14x200ms-no-clips", 14, 200, "auto", args.seconds, clips=False)
         floor = bench.baseline("floor", 14, args.seconds)
         ffmpeg = bench.baseline("ffmpeg", 14, args.seconds)
         sweep = []
@@ -242,6 +276,7 @@ def main() -> int:
             cameras += 5
     finally:
         bench.close()
+    memory = clip_memory(stack.env(), folder, args.warm_up, args.seconds)
     sustained = max((s["cameras"] for s in sweep if s["sustained"]), default=0)
     per_camera = round(1000 * seed["cores"] / seed["cameras"], 1)
     result = {"decode_all_1000ms": every, "decode_keyframes_1000ms": keys, "decode_200ms": dense,
@@ -249,6 +284,9 @@ def main() -> int:
               "ffmpeg_per_camera_14": ffmpeg,
               "ratio_to_decode_floor": round(per_camera / floor["cpu_ms_per_camera_s"], 2),
               "ratio_to_ffmpeg": round(per_camera / ffmpeg["cpu_ms_per_camera_s"], 2),
+              "seed_14x200ms_no_clips": seed_no_clips,
+              "clips_cpu_ratio": round(seed["cores"] / max(seed_no_clips["cores"], 0.001), 3),
+              "clip_memory": memory,
               "capacity_sweep": sweep, "max_cameras_sustained_5fps": sustained,
               "capacity_processes": CAPACITY_PROCESSES}
     rows = [
@@ -261,6 +299,10 @@ def main() -> int:
         ("seed load: sampled frames/s (expected 70)", seed["sampled_per_s"], "70"),
         ("seed load: dropped", seed["dropped"], "0"),
         ("seed load: capture to event p99 (ms)", seed["capture_to_event_p99_ms"], ""),
+        ("seed load, event clips off: extractor cores", seed_no_clips["cores"], ""),
+        ("  clips on / off (CPU)", result["clips_cpu_ratio"], "<= 1.05"),
+        *[(f"  {rate}: packets held per camera MB / RSS per camera MB on:off", f"{m['clip_buffer_mb_per_camera']} / "
+           f"{m['rss_mb_per_camera_clips_on']}:{m['rss_mb_per_camera_clips_off']}", "") for rate, m in memory.items()],
         ("CPU ms per camera-second: framewatch, 25 fps sampled at 5 fps", per_camera, ""),
         ("  decoding every frame and nothing else (the floor)", floor["cpu_ms_per_camera_s"], ""),
         ("  an ffmpeg process per camera, raw frames at 5 fps", ffmpeg["cpu_ms_per_camera_s"], ""),

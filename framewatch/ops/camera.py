@@ -26,9 +26,10 @@ RETRY_S = 1.0
 
 
 def h264_clip(source: Path, target: Path, fps: int = 25, gop: int = 25, seconds: float | None = None,
-              still: bool = False, b_frames: int = 0) -> Path:
+              still: bool = False, b_frames: int = 0, bit_rate: int | None = None) -> Path:
     """Re-encodes `source` (kept if already there). Every source frame becomes one frame at `fps`, so a 10 fps
-    clip plays 2.5 times faster; `still` repeats the first frame: a static scene."""
+    clip plays 2.5 times faster; `still` repeats the first frame: a static scene. `bit_rate` (bits/s): that rate,
+    else a constant quality."""
     if target.exists():
         return target
     part = target.with_suffix(".part.mp4")
@@ -38,8 +39,10 @@ def h264_clip(source: Path, target: Path, fps: int = 25, gop: int = 25, seconds:
         stream = out.add_stream("libx264", rate=fps)
         stream.width, stream.height = video.codec_context.width, video.codec_context.height
         stream.pix_fmt = "yuv420p"
-        stream.options = {"g": str(gop), "keyint_min": str(gop), "sc_threshold": "0", "bf": str(b_frames), "crf": "26",
-                          "preset": "veryfast"}
+        rate = {"crf": "26"} if bit_rate is None else {"b": str(bit_rate), "maxrate": str(bit_rate),
+                                                         "bufsize": str(bit_rate)}
+        stream.options = {"g": str(gop), "keyint_min": str(gop), "sc_threshold": "0", "bf": str(b_frames),
+                          "preset": "veryfast", **rate}
         first: av.VideoFrame | None = None
         for index, frame in enumerate(inp.decode(video)):
             if seconds is not None and index >= seconds * fps:

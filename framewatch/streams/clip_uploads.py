@@ -35,6 +35,7 @@ CLIP_PACKETS_EVICTED = Gauge("framewatch_extractor_clip_packets_evicted",
                              "Packets dropped before their time for the clip buffer's byte bound, this session",
                              ["task"])
 UPLOAD_BACKOFF = Backoff(first_s=0.5, max_s=4.0, attempts=3)
+GAUGES_EVERY_S = 1.0
 UPLOADED_REMEMBERED = 32  # clips whose key a later shared one may name
 # how far back a partition newly assigned is read, and how long a request waits for its camera to start here: an
 # extractor that takes a camera over serves the requests its last owner left (with what it has: a short pre-roll)
@@ -62,12 +63,21 @@ class CameraClips:
         self.recorder.request(request.alert_id, request.captured_at)
 
     async def run(self) -> None:
-        """Until `close`: each clip cut uploaded and announced."""
-        while (cut := await self._cuts.get()) is not None:
+        """Until `close`: each clip cut uploaded and announced; the buffer's gauges kept current."""
+        while True:
+            try:
+                cut = await asyncio.wait_for(self._cuts.get(), GAUGES_EVERY_S)
+            except TimeoutError:
+                self._report_buffer()
+                continue
+            if cut is None:
+                return
             await self._announce(cut, await self._key_of(cut))
-            CLIP_BUFFER_BYTES.labels(self.task.id).set(self.recorder.held_bytes)
-            if self.recorder.ring is not None:
-                CLIP_PACKETS_EVICTED.labels(self.task.id).set(self.recorder.ring.evicted)
+
+    def _report_buffer(self) -> None:
+        CLIP_BUFFER_BYTES.labels(self.task.id).set(self.recorder.held_bytes)
+        if (ring := self.recorder.ring) is not None:
+            CLIP_PACKETS_EVICTED.labels(self.task.id).set(ring.evicted)
 
     def close(self) -> None:
         """The camera has stopped (its reader thread cut its last clips): `run` ends once they are announced."""
@@ -112,6 +122,17 @@ class CameraClips:
             CLIPS_MADE.labels(self.task.id, result).inc()
         if reason and key is None:
             log.warning("camera %s: no clip for alerts %s: %s", self.task.id, ", ".join(cut.alert_ids), reason)
+
+
+def route_to(clips_of: Callable[[str], CameraClips | None]) -> Callable[[ClipRequest], bool]:
+    """A `ClipRequestReader`'s route: the request to its task's clips, False when that camera records none here."""
+    def route(request: ClipRequest) -> bool:
+        clips = clips_of(request.task_id)
+        if clips is None:
+            return False
+        clips.request(request)
+        return True
+    return route
 
 
 class ClipRequestReader:

@@ -45,7 +45,6 @@ from framewatch.schemas.config import Config
 from framewatch.schemas.events import (
     CameraState,
     CameraStatus,
-    ClipRequest,
     DecodeError,
     TaskEvent,
     TaskOrigin,
@@ -53,7 +52,7 @@ from framewatch.schemas.events import (
 from framewatch.schemas.tasks import CameraTask
 from framewatch.schemas.topics import CAMERAS, TASKS
 from framewatch.streams.camera import Camera, Uplink, extractor_name
-from framewatch.streams.clip_uploads import CameraClips, ClipRequestReader
+from framewatch.streams.clip_uploads import CameraClips, ClipRequestReader, route_to
 from framewatch.streams.pressure import Throttle
 
 log = logging.getLogger("framewatch.extractor")
@@ -126,12 +125,21 @@ async def run_extractor(config: Config) -> ExtractReport:
     async with open_uplink(config) as uplink:
         pressure = Throttle(config.frame_extractor.max_throttle)
         listening = asyncio.create_task(pressure.follow(config))
-        cameras = [Camera(t, config.frame_extractor, uplink, pressure)
-                   for t in config.frame_extractor.tasks if t.enabled]
+        tasks = [t for t in config.frame_extractor.tasks if t.enabled]
+        share = clip_share(config, sum(1 for t in tasks if t.clips))
+        clips = {t.id: CameraClips(t, uplink, lambda: share) for t in tasks if t.clips}
+        cameras = [Camera(t, config.frame_extractor, uplink, pressure,
+                          recorder=clips[t.id].recorder if t.id in clips else None) for t in tasks]
+        requests = ClipRequestReader(config, route_to(clips.get))
+        await requests.start()
+        await requests.follow(set(range(config.framewatch.task_partitions)))  # it runs every task
+        reading = asyncio.create_task(requests.run())
         try:
-            await asyncio.gather(*(camera.run() for camera in cameras))
+            await asyncio.gather(*(run_with_clips(camera, clips.get(camera.task.id)) for camera in cameras))
         finally:
             listening.cancel()
+            reading.cancel()
+            await requests.stop()
     reports = []
     for camera in cameras:
         log.info("camera %s: %s, %d frames emitted, %d dropped", camera.task.id, camera.state.value,
@@ -199,7 +207,7 @@ class ExtractorService(Service, ConsumerRebalanceListener):
             **kafka_options(config), group_id=config.topic("framewatch-extractors"),
             enable_auto_commit=False, auto_offset_reset="earliest",
             session_timeout_ms=10000, heartbeat_interval_ms=2000)  # a dead extractor's cameras move within ~10 s
-        self.clip_requests = ClipRequestReader(config, self._request_clip)
+        self.clip_requests = ClipRequestReader(config, route_to(self._clips_of))
 
     async def on_start(self) -> None:
         await publish_config_tasks(self.config, self.uplink.producer)
@@ -311,17 +319,12 @@ class ExtractorService(Service, ConsumerRebalanceListener):
         log.info("camera %s started (fw.tasks partition %d)", task.id, partition)
         self.clip_requests.hand_out()
 
-    def _request_clip(self, request: ClipRequest) -> bool:
-        running = self.cameras.get(request.task_id)
-        if running is None or running.clips is None:
-            return False
-        running.clips.request(request)
-        return True
+    def _clips_of(self, task_id: str) -> CameraClips | None:
+        running = self.cameras.get(task_id)
+        return None if running is None else running.clips
 
     def _clip_bytes(self) -> int:
-        """Each camera's share of `clip_buffer_mb`, at most `CLIP_BUFFER_PER_CAMERA_MAX`."""
-        recording = sum(1 for running in self.cameras.values() if running.clips is not None)
-        return min(CLIP_BUFFER_PER_CAMERA_MAX, self.config.frame_extractor.clip_buffer_mb * MB // max(1, recording))
+        return clip_share(self.config, sum(1 for running in self.cameras.values() if running.clips is not None))
 
     def _ended(self, running: Running) -> None:
         """A camera whose run raised (a bug, not a camera fault: those it retries itself) starts again afresh."""
@@ -362,6 +365,11 @@ class ExtractorService(Service, ConsumerRebalanceListener):
             log.warning("camera %s: status not sent: %r", status.camera_id, error)
             return
         self.reported[camera.task.id] = status
+
+
+def clip_share(config: Config, cameras: int) -> int:
+    """Each camera's share of `clip_buffer_mb`, at most `CLIP_BUFFER_PER_CAMERA_MAX`."""
+    return min(CLIP_BUFFER_PER_CAMERA_MAX, config.frame_extractor.clip_buffer_mb * MB // max(1, cameras))
 
 
 async def run_with_clips(camera: Camera, clips: CameraClips | None) -> None:
