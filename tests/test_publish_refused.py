@@ -14,7 +14,8 @@ from aiokafka.admin import NewTopic
 from framewatch.clients.bus import connect_admin, read_records
 from framewatch.ops.load import FrameLoad, start_fleet
 from framewatch.schemas.config import Config, load_config
-from framewatch.schemas.events import AlertStored, DeadLetter
+from framewatch.schemas.events import AlertStored, DeadLetter, FrameOutcome
+from framewatch.schemas.topics import FRAME_OUTCOMES
 from tests.conftest import SAMPLE_JPEG
 from tests.test_alert_path import alerting_config, metric, stored
 
@@ -68,13 +69,16 @@ async def refused(config: Config) -> dict[str, DeadLetter]:
 
 async def load_until_dead_lettered(config: Config, prefix: str) -> tuple[dict[str, str], dict[str, DeadLetter]]:
     """Alerts raised for 8 s, then until every stored alert is dead-lettered (after three refusals each): the rows
-    and the dead letters."""
-    await FrameLoad(config, cameras=2, fps_per_camera=1, prefix=prefix, image=SAMPLE_JPEG).run(duration_s=8)
+    and the dead letters. The rest of the pipeline is not held up meanwhile: every frame sent has ended."""
+    sent = await FrameLoad(config, cameras=2, fps_per_camera=1, prefix=prefix, image=SAMPLE_JPEG).run(duration_s=8)
     for _ in range(90):
         rows = await stored(config, prefix)
         if rows and set(rows) <= set(await refused(config)):
             break
         await asyncio.sleep(1)
+    outcomes = {FrameOutcome.decode(r.value).frame.frame_id
+                for r in await read_records(config, config.topic(FRAME_OUTCOMES.name))}
+    assert len(outcomes) == sent, f"{sent - len(outcomes)} of {sent} frames never ended while the alert topic refused"
     return rows, await refused(config)
 
 
