@@ -145,6 +145,7 @@ class ClipRequestReader:
         self.route = route  # hands a request to its camera; False when the camera does not run here
         self.consumer = AIOKafkaConsumer(**kafka_options(config), group_id=None, enable_auto_commit=False)
         self.waiting: list[ClipRequest] = []
+        self._rewind: set[TopicPartition] = set()  # assigned, to be read from REQUESTS_LOOKBACK_MS ago
 
     async def start(self) -> None:
         await self.consumer.start()
@@ -152,18 +153,30 @@ class ClipRequestReader:
     async def stop(self) -> None:
         await self.consumer.stop()
 
-    async def follow(self, partitions: set[int]) -> None:
-        """Reads these partitions from now on: those new to it from `REQUESTS_LOOKBACK_MS` ago."""
+    def follow(self, partitions: set[int]) -> None:
+        """Reads these partitions from now on: those new to it from `REQUESTS_LOOKBACK_MS` ago (found by `run`,
+        so a rebalance listener calling this waits for nothing)."""
         assigned = {TopicPartition(self.topic, p) for p in partitions}
-        new = assigned - self.consumer.assignment()
+        self._rewind |= assigned - self.consumer.assignment()
+        self._rewind &= assigned
         self.consumer.assign(list(assigned))
-        if new:
-            since = {tp: now_ms() - REQUESTS_LOOKBACK_MS for tp in new}
-            for tp, found in (await self.consumer.offsets_for_times(since)).items():
-                if found is None:
-                    await self.consumer.seek_to_end(tp)
-                else:
-                    self.consumer.seek(tp, found.offset)
+
+    async def _rewind_new(self) -> None:
+        rewind, self._rewind = self._rewind, set()
+        since = {tp: now_ms() - REQUESTS_LOOKBACK_MS for tp in rewind}
+        for tp, found in (await self.consumer.offsets_for_times(since)).items():
+            if tp not in self.consumer.assignment():
+                continue  # revoked meanwhile
+            if found is None:
+                await self.consumer.seek_to_end(tp)
+            else:
+                self.consumer.seek(tp, found.offset)
+
+    async def run_all(self, partitions: int) -> None:
+        """Started, then every partition read (an extractor that runs every task), beside the cameras."""
+        await self.start()
+        self.follow(set(range(partitions)))
+        await self.run()
 
     async def run(self) -> None:
         """Until the consumer is stopped (the extractor stops)."""
@@ -172,6 +185,8 @@ class ClipRequestReader:
                 await asyncio.sleep(1)
                 continue
             try:
+                if self._rewind:
+                    await self._rewind_new()
                 batches = await self.consumer.getmany(timeout_ms=1000)
             except ConsumerStoppedError:
                 return

@@ -131,9 +131,7 @@ async def run_extractor(config: Config) -> ExtractReport:
         cameras = [Camera(t, config.frame_extractor, uplink, pressure,
                           recorder=clips[t.id].recorder if t.id in clips else None) for t in tasks]
         requests = ClipRequestReader(config, route_to(clips.get))
-        await requests.start()
-        await requests.follow(set(range(config.framewatch.task_partitions)))  # it runs every task
-        reading = asyncio.create_task(requests.run())
+        reading = asyncio.create_task(requests.run_all(config.framewatch.task_partitions))  # it runs every task
         try:
             await asyncio.gather(*(run_with_clips(camera, clips.get(camera.task.id)) for camera in cameras))
         finally:
@@ -255,7 +253,7 @@ class ExtractorService(Service, ConsumerRebalanceListener):
         await self.release({tp.partition for tp in revoked})
         self.owned -= set(revoked)
         self.replaying = {}
-        await self.clip_requests.follow(set())
+        self.clip_requests.follow(set())
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         """A compacted topic is read whole: it is the tasks as they stand. Until a partition is read to its end,
@@ -263,7 +261,7 @@ class ExtractorService(Service, ConsumerRebalanceListener):
         log.info("extractor %s owns fw.tasks partitions %s", self.name, sorted(tp.partition for tp in assigned))
         self.replaying = {tp: Replay() for tp in assigned}  # first: records come while this listener awaits
         self.joined = True
-        await self.clip_requests.follow({tp.partition for tp in assigned})
+        self.clip_requests.follow({tp.partition for tp in assigned})
         if assigned:
             await self.consumer.seek_to_beginning(*assigned)
             for tp, end in (await self.consumer.end_offsets(assigned)).items():
