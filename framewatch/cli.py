@@ -221,7 +221,7 @@ def cmd_bridge(args: argparse.Namespace) -> int:
             mqtt = MqttBridge(config, host or "127.0.0.1", int(port or 1883), args.prefix,
                               os.environ.get("FRAMEWATCH_MQTT_USERNAME", ""), os.environ.get("FRAMEWATCH_MQTT_PASSWORD", ""))
             return mqtt, mqtt.readiness
-        webhook = WebhookBridge(config, args.target, os.environ.get("FRAMEWATCH_WEBHOOK_SECRET", ""))
+        webhook = WebhookBridge(config, args.target, os.environ.get("FRAMEWATCH_WEBHOOK_SECRET", ""), args.clips)
         return webhook, webhook.readiness
 
     mode.loop.use("uvloop")
@@ -262,14 +262,15 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
 def cmd_schemas(args: argparse.Namespace) -> int:
     from framewatch.schemas.events import json_schemas
-    from framewatch.schemas.feed import AlertMessage
+    from framewatch.schemas.feed import feed_schemas
 
     out = Path(args.dir)
     out.mkdir(parents=True, exist_ok=True)
-    schemas = {**json_schemas(), "AlertMessage": AlertMessage.model_json_schema()}
+    schemas = {**json_schemas(), **feed_schemas()}
     for name, schema in schemas.items():
         (out / f"{name}.schema.json").write_text(json.dumps(schema, indent=2) + "\n")
-    print(f"wrote {len(schemas)} schemas to {out} (AlertMessage: the alert feed on mq_topic)")
+    print(f"wrote {len(schemas)} schemas to {out} (FeedMessage: the alert feed on mq_topic, an AlertMessage or a "
+          "ClipMessage)")
     return 0
 
 
@@ -405,6 +406,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("target", help="mqtt: the broker, HOST:PORT (credentials: FRAMEWATCH_MQTT_USERNAME and "
                                   "_PASSWORD); webhook: the URL to POST to (FRAMEWATCH_WEBHOOK_SECRET signs the bodies)")
     p.add_argument("--prefix", default="framewatch", help="mqtt: the topic prefix")
+    p.add_argument("--clips", action="store_true", help="webhook: POST the alerts' clip messages too (MQTT always "
+                                                        "publishes them, on topics of their own)")
     p.add_argument("--port", type=int, default=9465, help="where /metrics, /healthz and /readyz answer")
     p.set_defaults(func=cmd_bridge)
 

@@ -18,7 +18,7 @@ from framewatch.clients.objectstore import ObjectStore
 from framewatch.ops.load import FrameLoad, TopicFollower, start_fleet
 from framewatch.schemas.config import Config
 from framewatch.schemas.events import AlertEvent, DeadLetter, now_ms
-from framewatch.schemas.feed import AlertMessage
+from framewatch.schemas.feed import feed_schemas, kind_of
 from framewatch.schemas.topics import ALERTS, DEAD_LETTERS
 from framewatch.stack.base import StackHome
 from framewatch.stack.minio import Minio
@@ -47,16 +47,17 @@ async def stored(config: Config, prefix: str) -> dict[str, str]:
     return {r["alert_id"]: r["image_key"] for r in rows}
 
 
-FEED = jsonschema.Draft202012Validator(AlertMessage.model_json_schema())
+FEED = jsonschema.Draft202012Validator(feed_schemas()["FeedMessage"])
 
 
 async def published(config: Config) -> collections.Counter[str]:
-    """Alert ids on the alert feed, each message checked against the feed's exported JSON Schema."""
+    """Alert ids of the alert messages on the alert feed (its clip messages come at least once, so they are not
+    counted), each message checked against the feed's exported JSON Schema."""
     records = await read_records(config, config.ai_analysis.mq_topic)
     messages = [orjson.loads(r.value) for r in records if r.value]
     for message in messages:
         FEED.validate(message)
-    return collections.Counter(message["alert_id"] for message in messages)
+    return collections.Counter(message["alert_id"] for message in messages if kind_of(message) == "alert")
 
 
 async def missing_images(config: Config, keys: list[str]) -> list[str]:

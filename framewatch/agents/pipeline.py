@@ -7,6 +7,7 @@
                                  └──retain──► delete frames/… ─► fw.retention
 
 fw.alerts-stored is published to mq_topic by `AlertPublisher` (agents/alerts/publisher.py), exactly once per alert.
+fw.clips (the extractors' clips) is recorded in PostgreSQL by `clips`, then announced on mq_topic, at least once.
 
 `Pipeline` holds the agents as methods, each a short `async for` over one topic; `attach` declares them and the
 timers on the app, and `build_worker` assembles app, topology, resources and pipeline.
@@ -55,6 +56,7 @@ from framewatch.schemas.events import (
     Outcome,
     now_ms,
 )
+from framewatch.schemas.feed import ClipMessage
 from framewatch.schemas.stats import WorkerStats
 from framewatch.schemas.tasks import CameraTask
 
@@ -252,17 +254,35 @@ class Pipeline:
             await self.sink.store_counts(windows)
 
     async def clips(self, stream: faust.StreamT[bytes]) -> None:
-        """Each alert's clip (or why it has none) into PostgreSQL, where /api/alerts reads it."""
+        """Each alert's clip (or why it has none) into PostgreSQL, where /api/alerts reads it, then announced on the
+        alert feed (a ClipMessage, keyed by camera as the alerts are); the batch is acked once the broker has every
+        announcement. Not in the publisher's transactions: at least once, and an alert's clip message may come
+        before the alert's own."""
         topology = self.topology
         async for batch in batches(stream, COUNTS_BATCH, self.settings.alert_batch_interval_sec):
-            await self.sink.store_clips([c for raw in batch if (c := await topology.decode(ClipReady, raw,
-                                                                                           topology.clips))])
+            stored = await self.sink.store_clips([c for raw in batch if (c := await topology.decode(ClipReady, raw,
+                                                                                                    topology.clips))])
+            stored_at = now_ms()
+            await all_confirmed([await self.announce_clip(clip, stored_at) for clip in stored])
+
+    async def announce_clip(self, clip: ClipReady, stored_at: int) -> Delivery:
+        """The clip's message on the alert feed; one too large for a record (a forged reason) is dead-lettered, so
+        that it costs only itself."""
+        message = ClipMessage.of(clip, stored_at)
+        topology = self.topology
+        try:
+            return await topology.emit_encoded(self.settings.mq_topic, message.camera_id.encode(),
+                                               message.to_bytes(), stored_at, type(message).__name__)
+        except RecordTooLarge as error:
+            return await topology.dead_letter(topology.clips, f"announcement: {error}", clip.to_bytes(),
+                                              clip.camera_id)
 
     async def refused_by_database(self, record: Event, reason: str) -> None:
         """A record PostgreSQL refused for its data: kept on fw.dead-letters with the reason."""
-        source = self.topology.alerts if isinstance(record, AlertEvent) else self.topology.counts
-        await (await self.topology.dead_letter(source, f"database: {reason}", record.to_bytes(),
-                                               record.event_id)).confirmed()
+        topology = self.topology
+        source = {AlertEvent: topology.alerts, ClipReady: topology.clips}.get(type(record), topology.counts)
+        await (await topology.dead_letter(source, f"database: {reason}", record.to_bytes(),
+                                          record.event_id)).confirmed()
 
     # fw.frame-outcomes: retention
 

@@ -89,12 +89,16 @@ class Topology:
         returned is confirmed once the broker has it. A record of the wrong type is a TypeError, one too large
         `RecordTooLarge`, both before anything is sent."""
         name = topic.get_topic_name()
-        key = self.specs[name].key_of(event)
-        value = event.to_bytes()
+        return await self.emit_encoded(name, self.specs[name].key_of(event), event.to_bytes(), event.emitted_at,
+                                       type(event).__name__)
+
+    async def emit_encoded(self, name: str, key: bytes, value: bytes, timestamp_ms: int, what: str) -> Delivery:
+        """`emit` of a record already encoded (a `what`), to any topic: the worker's own, or one it only writes to
+        (the alert feed's clip messages on `mq_topic`)."""
         if len(value) > MAX_RECORD_BYTES:
-            raise RecordTooLarge(f"a {type(event).__name__} of {len(value)} bytes for {name}: more than a record "
-                                 f"may take ({MAX_RECORD_BYTES})")
-        enqueue = partial(self._produce, name, key, value, event.emitted_at / 1000, None)
+            raise RecordTooLarge(f"a {what} of {len(value)} bytes for {name}: more than a record may take "
+                                 f"({MAX_RECORD_BYTES})")
+        enqueue = partial(self._produce, name, key, value, timestamp_ms / 1000, None)
         return Delivery(name, await self._until_buffered(enqueue, name), enqueue, self._worth_resending)
 
     async def save_state(self, key: bytes, value: bytes) -> Delivery:

@@ -4,9 +4,11 @@ Home Assistant.
 Topics (`--prefix`, default `framewatch`):
 - `<prefix>/events`: every alert, the alert feed's JSON (`AlertMessage`), QoS 1;
 - `<prefix>/<camera_id>/alerts`: the same, per camera;
+- `<prefix>/clips` and `<prefix>/<camera_id>/clips`: each alert's clip once recorded (`ClipMessage`), QoS 1, on
+  topics of their own so that the alerts' subscribers see alerts only;
 - `<prefix>/<camera_id>/availability`: `online` while the camera streams, else `offline`, retained (from fw.cameras);
 - `<prefix>/available`: `online` while the bridge runs, `offline` as its last will, retained.
-A broker that goes away is reconnected to with backoff; the alert waits uncommitted meanwhile."""
+A broker that goes away is reconnected to with backoff; the message waits uncommitted meanwhile."""
 
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from framewatch.metrics import Tally
 from framewatch.retry import Backoff, logged
 from framewatch.schemas.config import Config
 from framewatch.schemas.events import CameraState, CameraStatus, DecodeError
-from framewatch.schemas.feed import AlertMessage
+from framewatch.schemas.feed import ClipMessage, FeedMessage
 from framewatch.schemas.topics import CAMERAS
 
 log = logging.getLogger("framewatch.bridge.mqtt")
@@ -54,10 +56,15 @@ class MqttBridge(Service):
             await self._publish_once(f"{self.prefix}/available", "offline", retain=True)
             await self._disconnect()
 
-    async def deliver(self, alert: AlertMessage) -> None:
-        body = alert.model_dump_json()
-        await self._publish(f"{self.prefix}/{alert.camera_id}/alerts", body, retain=False, kind="alert")
-        await self._publish(f"{self.prefix}/events", body, retain=False, kind="event")
+    async def deliver(self, message: FeedMessage) -> None:
+        body = message.model_dump_json()
+        camera = f"{self.prefix}/{message.camera_id}"
+        if isinstance(message, ClipMessage):
+            await self._publish(f"{camera}/clips", body, retain=False, kind="clip")
+            await self._publish(f"{self.prefix}/clips", body, retain=False, kind="clips")
+        else:
+            await self._publish(f"{camera}/alerts", body, retain=False, kind="alert")
+            await self._publish(f"{self.prefix}/events", body, retain=False, kind="event")
 
     @Service.task
     async def _follow_cameras(self) -> None:

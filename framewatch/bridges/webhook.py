@@ -1,10 +1,14 @@
-"""`framewatch bridge webhook URL`: every alert POSTed to a URL as the alert feed's JSON (`AlertMessage`).
+"""`framewatch bridge webhook URL [--clips]`: every alert POSTed to a URL as the alert feed's JSON (`AlertMessage`),
+and with `--clips` each alert's clip message too (`ClipMessage`).
 
-Each request carries `X-Framewatch-Alert-Id` (deduplicate on it: delivery is at least once) and, when
-`FRAMEWATCH_WEBHOOK_SECRET` is set, `X-Framewatch-Signature: sha256=<hex HMAC-SHA256 of the body with the
-secret>`. A 2xx answer delivers the alert; a 5xx, a 429, a timeout or a refused connection is retried with backoff
-(up to a minute apart) until it succeeds; any other answer (a 4xx: the receiver refuses it for good) is logged,
-counted and skipped."""
+Clips are asked for because a receiver written for alerts alone may fail on another body with a 5xx, which would
+hold every alert after it back (a 5xx is retried until it succeeds); on MQTT they have topics of their own.
+
+Each request carries `X-Framewatch-Kind` (`alert` or `clip`), `X-Framewatch-Alert-Id` (deduplicate on the two:
+delivery is at least once, and an alert's clip message has the alert's id) and, when `FRAMEWATCH_WEBHOOK_SECRET`
+is set, `X-Framewatch-Signature: sha256=<hex HMAC-SHA256 of the body with the secret>`. A 2xx answer delivers the
+message; a 5xx, a 429, a timeout or a refused connection is retried with backoff (up to a minute apart) until it
+succeeds; any other answer (a 4xx: the receiver refuses it for good) is logged, counted and skipped."""
 
 from __future__ import annotations
 
@@ -16,11 +20,11 @@ from typing import Any
 import aiohttp
 from mode import Service
 
-from framewatch.bridges.feed import FeedConsumer
+from framewatch.bridges.feed import EVERY_KIND, FeedConsumer
 from framewatch.metrics import Tally
 from framewatch.retry import Backoff, logged
 from framewatch.schemas.config import Config
-from framewatch.schemas.feed import AlertMessage
+from framewatch.schemas.feed import FeedMessage
 
 log = logging.getLogger("framewatch.bridge.webhook")
 
@@ -31,7 +35,7 @@ TIMEOUT = aiohttp.ClientTimeout(total=10)
 
 
 class RetryableAnswer(Exception):
-    """The receiver could not take the alert now (5xx, 429); sending it again may work."""
+    """The receiver could not take the message now (5xx, 429); sending it again may work."""
 
 
 def signature(secret: str, body: bytes) -> str:
@@ -39,11 +43,11 @@ def signature(secret: str, body: bytes) -> str:
 
 
 class WebhookBridge(Service):
-    def __init__(self, config: Config, url: str, secret: str = "", **kwargs: Any) -> None:
+    def __init__(self, config: Config, url: str, secret: str = "", clips: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.url = url
         self.secret = secret
-        self.feed = FeedConsumer(config, "webhook", self.deliver)
+        self.feed = FeedConsumer(config, "webhook", self.deliver, EVERY_KIND if clips else ("alert",))
         self.add_dependency(self.feed)
         self._http: aiohttp.ClientSession | None = None
 
@@ -54,12 +58,14 @@ class WebhookBridge(Service):
         if self._http is not None:
             await self._http.close()
 
-    async def deliver(self, alert: AlertMessage) -> None:
-        body = alert.to_bytes()
-        headers = {"Content-Type": "application/json", "X-Framewatch-Alert-Id": alert.alert_id}
+    async def deliver(self, message: FeedMessage) -> None:
+        body = message.to_bytes()
+        headers = {"Content-Type": "application/json", "X-Framewatch-Kind": message.kind,
+                   "X-Framewatch-Alert-Id": message.alert_id}
         if self.secret:
             headers["X-Framewatch-Signature"] = signature(self.secret, body)
-        await DELIVERY_BACKOFF.call(self._post, self._worth_retrying, logged(log, f"posting alert {alert.alert_id}"),
+        await DELIVERY_BACKOFF.call(self._post, self._worth_retrying,
+                                    logged(log, f"posting the {message.kind} message of alert {message.alert_id}"),
                                     body, headers)
 
     def _worth_retrying(self, error: BaseException) -> bool:
@@ -77,7 +83,8 @@ class WebhookBridge(Service):
         if status >= 500 or status == 429:
             raise RetryableAnswer(f"{self.url} answered {status}")
         if status >= 300:
-            log.error("%s refused alert %s with %d: skipped", self.url, headers["X-Framewatch-Alert-Id"], status)
+            log.error("%s refused the %s message of alert %s with %d: skipped", self.url, headers["X-Framewatch-Kind"],
+                      headers["X-Framewatch-Alert-Id"], status)
 
     async def readiness(self) -> dict[str, bool]:
         return {"assigned": self.feed.joined}

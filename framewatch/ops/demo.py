@@ -26,6 +26,7 @@ from framewatch.clients.bus import ensure_topics, read_records
 from framewatch.clients.objectstore import ObjectStore
 from framewatch.schemas.config import load_config
 from framewatch.schemas.events import FrameOutcome, Outcome
+from framewatch.schemas.feed import kind_of
 from framewatch.schemas.stats import WorkerStats
 from framewatch.schemas.topics import FRAME_OUTCOMES
 from framewatch.stack.base import port_open
@@ -42,6 +43,7 @@ class RunSummary:
     stored_alert_ids: list[str] = field(default_factory=list)
     alert_images: dict[str, bool] = field(default_factory=dict)
     published_alert_ids: list[str] = field(default_factory=list)
+    clips: int = 0  # alerts whose clip message names a clip
     frames_left: list[str] = field(default_factory=list)
     frame_latency_ms: list[float] = field(default_factory=list)
     alert_latency_ms: list[float] = field(default_factory=list)
@@ -223,8 +225,11 @@ class PipelineRun:
         summary.frames_left = await store.list_keys(store.key("frames") + "/")
         wanted = set(summary.stored_alert_ids)
         published = await read_records(self.config, self.config.ai_analysis.mq_topic)
-        summary.published_alert_ids = [a for a in (orjson.loads(r.value or b"{}").get("alert_id") for r in published)
-                                       if a in wanted]
+        messages = [orjson.loads(r.value or b"{}") for r in published]
+        summary.published_alert_ids = [m.get("alert_id") for m in messages
+                                       if kind_of(m) == "alert" and m.get("alert_id") in wanted]
+        summary.clips = sum(1 for m in messages if kind_of(m) == "clip" and m.get("clip_key")
+                            and m.get("alert_id") in wanted)
         return summary
 
 
@@ -240,6 +245,7 @@ def _print_summary(summary: RunSummary, run: PipelineRun, elapsed_s: float) -> N
         ("alerts stored (PostgreSQL)", str(len(summary.stored_alert_ids))),
         ("alert images under alerts/", f"{moved}/{len(summary.alert_images)}"),
         ("alerts published (" + run.config.ai_analysis.mq_topic + ")", str(len(summary.published_alert_ids))),
+        ("alerts with a clip under clips/ (a clip message on the feed)", str(summary.clips)),
         ("frame objects left under frames/", str(len(summary.frames_left))),
         ("capture -> outcome p50 / p99", f"{ms(summary.percentile(summary.frame_latency_ms, 50))} / "
                                           f"{ms(summary.percentile(summary.frame_latency_ms, 99))}"),

@@ -378,6 +378,14 @@ class ClipReady(Event):
     clip_bytes: int | None = Field(default=None, ge=0)
     reason: str | None = None
 
+    @field_validator("alert_id")
+    @classmethod
+    def _alert_id(cls, value: str) -> str:
+        try:
+            return str(uuid.UUID(value))
+        except ValueError:
+            raise ValueError("not an alert id (a UUID)") from None
+
     @property
     def event_id(self) -> str:
         return stable_id("clip", self.alert_id)

@@ -64,10 +64,13 @@ class AlertSink:
             stored, _ = await self._write(windows, self.store.store_counts, "count window")
             COUNT_WINDOWS_STORED.inc(len(stored))
 
-    async def store_clips(self, clips: list[ClipReady]) -> None:
-        if clips:
-            stored, _ = await self._write(clips, self.store.store_clips, "clip")
-            CLIPS_STORED.inc(len(stored))
+    async def store_clips(self, clips: list[ClipReady]) -> list[ClipReady]:
+        """Records the clips; returns those PostgreSQL took (the rest are dead-lettered)."""
+        if not clips:
+            return []
+        stored, _ = await self._write(clips, self.store.store_clips, "clip")
+        CLIPS_STORED.inc(len(stored))
+        return stored
 
     async def _write(self, records: list[R], write: Callable[[list[R]], Awaitable[int]],
                      kind: str) -> tuple[list[R], int]:
