@@ -206,6 +206,7 @@ class ExtractorService(Service, ConsumerRebalanceListener):
             enable_auto_commit=False, auto_offset_reset="earliest",
             session_timeout_ms=10000, heartbeat_interval_ms=2000)  # a dead extractor's cameras move within ~10 s
         self.clip_requests = ClipRequestReader(config, route_to(self._clips_of))
+        self.clip_bytes = clip_share(config, 1)
 
     async def on_start(self) -> None:
         await publish_config_tasks(self.config, self.uplink.producer)
@@ -308,11 +309,12 @@ class ExtractorService(Service, ConsumerRebalanceListener):
             self._start(task, record.partition)
 
     def _start(self, task: CameraTask, partition: int) -> None:
-        clips = CameraClips(task, self.uplink, self._clip_bytes) if task.clips else None
+        clips = CameraClips(task, self.uplink, lambda: self.clip_bytes) if task.clips else None
         camera = Camera(task, self.config.frame_extractor, self.uplink, self.throttle,
                         recorder=clips.recorder if clips is not None else None)
         runner = asyncio.create_task(run_with_clips(camera, clips), name=f"camera-{task.id}")
         running = self.cameras[task.id] = Running(camera, partition, runner, clips)
+        self._share_clip_buffer()
         runner.add_done_callback(lambda _: self._ended(running))
         log.info("camera %s started (fw.tasks partition %d)", task.id, partition)
         self.clip_requests.hand_out()
@@ -321,8 +323,9 @@ class ExtractorService(Service, ConsumerRebalanceListener):
         running = self.cameras.get(task_id)
         return None if running is None else running.clips
 
-    def _clip_bytes(self) -> int:
-        return clip_share(self.config, sum(1 for running in self.cameras.values() if running.clips is not None))
+    def _share_clip_buffer(self) -> None:
+        """Each camera's share of the clip buffer, read by the reader threads (which never touch `cameras`)."""
+        self.clip_bytes = clip_share(self.config, sum(1 for r in self.cameras.values() if r.clips is not None))
 
     def _ended(self, running: Running) -> None:
         """A camera whose run raised (a bug, not a camera fault: those it retries itself) starts again afresh."""
@@ -341,6 +344,7 @@ class ExtractorService(Service, ConsumerRebalanceListener):
 
     async def _stop(self, task_id: str) -> None:
         running = self.cameras.pop(task_id)
+        self._share_clip_buffer()
         running.camera.stop()
         with suppress(asyncio.CancelledError, Exception):  # a crash was logged when it happened
             await asyncio.wait_for(running.runner, STOP_GRACE_S)  # then cancelled: its reader may be mid-read
