@@ -84,6 +84,15 @@ def test_overlapping_alerts_share_one_clip_and_a_late_covered_one_reuses_it() ->
     assert shared.alert_ids == ("a4",) and shared.clip_id == "a1"
 
 
+def test_a_clip_joined_by_later_alerts_keeps_the_first_ones_pre_roll() -> None:
+    """Held for pre + post back from the newest packet only, the first alert's seconds would be gone by the time
+    a clip its followers extended is cut."""
+    chain = {at: [(f"a{at}", at)] for at in (5000, 5800, 6600, 7400)}  # each comes while the one before waits
+    [cut] = record(SAMPLE_CLIP, chain, pre_ms=1000, post_ms=1000)
+    assert cut.alert_ids == ("a5000", "a5800", "a6600", "a7400") and cut.reason is None
+    assert cut.start_ms <= EPOCH_MS + 4000 and cut.end_ms >= EPOCH_MS + 8400 - 100
+
+
 def test_a_source_that_ends_before_the_post_roll_gives_a_shorter_clip_marked_so() -> None:
     [cut] = record(SAMPLE_CLIP, {9000: [("a1", 9000)]}, close_at_ms=10000)
     assert cut.data is not None and cut.reason == "the source ended before the post-roll"

@@ -46,12 +46,13 @@ class HeldPacket:
 
 
 class PacketRing:
-    """One session's packets of the last `hold_ms`, from a key frame on, at most `max_bytes` (whole GOPs go first;
-    a GOP larger than the bound on its own is not held at all)."""
+    """One session's packets of the last `hold_ms`, and from `keep_from_ms` on while a clip waits for them, from a
+    key frame on, at most `max_bytes` (whole GOPs go first; a GOP larger than the bound on its own is not held)."""
 
     def __init__(self, hold_ms: int, max_bytes: int) -> None:
         self.hold_ms = hold_ms
         self.max_bytes = max_bytes
+        self.keep_from_ms: int | None = None
         self.packets: deque[HeldPacket] = deque()
         self.bytes = 0
         self.evicted = 0  # packets dropped before their time for the byte bound
@@ -95,7 +96,8 @@ class PacketRing:
     def _older_than_needed(self) -> bool:
         """The first GOP is no longer needed: the second one starts before the oldest moment held for."""
         second = self._second_key_at()
-        return second is not None and second <= self.packets[-1].at_ms - self.hold_ms
+        return (second is not None and second <= self.packets[-1].at_ms - self.hold_ms
+                and (self.keep_from_ms is None or second <= self.keep_from_ms))
 
     def _drop_first_gop(self) -> None:
         dropped_for_bytes = not self._older_than_needed()
@@ -165,10 +167,11 @@ class ClipRecorder:
     def add(self, packet: av.Packet, at_ms: int) -> None:
         if self.ring is None:
             return
+        self._take_requests()
         self.ring.max_bytes = self.max_bytes()
+        self.ring.keep_from_ms = min((w.start_ms for w in self._waiting), default=None)  # a joined clip's start
         self.ring.add(HeldPacket(bytes(packet), packet.pts, packet.dts, packet.duration or 0, packet.is_keyframe,
                                  at_ms))
-        self._take_requests()
         for wanted in [w for w in self._waiting if at_ms >= w.end_ms]:
             self._waiting.remove(wanted)
             self._cut_now(wanted, None)
@@ -222,7 +225,7 @@ class ClipRecorder:
         short = []
         if start_ms > wanted.start_ms:
             short.append(f"pre-roll short: packets held from {(wanted.start_ms + self.pre_ms - start_ms) / 1000:.1f} s "
-                         "before the alert (the source's session began since)")
+                         "before the alert (the source's session began since, or the clip buffer was full)")
         if ended is not None:
             short.append(ended)
         return ClipCut(ids[0], ids, remux(packets, self._template), start_ms, end_ms, "; ".join(short) or None)
