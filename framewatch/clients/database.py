@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.resources import files
 
@@ -41,6 +42,21 @@ UPSERT_COUNT = ("INSERT INTO counts (task_id, camera_id, task_type, window_start
                 "ON CONFLICT (task_id, window_start) DO UPDATE SET samples = EXCLUDED.samples, "
                 "people_max = EXCLUDED.people_max, people_mean = EXCLUDED.people_mean, "
                 "crossed_in = EXCLUDED.crossed_in, crossed_out = EXCLUDED.crossed_out")
+EXPIRE_ALERTS = ("DELETE FROM alerts WHERE alert_id IN (SELECT alert_id FROM alerts WHERE captured_at < $1 LIMIT $2) "
+                 "RETURNING alert_id, task_id, image_key")
+# the clip rows of the alerts expired, and those of alerts never stored (the sink refused them) made as long ago
+EXPIRE_CLIPS = ("DELETE FROM alert_clips c WHERE c.alert_id = ANY($1::uuid[]) OR (c.made_at < $2 AND NOT EXISTS "
+                "(SELECT 1 FROM alerts a WHERE a.alert_id = c.alert_id)) RETURNING c.bucket, c.clip_key")
+CLIPS_NAMED = "SELECT DISTINCT clip_key FROM alert_clips WHERE clip_key = ANY($1::text[])"
+
+
+def with_clips(alerts: str) -> str:
+    """The rows of an alerts query, each with its clip's columns: `clip_answered` (whether an extractor has
+    answered), `clip_key`, `clip_start_at`, `clip_end_at`, `clip_bytes`, `clip_reason`. The query is joined as a
+    subquery, so that only its rows (a page) are looked up in alert_clips."""
+    return ("SELECT a.*, c.alert_id IS NOT NULL AS clip_answered, c.clip_key, c.start_at AS clip_start_at, "
+            "c.end_at AS clip_end_at, c.clip_bytes, c.reason AS clip_reason "
+            f"FROM ({alerts}) a LEFT JOIN alert_clips c ON c.alert_id = a.alert_id")
 
 
 class DatabaseUnavailable(Unreachable):
@@ -123,6 +139,15 @@ async def _keep_session(_: asyncpg.Connection) -> None:
     (RESET ALL, UNLISTEN, …) is one more round trip per batch written."""
 
 
+@dataclass(frozen=True)
+class Expired:
+    """A page of expired alerts: each one's (task_id, image_key), and the (bucket, clip_key) of every clip that no
+    alert_clips row names any more."""
+
+    images: list[tuple[str, str]]
+    clips: list[tuple[str, str]]
+
+
 class AlertStore:
     def __init__(self, dsn: str, pool_size: int = 4) -> None:
         self._dsn = dsn
@@ -201,19 +226,33 @@ class AlertStore:
                                  *args)
 
     async def query(self, query: AlertQuery) -> list[asyncpg.Record]:
+        """A page of alerts with their clips (`with_clips`), newest first."""
         where, args = query.where()
-        sql = f"SELECT * FROM alerts WHERE {where} ORDER BY captured_at DESC, alert_id DESC LIMIT {query.limit}"
-        return await self._fetch(sql, *args)
+        page = f"SELECT * FROM alerts WHERE {where} ORDER BY captured_at DESC, alert_id DESC LIMIT {query.limit}"
+        return await self._fetch(with_clips(page) + " ORDER BY a.captured_at DESC, a.alert_id DESC", *args)
 
     async def get(self, alert_id: str) -> asyncpg.Record | None:
-        rows = await self._fetch("SELECT * FROM alerts WHERE alert_id = $1", uuid.UUID(alert_id))
+        """One alert with its clip (`with_clips`)."""
+        rows = await self._fetch(with_clips("SELECT * FROM alerts WHERE alert_id = $1"), uuid.UUID(alert_id))
         return rows[0] if rows else None
 
-    async def expire(self, before: datetime, limit: int) -> list[tuple[str, str]]:
-        """Deletes up to `limit` alerts captured before a time; returns their (task_id, image_key)."""
-        rows = await self._fetch("DELETE FROM alerts WHERE alert_id IN (SELECT alert_id FROM alerts WHERE "
-                                 "captured_at < $1 LIMIT $2) RETURNING task_id, image_key", before, limit)
-        return [(r["task_id"], r["image_key"]) for r in rows]
+    async def expire(self, before: datetime, limit: int) -> Expired:
+        """Deletes up to `limit` alerts captured before a time with their clip rows, and the clip rows of alerts
+        never stored made before it, in one transaction. A clip another alert's row still names is not returned."""
+        try:
+            async with self.pool.acquire() as connection, connection.transaction():
+                alerts = await connection.fetch(EXPIRE_ALERTS, before, limit)
+                clips = {(r["bucket"], r["clip_key"]) for r in await connection.fetch(
+                    EXPIRE_CLIPS, [r["alert_id"] for r in alerts], before) if r["clip_key"] is not None}
+                named = {r["clip_key"] for r in await connection.fetch(CLIPS_NAMED, [key for _, key in clips])}
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            raise DatabaseUnavailable(f"expiring alerts failed: {error}") from None
+        return Expired(images=[(r["task_id"], r["image_key"]) for r in alerts],
+                       clips=sorted(clip for clip in clips if clip[1] not in named))
+
+    async def clips_among(self, keys: list[str]) -> set[str]:
+        """Which of these clip objects alert_clips rows name."""
+        return {r["clip_key"] for r in await self._fetch(CLIPS_NAMED, keys)}
 
     async def images_among(self, keys: list[str]) -> set[str]:
         """Which of these frame objects alert rows keep as their image (an image that could not be copied)."""

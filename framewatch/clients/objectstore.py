@@ -59,9 +59,16 @@ class ObjectStore:
     def holds_frame(self, bucket: str, key: str) -> bool:
         """Whether an object named by a FrameEvent is a frame of ours: in this bucket, a JPEG under frames/, no
         '.' or '..' segments. Retention deletes nothing else, whatever a record on fw.frames says."""
-        prefix = self.key("frames") + "/"
+        return self._holds(bucket, key, "frames", ".jpg")
+
+    def holds_clip(self, bucket: str, key: str) -> bool:
+        """Whether an object an alert_clips row names (from a ClipReady on fw.clips) is a clip of ours: in this
+        bucket, an MP4 under clips/, no '.' or '..' segments. Clip retention deletes nothing else."""
+        return self._holds(bucket, key, "clips", ".mp4")
+
+    def _holds(self, bucket: str, key: str, folder: str, suffix: str) -> bool:
         segments = key.split("/")
-        return (bucket == self.bucket and key.startswith(prefix) and key.endswith(".jpg")
+        return (bucket == self.bucket and key.startswith(self.key(folder) + "/") and key.endswith(suffix)
                 and not any(part in ("", ".", "..") for part in segments))
 
     def _where(self, key: str = "") -> str:

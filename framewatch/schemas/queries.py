@@ -1,13 +1,15 @@
 """The query API's inputs and answers: filters validated with errors that name the parameter, keyset
-pagination by (captured_at, alert_id), image URLs presigned when the answer is built, the rows of /api/cameras."""
+pagination by (captured_at, alert_id), image and clip URLs presigned when the answer is built, each alert's clip
+status, the rows of /api/cameras."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import uuid
-from collections.abc import Mapping
-from datetime import UTC, datetime
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from typing import Any, ClassVar, Self
 
 import orjson
@@ -15,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from framewatch.errors import BadInput, describe
 from framewatch.schemas.events import CameraState
-from framewatch.schemas.tasks import Freshness, TaskType, parse_task_type
+from framewatch.schemas.tasks import CameraTask, Freshness, TaskType, parse_task_type
 
 MAX_PAGE = 500
 
@@ -144,13 +146,77 @@ class AlertQuery(TimeRangeQuery):
         return found
 
 
-def alert_json(row: Mapping[str, Any], image_url: str) -> dict[str, Any]:
+class ClipStatus(StrEnum):
+    READY = "ready"
+    SHORT = "short"  # ready, but shorter than asked for: the reason says why
+    NONE = "none"  # no clip: the reason says why
+    PENDING = "pending"  # no answer from an extractor yet
+
+    @property
+    def made(self) -> bool:
+        """Whether there is a clip to play."""
+        return self in (ClipStatus.READY, ClipStatus.SHORT)
+
+
+CLIP_PATH = "/api/alerts/{alert_id}/clip"
+# how long after its post-roll an alert's clip may still come (an extractor's clip waits for its post-roll, then
+# for the remux and the upload); past that, a missing answer means none will come
+CLIP_GRACE = timedelta(seconds=60)
+DEFAULT_CLIP_POST_SEC: float = CameraTask.model_fields["clip_post_sec"].default
+NO_EXTRACTOR_ANSWERED = "no extractor answered"
+CLIPS_OFF = "clips are off for this task"
+
+
+def clip_status(row: Mapping[str, Any], task: CameraTask | None, now: datetime) -> tuple[ClipStatus, str | None]:
+    """An alert's clip status and its reason, from the alert row joined with its `alert_clips` row (absent:
+    `clip_answered` false) and the task's settings as this worker knows them (None: an unknown task)."""
+    if row["clip_answered"]:
+        if row["clip_key"] is not None:
+            return (ClipStatus.SHORT, row["clip_reason"]) if row["clip_reason"] else (ClipStatus.READY, None)
+        return ClipStatus.NONE, row["clip_reason"] or "the extractor gave no reason"
+    if task is not None and not task.clips:
+        return ClipStatus.NONE, CLIPS_OFF
+    post_sec = DEFAULT_CLIP_POST_SEC if task is None else task.clip_post_sec
+    if now > row["captured_at"] + timedelta(seconds=post_sec) + CLIP_GRACE:
+        return ClipStatus.NONE, NO_EXTRACTOR_ANSWERED
+    return ClipStatus.PENDING, None
+
+
+class ClipAnswer(BaseModel):
+    """An alert's clip in `/api/alerts`: its status, and where it is once there is one."""
+
+    model_config = ConfigDict(frozen=True)
+
+    status: ClipStatus
+    reason: str | None = Field(description="why it is short or missing")
+    start_at: str | None = Field(description="capture time of its first frame, ISO 8601")
+    end_at: str | None = Field(description="capture time of its last frame, ISO 8601")
+    clip_bytes: int | None
+    clip_url: str | None = Field(description="the clip's stable address on this API: a redirect to a fresh URL")
+    presigned_url: str | None = Field(description="a URL of the clip itself, valid for presign_expiry_sec from when "
+                                                  "the answer was built (for players that cannot send the token)")
+
+
+def clip_answer(row: Mapping[str, Any], task: CameraTask | None, now: datetime,
+                presign: Callable[[str], str]) -> ClipAnswer:
+    status, reason = clip_status(row, task, now)
+    return ClipAnswer(status=status, reason=reason, start_at=_iso(row["clip_start_at"]),
+                      end_at=_iso(row["clip_end_at"]), clip_bytes=row["clip_bytes"],
+                      clip_url=CLIP_PATH.format(alert_id=row["alert_id"]) if status.made else None,
+                      presigned_url=presign(row["clip_key"]) if status.made else None)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def alert_json(row: Mapping[str, Any], image_url: str, clip: ClipAnswer) -> dict[str, Any]:
     evidence = row["evidence"]
     return {"alert_id": str(row["alert_id"]), "frame_id": str(row["frame_id"]), "camera_id": row["camera_id"],
             "task_id": row["task_id"], "task_type": row["task_type"], "rule": row["rule"],
             "captured_at": row["captured_at"].isoformat(), "stored_at": row["stored_at"].isoformat(),
             "evidence": orjson.loads(evidence) if isinstance(evidence, str) else evidence,
-            "image_key": row["image_key"], "image_url": image_url}
+            "image_key": row["image_key"], "image_url": image_url, "clip": clip.model_dump(mode="json")}
 
 
 def count_json(row: Mapping[str, Any]) -> dict[str, Any]:

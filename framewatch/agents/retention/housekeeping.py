@@ -1,5 +1,5 @@
-"""Housekeeping, run rarely: the reconciliation sweep for frame objects nothing will delete, and the maximum age
-of alert rows and images.
+"""Housekeeping, run rarely: the reconciliation sweep for frame and clip objects nothing will delete, and the
+maximum age of alert rows, their images and their clips.
 
 In steady state retention works from events and never lists the store. A crash can still leave frame objects
 behind (an upload whose event never left, deletions pending in retention's grace). The sweep lists frames/ and
@@ -23,12 +23,18 @@ frames are committed as soon as their results are out. An age bound instead (kee
 oldest unprocessed frame event) costs a read per partition but is sound only for fw.frames: a detection can be
 made hours after its frame's upload. When the backlogs together exceed `max_backlog` records (the workers far
 behind), the sweep deletes nothing and waits for its next run; so it does when Kafka or PostgreSQL cannot say.
+
+Clips (clips/) go with their alerts: an expired alert's clip row with it, and the clip object once no row names it
+(several alerts may share one clip). The sweep deletes a clip older than an hour that no alert_clips row names and
+no record the workers have yet to commit on fw.clips announces: an extractor killed between upload and
+announcement, a ClipReady PostgreSQL refused, a deletion the store refused after the rows had gone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -36,34 +42,42 @@ from aiokafka.errors import KafkaError
 from prometheus_client import Counter
 
 from framewatch.clients.bus import backlog, read_backlog
-from framewatch.clients.database import AlertStore, DatabaseUnavailable
+from framewatch.clients.database import AlertStore, DatabaseUnavailable, Expired
 from framewatch.clients.objectstore import ObjectStore, StoreError
 from framewatch.errors import FramewatchError, Unreachable
 from framewatch.schemas.config import Config
 from framewatch.schemas.events import RetentionEvent
-from framewatch.schemas.topics import ALERTS, DETECTIONS, FRAMES, TopicSpec
+from framewatch.schemas.topics import ALERTS, CLIPS, DETECTIONS, FRAMES, TopicSpec
 
 log = logging.getLogger("framewatch.housekeeping")
 
 ORPHANS = Counter("framewatch_housekeeping_orphans_deleted_total", "Frame objects the sweep found and deleted")
-SWEEPS = Counter("framewatch_housekeeping_sweeps_total", "Reconciliation sweeps run", ["result"])
+SWEEPS = Counter("framewatch_housekeeping_sweeps_total", "Reconciliation sweeps run, per folder", ["folder", "result"])
 ALERTS_EXPIRED = Counter("framewatch_housekeeping_alerts_expired_total", "Alert rows and images past their max age")
+CLIPS_DELETED = Counter("framewatch_retention_clips_deleted_total", "Clip objects deleted: with the last alert "
+                        "naming them (alert_max_age), or found by the sweep with none (orphan)", ["reason"])
+CLIPS_REFUSED = Counter("framewatch_retention_clips_refused_total",
+                        "Expired clip rows naming an object outside this deployment's clips/ (left alone)")
 
 ORPHAN_AFTER_S = 600  # far beyond max_frame_age_ms + infer timeout + retention grace: such a frame has no future
+# a clip is uploaded before its ClipReady is sent: an hour is far beyond the extractor producer's delivery timeout
+CLIP_ORPHAN_AFTER_S = 3600
 PAGE = 1000
 PAUSE_S = 0.2
 YIELD_EVERY = 1000  # backlog records read between two turns of the event loop
 MAX_BACKLOG = 50_000  # records read to learn what the workers still need: a few MB
 PIPELINE_TOPICS = (FRAMES, DETECTIONS, ALERTS)  # in the order a frame meets them
 
+KeysAmong = Callable[[list[str]], Awaitable[set[str]]]
+
 
 class SweepPostponed(FramewatchError, RuntimeError):
-    """The sweep cannot tell which old frames the workers still need (their backlog is too long to read)."""
+    """The sweep cannot tell which old objects the workers still need (their backlog is too long to read)."""
 
 
 class Housekeeping:
-    def __init__(self, config: Config, store: ObjectStore, alerts: AlertStore,
-                 max_backlog: int = MAX_BACKLOG) -> None:
+    def __init__(self, config: Config, store: ObjectStore, alerts: AlertStore, max_backlog: int = MAX_BACKLOG,
+                 clip_orphan_after_s: float = CLIP_ORPHAN_AFTER_S) -> None:
         self.config = config
         self.store = store
         self.alerts = alerts
@@ -71,36 +85,48 @@ class Housekeeping:
         extraction, analysis = config.frame_extractor, config.ai_analysis
         self.orphan_after_s = (ORPHAN_AFTER_S if analysis.save_only_with_detection
                                else extraction.max_frame_age_sec or None)
+        self.clip_orphan_after_s = clip_orphan_after_s
         self.alert_max_age = timedelta(days=analysis.alert_max_age_days) if analysis.alert_max_age_days else None
         self.max_backlog = max_backlog
 
     async def run(self) -> list[RetentionEvent]:
         events = await self.sweep_frames(self.orphan_after_s) if self.orphan_after_s else []
+        events += await self.sweep_clips(self.clip_orphan_after_s)
         if self.alert_max_age is not None:
             events += await self.expire_alerts(datetime.now(UTC) - self.alert_max_age)
         return events
 
     async def sweep_frames(self, older_than_s: float) -> list[RetentionEvent]:
+        deleted = await self.sweep("frames", older_than_s, self.frames_needed)
+        ORPHANS.inc(len(deleted))
+        return [self.retention_event(key, "frames", "orphan") for key in deleted]
+
+    async def sweep_clips(self, older_than_s: float) -> list[RetentionEvent]:
+        deleted = await self.sweep("clips", older_than_s, self.clips_needed)
+        CLIPS_DELETED.labels("orphan").inc(len(deleted))
+        return [self.retention_event(key, "clips", "orphan") for key in deleted]
+
+    async def sweep(self, folder: str, older_than_s: float, needed: KeysAmong) -> list[str]:
+        """Deletes the objects under `folder`/ older than `older_than_s` that `needed` does not keep; returns their
+        keys (none when the store or what the workers still need cannot be read)."""
         before = datetime.now(UTC) - timedelta(seconds=older_than_s)
         try:
-            found = await self.store.list_keys(self.store.key("frames") + "/", modified_before=before)
-            needed = await self.needed(found) if found else set()
-            deleted = await self.delete_paced([key for key in found if key not in needed])
+            found = await self.store.list_keys(self.store.key(folder) + "/", modified_before=before)
+            kept = await needed(found) if found else set()
+            deleted = await self.delete_paced([key for key in found if key not in kept])
         except StoreError as error:
-            SWEEPS.labels("failed").inc()
-            log.warning("reconciliation sweep failed, next one will retry: %s", error)
+            SWEEPS.labels(folder, "failed").inc()
+            log.warning("reconciliation sweep of %s/ failed, next one will retry: %s", folder, error)
             return []
         except (SweepPostponed, Unreachable, KafkaError, LookupError, TimeoutError) as error:
-            SWEEPS.labels("postponed").inc()
-            log.warning("reconciliation sweep postponed, nothing deleted: what the workers still need is not "
-                        "known (%s)", error or type(error).__name__)
+            SWEEPS.labels(folder, "postponed").inc()
+            log.warning("reconciliation sweep of %s/ postponed, nothing deleted: what the workers still need is not "
+                        "known (%s)", folder, error or type(error).__name__)
             return []
-        SWEEPS.labels("ok").inc()
-        ORPHANS.inc(len(deleted))
-        log.info("reconciliation sweep: %d orphan frame objects older than %.0fs deleted, %d still needed kept",
-                 len(deleted), older_than_s, len(needed))
-        return [RetentionEvent(bucket=self.bucket, object_key=key, task_id=_task_of(key), reason="orphan")
-                for key in deleted]
+        SWEEPS.labels(folder, "ok").inc()
+        log.info("reconciliation sweep: %d orphan objects under %s/ older than %.0fs deleted, %d still needed kept",
+                 len(deleted), folder, older_than_s, len(kept))
+        return deleted
 
     async def delete_paced(self, keys: list[str]) -> list[str]:
         """Deletes the keys a page at a time, pausing between pages; those the store deleted."""
@@ -110,20 +136,30 @@ class Housekeeping:
             await asyncio.sleep(PAUSE_S)
         return [key for key in keys if key not in refused]
 
-    async def needed(self, candidates: list[str]) -> set[str]:
+    async def frames_needed(self, candidates: list[str]) -> set[str]:
         """The candidates the workers have yet to finish with, then those alert rows keep as their image."""
-        waiting = await self.named_by_backlogs()
+        return await self.needed(candidates, PIPELINE_TOPICS, self.alerts.images_among)
+
+    async def clips_needed(self, candidates: list[str]) -> set[str]:
+        """The candidates a ClipReady not yet stored announces, then those alert_clips rows name; and anything
+        under clips/ that is not a clip of ours."""
+        needed = await self.needed(candidates, (CLIPS,), self.alerts.clips_among)
+        return needed | {key for key in candidates if not self.store.holds_clip(self.bucket, key)}
+
+    async def needed(self, candidates: list[str], topics: tuple[TopicSpec, ...], named_by_rows: KeysAmong) -> set[str]:
+        """The candidates named by the workers' backlogs on `topics`, read first, then those named by rows."""
+        waiting = await self.named_by_backlogs(topics)
         kept = {key for key in candidates if key in waiting}
         for start in range(0, len(candidates), PAGE):
-            kept |= await self.alerts.images_among(candidates[start:start + PAGE])
+            kept |= await named_by_rows(candidates[start:start + PAGE])
         return kept
 
-    async def named_by_backlogs(self) -> set[str]:
-        """The objects named by the records the workers' group has not committed, topic by topic in the order a
-        frame meets them; SweepPostponed when they are more than `max_backlog`."""
+    async def named_by_backlogs(self, topics: tuple[TopicSpec, ...]) -> set[str]:
+        """The objects named by the records the workers' group has not committed, topic by topic in the order
+        given; SweepPostponed when they are more than `max_backlog`."""
         named: set[str] = set()
         left = self.max_backlog
-        for spec in PIPELINE_TOPICS:
+        for spec in topics:
             ranges = await backlog(self.config, self.config.worker_group, self.config.topic(spec.name))
             left -= sum(end - first for first, end in ranges.values())
             if left < 0:
@@ -135,29 +171,47 @@ class Housekeeping:
         return named
 
     async def expire_alerts(self, before: datetime) -> list[RetentionEvent]:
+        """Deletes the alerts captured before a time, a page at a time: their rows, images and clips."""
         events: list[RetentionEvent] = []
         try:
-            while expired := await self.alerts.expire(before, PAGE):
-                await self.store.delete_many([key for _, key in expired])
-                events += [RetentionEvent(bucket=self.bucket, object_key=key, task_id=task_id, reason="alert_max_age")
-                           for task_id, key in expired]
-                ALERTS_EXPIRED.inc(len(expired))
-                if len(expired) < PAGE:
+            while True:
+                expired = await self.alerts.expire(before, PAGE)
+                events += await self.delete_expired(expired)
+                ALERTS_EXPIRED.inc(len(expired.images))
+                if len(expired.images) < PAGE:
                     break
-                await asyncio.sleep(PAUSE_S)
         except (StoreError, DatabaseUnavailable) as error:
             log.warning("alert expiry stopped, next run will go on: %s", error)
         return events
 
+    async def delete_expired(self, expired: Expired) -> list[RetentionEvent]:
+        """The objects of a page of expired alerts; a clip the store refuses to delete is left to the sweep."""
+        clips = [key for bucket, key in expired.clips if self.store.holds_clip(bucket, key)]
+        if refused := len(expired.clips) - len(clips):
+            CLIPS_REFUSED.inc(refused)
+            log.warning("alert expiry: %d clip rows named objects outside %s/ in %s, left alone",
+                        refused, self.store.key("clips"), self.bucket)
+        deleted = set(await self.delete_paced([key for _, key in expired.images] + clips))
+        CLIPS_DELETED.labels("alert_max_age").inc(len(deleted.intersection(clips)))
+        return ([RetentionEvent(bucket=self.bucket, object_key=key, task_id=task_id, reason="alert_max_age")
+                 for task_id, key in expired.images if key in deleted]
+                + [self.retention_event(key, "clips", "alert_max_age") for key in clips if key in deleted])
 
-# where a record of each topic names an object: FrameEvent, DetectionEvent, AlertEvent
+    def retention_event(self, key: str, folder: str, reason: str) -> RetentionEvent:
+        """folder/<output_path>/<day>/<file>: the event names <output_path> as its task."""
+        parts = key.split(f"{folder}/", 1)[-1].split("/")
+        return RetentionEvent(bucket=self.bucket, object_key=key, task_id=parts[0] if len(parts) > 1 else "",
+                              reason=reason)
+
+
+# where a record of each topic names an object: FrameEvent, DetectionEvent, AlertEvent, ClipReady
 NAMED_AT = {FRAMES.name: (("object_key",),), DETECTIONS.name: (("frame", "object_key"),),
-            ALERTS.name: (("frame", "object_key"), ("image_key",))}
+            ALERTS.name: (("frame", "object_key"), ("image_key",)), CLIPS.name: (("clip_key",),)}
 
 
 def objects_named(spec: TopicSpec, raw: bytes | None) -> set[str]:
-    """The objects a record of fw.frames, fw.detections or fw.alerts names, read as plain JSON: the sweep may read
-    tens of thousands on the leader's event loop, and validating each as its model would hold the loop for
+    """The objects a record of fw.frames, fw.detections, fw.alerts or fw.clips names, read as plain JSON: the sweep
+    may read tens of thousands on the leader's event loop, and validating each as its model would hold the loop for
     seconds. A record that is not such JSON names nothing (its agent dead-letters it)."""
     try:
         record: object = orjson.loads(raw or b"null")
@@ -171,9 +225,3 @@ def objects_named(spec: TopicSpec, raw: bytes | None) -> set[str]:
         if isinstance(value, str):
             named.add(value)
     return named
-
-
-def _task_of(key: str) -> str:
-    """frames/<output_path>/<day>/<file> -> <output_path>"""
-    parts = key.split("frames/", 1)[-1].split("/")
-    return parts[0] if len(parts) > 1 else ""
