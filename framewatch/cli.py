@@ -288,12 +288,15 @@ def _moment_ms(text: str | None) -> int | None:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from framewatch.ops import replay, scoring
+    from framewatch.ops import replay, replay_clips, scoring
     from framewatch.ops.tasks import parse_setting
     from framewatch.stack import StackHome
 
     if (args.video is None) == (not args.from_topic):
         raise ConfigError("replay: give a VIDEO file, or --from-topic for the detections stored on fw.detections")
+    if args.clips and args.video is None:
+        raise ConfigError("replay --clips cuts clips from a VIDEO; the clips of stored alerts are at "
+                          "/api/alerts/{id}/clip")
     config = _config(args)
     task = replay.pick_task(config, args.task, dict(parse_setting(s) for s in args.settings))
     truth = scoring.load_truth(Path(args.truth)) if args.truth else None
@@ -305,6 +308,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
         raise ConfigError(str(error)) from None
     scores = scoring.score(truth, result.scored()) if truth is not None else None
     print(replay.report(result, scores, args.json))
+    if args.clips:
+        print(replay_clips.report(replay_clips.write_clips(Path(args.video), task, result.alerts, Path(args.clips)),
+                                  Path(args.clips)), file=sys.stderr)
     return 0
 
 
@@ -443,6 +449,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="the alerts (and scores) as JSON")
     p.add_argument("--no-cache", action="store_true", help="ask the detector again even if this video was run before")
     p.add_argument("--cache-dir", help="where detections are cached (default: the stack's cache folder, replay/)")
+    p.add_argument("--clips", metavar="DIR", help="write each alert's clip (the task's clip_pre_sec and clip_post_sec "
+                   "around it, cut from VIDEO by stream copy) to DIR/<alert id>.mp4")
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("demo", help="run the whole pipeline on the bundled sample clip")
