@@ -114,10 +114,12 @@ def test_a_codec_mp4_cannot_hold_is_named_and_no_clip_is_cut() -> None:
 def test_the_ring_holds_whole_gops_within_its_time_and_bytes(max_bytes: int) -> None:
     ring = PacketRing(hold_ms=5000, max_bytes=max_bytes)
     for packet, at_ms, _ in packets(SAMPLE_CLIP):
-        ring.add(HeldPacket(bytes(packet), packet.pts, packet.dts, packet.duration or 0, packet.is_keyframe, at_ms))
+        ring.add(HeldPacket(packet, packet.size, packet.pts, packet.dts, packet.duration or 0, packet.is_keyframe,
+                            at_ms))
         assert ring.bytes <= max_bytes
         assert not ring.packets or ring.packets[0].keyframe
-        assert ring.bytes == sum(len(p.data) for p in ring.packets)
+        assert ring.bytes == sum(p.size for p in ring.packets)
+        assert list(ring.keys) == [p.at_ms for p in ring.packets if p.keyframe]
         if ring.newest_ms is not None and ring.oldest_ms is not None:
             assert ring.newest_ms - ring.oldest_ms <= 5000 + gop_ms(SAMPLE_CLIP)
     assert (ring.evicted > 0) == (max_bytes == 40_000)

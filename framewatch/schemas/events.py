@@ -348,6 +348,14 @@ class AlertPublished(Event):
         return self.alert_id
 
 
+def alert_id_of(value: str) -> str:
+    """An alert id as it is written everywhere (a UUID), or a ValueError."""
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise ValueError("not an alert id (a UUID)") from None
+
+
 class ClipRequest(Event):
     """An alert wants the seconds around it: sent by the rules agent to fw.clip-requests, partitioned like fw.tasks
     (by task id), so the extractor that runs the camera reads it."""
@@ -358,6 +366,8 @@ class ClipRequest(Event):
     captured_at: int
     pre_ms: int = Field(ge=0)
     post_ms: int = Field(ge=0)
+
+    _alert_id = field_validator("alert_id")(alert_id_of)
 
     @property
     def event_id(self) -> str:
@@ -378,13 +388,7 @@ class ClipReady(Event):
     clip_bytes: int | None = Field(default=None, ge=0)
     reason: str | None = None
 
-    @field_validator("alert_id")
-    @classmethod
-    def _alert_id(cls, value: str) -> str:
-        try:
-            return str(uuid.UUID(value))
-        except ValueError:
-            raise ValueError("not an alert id (a UUID)") from None
+    _alert_id = field_validator("alert_id")(alert_id_of)
 
     @property
     def event_id(self) -> str:

@@ -44,7 +44,9 @@ REQUESTS_LOOKBACK_MS = 60_000
 
 def clip_key(uplink: Uplink, task: CameraTask, cut: ClipCut) -> str:
     day = datetime.fromtimestamp(cut.start_ms / 1000, tz=UTC).strftime("%Y%m%d")
-    return uplink.store.key("clips", task.output_path or task.id, day, f"{cut.clip_id}.mp4")
+    # the cut's start in the name: a clip cut again (by the extractor that took the camera over) never overwrites
+    # the one its row names; the loser is an orphan the sweep removes
+    return uplink.store.key("clips", task.output_path or task.id, day, f"{cut.clip_id}-{cut.start_ms}.mp4")
 
 
 class CameraClips:
@@ -56,6 +58,7 @@ class CameraClips:
         self._loop = asyncio.get_running_loop()
         self._cuts: asyncio.Queue[ClipCut | None] = asyncio.Queue()
         self._uploaded: OrderedDict[str, str] = OrderedDict()  # clip id -> its key
+        self.closed = False
         self.recorder = ClipRecorder(int(task.clip_pre_sec * 1000), int(task.clip_post_sec * 1000), max_bytes,
                                      self._handed_over)
 
@@ -72,7 +75,10 @@ class CameraClips:
                 continue
             if cut is None:
                 return
-            await self._announce(cut, await self._key_of(cut))
+            try:
+                await self._announce(cut, await self._key_of(cut))
+            except Exception as error:  # one clip's failure must not stop this camera's others
+                log.error("camera %s: clip of alerts %s lost: %r", self.task.id, ", ".join(cut.alert_ids), error)
 
     def _report_buffer(self) -> None:
         CLIP_BUFFER_BYTES.labels(self.task.id).set(self.recorder.held_bytes)
@@ -80,12 +86,17 @@ class CameraClips:
             CLIP_PACKETS_EVICTED.labels(self.task.id).set(ring.evicted)
 
     def close(self) -> None:
-        """The camera has stopped (its reader thread cut its last clips): `run` ends once they are announced."""
+        """The camera has stopped (its reader thread cut its last clips): `run` ends once they are announced, and
+        requests are no longer taken."""
+        self.closed = True
         self._cuts.put_nowait(None)
 
     def _handed_over(self, cut: ClipCut) -> None:
         """From the reader thread."""
-        self._loop.call_soon_threadsafe(self._cuts.put_nowait, cut)
+        try:
+            self._loop.call_soon_threadsafe(self._cuts.put_nowait, cut)
+        except RuntimeError:  # the event loop has closed (the process is stopping): nothing will upload it
+            log.warning("camera %s: clip of alerts %s not uploaded: stopping", self.task.id, ", ".join(cut.alert_ids))
 
     async def _key_of(self, cut: ClipCut) -> tuple[str | None, str | None]:
         """The clip's key once uploaded, or None; and the reason to give with it."""
@@ -128,7 +139,7 @@ def route_to(clips_of: Callable[[str], CameraClips | None]) -> Callable[[ClipReq
     """A `ClipRequestReader`'s route: the request to its task's clips, False when that camera records none here."""
     def route(request: ClipRequest) -> bool:
         clips = clips_of(request.task_id)
-        if clips is None:
+        if clips is None or clips.closed:
             return False
         clips.request(request)
         return True
@@ -146,6 +157,7 @@ class ClipRequestReader:
         self.consumer = AIOKafkaConsumer(**kafka_options(config), group_id=None, enable_auto_commit=False)
         self.waiting: list[ClipRequest] = []
         self._rewind: set[TopicPartition] = set()  # assigned, to be read from REQUESTS_LOOKBACK_MS ago
+        self._owned: set[TopicPartition] = set()  # as last assigned: a partition kept across a rebalance is not read again
 
     async def start(self) -> None:
         await self.consumer.start()
@@ -157,14 +169,16 @@ class ClipRequestReader:
         """Reads these partitions from now on: those new to it from `REQUESTS_LOOKBACK_MS` ago (found by `run`,
         so a rebalance listener calling this waits for nothing)."""
         assigned = {TopicPartition(self.topic, p) for p in partitions}
-        self._rewind |= assigned - self.consumer.assignment()
-        self._rewind &= assigned
+        self._rewind = (self._rewind | (assigned - self._owned)) & assigned
+        self._owned = assigned
         self.consumer.assign(list(assigned))
 
     async def _rewind_new(self) -> None:
-        rewind, self._rewind = self._rewind, set()
+        rewind = set(self._rewind)
         since = {tp: now_ms() - REQUESTS_LOOKBACK_MS for tp in rewind}
-        for tp, found in (await self.consumer.offsets_for_times(since)).items():
+        found_at = await self.consumer.offsets_for_times(since)
+        self._rewind -= rewind
+        for tp, found in found_at.items():
             if tp not in self.consumer.assignment():
                 continue  # revoked meanwhile
             if found is None:
@@ -190,6 +204,10 @@ class ClipRequestReader:
                 batches = await self.consumer.getmany(timeout_ms=1000)
             except ConsumerStoppedError:
                 return
+            except KafkaError as error:  # a leader moving, the broker away: requests wait on Kafka meanwhile
+                log.warning("fw.clip-requests not read, trying again in 1 s: %r", error)
+                await asyncio.sleep(1)
+                continue
             for records in batches.values():
                 for record in records:
                     try:

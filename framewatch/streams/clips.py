@@ -15,6 +15,7 @@ is and marked as short.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import tempfile
@@ -37,7 +38,8 @@ NOTHING_HELD = ("no packets of those seconds held: they came before this session
 
 @dataclass(frozen=True, slots=True)
 class HeldPacket:
-    data: bytes
+    data: av.Packet | bytes  # the demuxer's own packet (held, not copied: each demuxed packet is a new buffer)
+    size: int
     pts: int | None
     dts: int | None
     duration: int
@@ -54,19 +56,24 @@ class PacketRing:
         self.max_bytes = max_bytes
         self.keep_from_ms: int | None = None
         self.packets: deque[HeldPacket] = deque()
+        self.keys: deque[int] = deque()  # the capture time of each key frame held: a GOP starts at each
         self.bytes = 0
         self.evicted = 0  # packets dropped before their time for the byte bound
 
     def add(self, packet: HeldPacket) -> None:
-        if not self.packets and not packet.keyframe:
+        """Runs for every packet of every camera: a few comparisons, no scan of what is held."""
+        if packet.keyframe:
+            self.keys.append(packet.at_ms)
+        elif not self.packets:
             return  # a clip starts at a key frame: nothing before the first one is any use
         self.packets.append(packet)
-        self.bytes += len(packet.data)
-        while self._second_key_at() is not None and (self._older_than_needed() or self.bytes > self.max_bytes):
+        self.bytes += packet.size
+        while len(self.keys) > 1 and (self._older_than_needed() or self.bytes > self.max_bytes):
             self._drop_first_gop()
         if self.bytes > self.max_bytes:
             self.evicted += len(self.packets)
             self.packets.clear()
+            self.keys.clear()
             self.bytes = 0
 
     @property
@@ -78,34 +85,29 @@ class PacketRing:
         return self.packets[-1].at_ms if self.packets else None
 
     def span(self, start_ms: int, end_ms: int) -> list[HeldPacket]:
-        """The packets from the last key frame at or before `start_ms` (the first held when none is) to the last
-        packet at or before `end_ms`, in decoding order."""
+        """The packets from the last key frame at or before `start_ms` (the first held when none is) up to the first
+        packet after `end_ms`, in decoding order (a frame that comes later in decoding order may reference one
+        after the end: the run stops there)."""
         packets = list(self.packets)
         first = 0
         for index, packet in enumerate(packets):
             if packet.keyframe and packet.at_ms <= start_ms:
                 first = index
-        return [p for p in packets[first:] if p.at_ms <= end_ms]
-
-    def _second_key_at(self) -> int | None:
-        for index, packet in enumerate(self.packets):
-            if index and packet.keyframe:
-                return packet.at_ms
-        return None
+        return list(itertools.takewhile(lambda p: p.at_ms <= end_ms, packets[first:]))
 
     def _older_than_needed(self) -> bool:
         """The first GOP is no longer needed: the second one starts before the oldest moment held for."""
-        second = self._second_key_at()
-        return (second is not None and second <= self.packets[-1].at_ms - self.hold_ms
+        second = self.keys[1]
+        return (second <= self.packets[-1].at_ms - self.hold_ms
                 and (self.keep_from_ms is None or second <= self.keep_from_ms))
 
     def _drop_first_gop(self) -> None:
         dropped_for_bytes = not self._older_than_needed()
-        first = self.packets.popleft()
-        gone = [first]
+        self.keys.popleft()
+        gone = [self.packets.popleft()]
         while self.packets and not self.packets[0].keyframe:
             gone.append(self.packets.popleft())
-        self.bytes -= sum(len(p.data) for p in gone)
+        self.bytes -= sum(p.size for p in gone)
         if dropped_for_bytes:
             self.evicted += len(gone)
 
@@ -165,25 +167,31 @@ class ClipRecorder:
                 log.warning("%s: alerts of this camera come without clips", self.unsupported)
 
     def add(self, packet: av.Packet, at_ms: int) -> None:
-        if self.ring is None:
+        """Runs in the reader thread for every packet: cheap unless a clip is due."""
+        ring = self.ring
+        if ring is None:
             return
-        self._take_requests()
-        self.ring.max_bytes = self.max_bytes()
-        self.ring.keep_from_ms = min((w.start_ms for w in self._waiting), default=None)  # a joined clip's start
-        self.ring.add(HeldPacket(bytes(packet), packet.pts, packet.dts, packet.duration or 0, packet.is_keyframe,
-                                 at_ms))
-        for wanted in [w for w in self._waiting if at_ms >= w.end_ms]:
-            self._waiting.remove(wanted)
-            self._cut_now(wanted, None)
+        if self._requests:  # read without the lock: a request that comes meanwhile is taken with the next packet
+            self._take_requests()
+        ring.max_bytes = self.max_bytes()
+        ring.keep_from_ms = min(w.start_ms for w in self._waiting) if self._waiting else None  # a joined clip's start
+        ring.add(HeldPacket(packet, packet.size, packet.pts, packet.dts, packet.duration or 0, packet.is_keyframe,
+                            at_ms))
+        if self._waiting:
+            for wanted in [w for w in self._waiting if at_ms >= w.end_ms]:
+                self._waiting.remove(wanted)
+                self._cut_now(wanted, None)
 
     def close(self, reason: str) -> None:
         """The session ended: clips still waiting are cut from what is held, marked with `reason`."""
-        self._take_requests()
-        for wanted in self._waiting:
-            self._cut_now(wanted, reason)
-        self._waiting.clear()
-        self.ring = None
-        self._template = None
+        try:
+            self._take_requests()
+            for wanted in self._waiting:
+                self._cut_now(wanted, reason)
+        finally:
+            self._waiting.clear()
+            self.ring = None
+            self._template = None
 
     @property
     def held_bytes(self) -> int:
@@ -208,7 +216,14 @@ class ClipRecorder:
         self._waiting.append(Wanted([alert_id], start_ms, end_ms))
 
     def _cut_now(self, wanted: Wanted, reason: str | None) -> None:
-        cut = self._cut_clip(wanted, reason)
+        """Cuts and delivers the clip; a clip that cannot be written (a stream whose timestamps jump back, a full
+        disk) is no clip, with the reason, and never ends the camera's session."""
+        try:
+            cut = self._cut_clip(wanted, reason)
+        except (av.FFmpegError, OSError, ValueError) as error:
+            log.warning("a clip of alerts %s could not be written: %r", ", ".join(wanted.alert_ids), error)
+            ids = tuple(wanted.alert_ids)
+            cut = ClipCut(ids[0], ids, None, wanted.start_ms, wanted.end_ms, f"the clip could not be written: {error}")
         if cut.data is not None and cut.reason is None:
             self._cut.append((cut.clip_id, cut.start_ms, cut.end_ms))
         self.deliver(cut)
@@ -252,7 +267,7 @@ def remux(packets: Iterable[HeldPacket], template: av.stream.Stream) -> bytes:
         with av.open(path, "w", format="mp4", options={"movflags": "+faststart"}) as output:
             stream = output.add_stream_from_template(template)
             for held_packet in held:
-                packet = av.Packet(held_packet.data)
+                packet = av.Packet(bytes(held_packet.data))  # muxing consumes a packet: the held one stays
                 packet.pts = None if held_packet.pts is None else held_packet.pts - base
                 packet.dts = None if held_packet.dts is None else held_packet.dts - base
                 packet.duration = held_packet.duration

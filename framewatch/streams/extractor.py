@@ -254,7 +254,6 @@ class ExtractorService(Service, ConsumerRebalanceListener):
         await self.release({tp.partition for tp in revoked})
         self.owned -= set(revoked)
         self.replaying = {}
-        self.clip_requests.follow(set())
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         """A compacted topic is read whole: it is the tasks as they stand. Until a partition is read to its end,
@@ -321,7 +320,7 @@ class ExtractorService(Service, ConsumerRebalanceListener):
 
     def _clips_of(self, task_id: str) -> CameraClips | None:
         running = self.cameras.get(task_id)
-        return None if running is None else running.clips
+        return None if running is None or running.runner.done() else running.clips
 
     def _share_clip_buffer(self) -> None:
         """Each camera's share of the clip buffer, read by the reader threads (which never touch `cameras`)."""

@@ -177,9 +177,11 @@ class Source:
                 ended = f"the source failed before the post-roll: {error}"
                 raise
             finally:
-                if self.recorder is not None:  # before the container closes: clips are cut with its stream
-                    self.recorder.close("the camera stopped before the post-roll" if self.stop.is_set() else ended)
-                container.close()
+                try:
+                    if self.recorder is not None:  # before the container closes: clips are cut with its stream
+                        self.recorder.close("the camera stopped before the post-roll" if self.stop.is_set() else ended)
+                finally:
+                    container.close()
             if not self.settings.is_file:
                 raise SourceError(f"{mask_url(self.settings.url)}: the stream ended")
             if not self.settings.loop:
