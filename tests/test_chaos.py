@@ -6,6 +6,8 @@ What must hold afterwards, whatever was killed when:
 - every alert on fw.alerts is stored exactly once, has its image, and is on the alert topic exactly once for a
   read_committed reader;
 - frames/ is empty within the retention grace plus 30 s of the load's end (what a failed send left behind too);
+- every clip an alert's row names is in the store (an extractor killed before the post-roll leaves an alert without
+  a clip row, which the API explains; never a row naming a clip that is not there);
 - the workers' consumer group has committed every partition of fw.frames to its end (none left unprocessed);
 - a worker that lived through most of the run did not grow.
 
@@ -25,6 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 from aiokafka import TopicPartition
@@ -215,6 +218,22 @@ async def ledger(config: Config) -> Ledger:
                   await published(config), await store.list_keys(store.key("frames") + "/"), await unprocessed(config))
 
 
+async def clips_named(config: Config, alert_ids: set[str]) -> dict[str, str | None]:
+    """The clip row of each of these alerts that has one: its clip's key, or None (no clip, a reason instead)."""
+    connection = await asyncpg.connect(config.database.dsn.get_secret_value())
+    try:
+        rows = await connection.fetch("SELECT alert_id::text, clip_key FROM alert_clips "
+                                      "WHERE alert_id = ANY($1::uuid[])", list(alert_ids))
+    finally:
+        await connection.close()
+    return {r["alert_id"]: r["clip_key"] for r in rows}
+
+
+async def missing_clips(config: Config, keys: set[str]) -> list[str]:
+    store = ObjectStore(config.frame_extractor.minio)
+    return sorted([key for key in keys if not await store.exists(key)])
+
+
 async def unprocessed(config: Config) -> dict[int, int]:
     topic = config.topic(FRAMES.name)
     admin = await connect_admin(config)
@@ -262,6 +281,9 @@ def test_nothing_is_lost_or_duplicated_while_processes_and_the_broker_die(cluste
     assert state.missing() == [], cluster.log
     assert set(state.stored) == state.alerts  # stored exactly once: alert_id is the primary key
     assert images == []
+    clips = asyncio.run(clips_named(config, set(state.stored)))
+    print(f"chaos: {len(clips)} alerts with a clip row, {sum(1 for key in clips.values() if key)} naming a clip")
+    assert asyncio.run(missing_clips(config, {key for key in clips.values() if key})) == []
     assert {a: n for a, n in state.published.items() if n != 1} == {}
     assert set(state.published) == state.alerts
     assert all(s < 28 for s in stopped_in.values()), stopped_in  # SIGTERM: gone within 25 s, in any state
