@@ -11,11 +11,11 @@ from pathlib import Path
 import httpx
 from aiokafka.admin import NewTopic
 
-from framewatch.clients.bus import connect_admin, read_records
+from framewatch.clients.bus import EventProducer, connect_admin, read_records
 from framewatch.ops.load import FrameLoad, start_fleet
 from framewatch.schemas.config import Config, load_config
-from framewatch.schemas.events import AlertStored, DeadLetter, FrameOutcome
-from framewatch.schemas.topics import FRAME_OUTCOMES
+from framewatch.schemas.events import AlertStored, ClipReady, DeadLetter, FrameOutcome
+from framewatch.schemas.topics import CLIPS, FRAME_OUTCOMES
 from tests.conftest import SAMPLE_JPEG
 from tests.test_alert_path import alerting_config, metric, stored
 
@@ -56,8 +56,27 @@ def test_alerts_the_alert_topic_refuses_are_dead_lettered_not_marked_published(t
             assert metric(metrics, "framewatch_publisher_alerts_published_total") == 0
             assert metric(metrics, f'framewatch_publisher_alerts_refused_total{{reason="MessageSizeTooLargeError",'
                                    f'topic="{mq_topic}"}}') == len(rows)
+            await clip_announcement_dead_lettered(config, next(iter(rows)), mq_topic)
 
         asyncio.run(scenario())
+
+
+async def clip_announcement_dead_lettered(config: Config, alert_id: str, mq_topic: str) -> None:
+    """An alert's clip recorded while the alert topic refuses its announcement: the clip is stored, the
+    announcement dead-lettered, and fw.clips moves on (the clips agent does not retry it for ever)."""
+    producer = EventProducer(config)
+    await producer.start()
+    try:
+        await producer.send(CLIPS, ClipReady(alert_id=alert_id, task_id="cam", camera_id="cam", bucket="b",
+                                             reason="no clip: " + "x" * MAX_MESSAGE_BYTES))  # more than it takes
+    finally:
+        await producer.stop()
+    for _ in range(60):
+        letters = [DeadLetter.decode(r.value) for r in await read_records(config, config.topic("fw.dead-letters"))]
+        if any(letter.reason.startswith(f"announcement refused by {mq_topic}") for letter in letters):
+            return
+        await asyncio.sleep(1)
+    raise AssertionError("the clip's announcement was not dead-lettered")
 
 
 async def refused(config: Config) -> dict[str, DeadLetter]:

@@ -15,11 +15,13 @@ timers on the app, and `build_worker` assembles app, topology, resources and pip
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from functools import partial
 from typing import cast
 
 import faust
+from aiokafka.errors import KafkaError
 from faust.tables.manager import TableManager
 from faust.types import AgentT
 from prometheus_client import Counter, Gauge, Histogram
@@ -72,6 +74,7 @@ STATES_RESET = Counter("framewatch_rules_states_reset_total", "Rule states found
 OPEN_INCIDENTS = Gauge("framewatch_rules_open_incidents", "Incidents open per camera", ["camera"])
 
 COUNTS_BATCH = 100
+ANNOUNCE_WITHIN_S = 60.0
 UNKNOWN_TASKS_REMEMBERED = 10_000
 
 RETENTION_WITHIN_S = 0.25
@@ -93,6 +96,27 @@ def clip_request(alert: AlertEvent, task: CameraTask) -> ClipRequest:
     return ClipRequest(alert_id=alert.alert_id, task_id=frame.task_id, camera_id=frame.camera_id,
                        captured_at=frame.captured_at, pre_ms=int(task.clip_pre_sec * 1000),
                        post_ms=int(task.clip_post_sec * 1000))
+
+
+async def announce_clip(topology: Topology, mq_topic: str, clip: ClipReady, stored_at: int) -> Delivery:
+    """The clip's message on the alert feed; one too large for a record (a forged reason) is dead-lettered, so that
+    it costs only itself."""
+    message = ClipMessage.of(clip, stored_at)
+    try:
+        return await topology.emit_encoded(mq_topic, message.camera_id.encode(), message.to_bytes(), stored_at,
+                                           type(message).__name__)
+    except RecordTooLarge as error:
+        return await topology.dead_letter(topology.clips, f"announcement: {error}", clip.to_bytes(), clip.camera_id)
+
+
+async def confirm_announcement(topology: Topology, mq_topic: str, clip: ClipReady, delivery: Delivery) -> None:
+    """A clip message the alert topic refuses for good (too large for it, not authorized, a topic policy) is
+    dead-lettered after `ANNOUNCE_WITHIN_S`, so fw.clips moves on: the clip is stored, /api/alerts shows it."""
+    try:
+        await asyncio.wait_for(delivery.confirmed(), ANNOUNCE_WITHIN_S)
+    except (TimeoutError, KafkaError) as error:
+        await (await topology.dead_letter(topology.clips, f"announcement refused by {mq_topic}: {error!r}",
+                                          clip.to_bytes(), clip.camera_id)).confirmed()
 
 
 def restore(task_id: str, raw: bytes | None) -> RuleState:
@@ -263,19 +287,10 @@ class Pipeline:
             stored = await self.sink.store_clips([c for raw in batch if (c := await topology.decode(ClipReady, raw,
                                                                                                     topology.clips))])
             stored_at = now_ms()
-            await all_confirmed([await self.announce_clip(clip, stored_at) for clip in stored])
-
-    async def announce_clip(self, clip: ClipReady, stored_at: int) -> Delivery:
-        """The clip's message on the alert feed; one too large for a record (a forged reason) is dead-lettered, so
-        that it costs only itself."""
-        message = ClipMessage.of(clip, stored_at)
-        topology = self.topology
-        try:
-            return await topology.emit_encoded(self.settings.mq_topic, message.camera_id.encode(),
-                                               message.to_bytes(), stored_at, type(message).__name__)
-        except RecordTooLarge as error:
-            return await topology.dead_letter(topology.clips, f"announcement: {error}", clip.to_bytes(),
-                                              clip.camera_id)
+            mq_topic = self.settings.mq_topic
+            announced = [(clip, await announce_clip(topology, mq_topic, clip, stored_at)) for clip in stored]
+            await asyncio.gather(*(confirm_announcement(topology, mq_topic, clip, delivery)
+                                   for clip, delivery in announced))
 
     async def refused_by_database(self, record: Event, reason: str) -> None:
         """A record PostgreSQL refused for its data: kept on fw.dead-letters with the reason."""
