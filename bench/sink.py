@@ -45,7 +45,8 @@ from framewatch.stack import LocalStack
 BATCH_SIZES = (1, 20, 100, 1000)
 RULE = "area_intrusion"
 INSERT = (f"INSERT INTO alerts ({', '.join(ALERT_COLUMNS)}) VALUES "
-          f"({', '.join(f'${i}' for i in range(1, len(ALERT_COLUMNS) + 1))}) ON CONFLICT (alert_id) DO NOTHING")
+          f"({', '.join(f'${i}' for i in range(1, len(ALERT_COLUMNS) + 1))}) "
+          "ON CONFLICT (namespace, alert_id) DO NOTHING")
 
 
 def make_alerts(config: Config, count: int) -> list[AlertEvent]:
@@ -56,47 +57,40 @@ def make_alerts(config: Config, count: int) -> list[AlertEvent]:
                        image_key=f.object_key.replace("frames/", "alerts/")) for f in frames]
 
 
-async def insert_each(connection: asyncpg.Connection, batch: list[AlertEvent]) -> None:
+async def insert_each(connection: asyncpg.Connection, store: AlertStore, batch: list[AlertEvent]) -> None:
     for alert in batch:
-        await connection.execute(INSERT, *alert_row(alert))
+        await connection.execute(INSERT, *alert_row(store.namespace, alert))
 
 
-async def executemany(connection: asyncpg.Connection, batch: list[AlertEvent]) -> None:
+async def executemany(connection: asyncpg.Connection, store: AlertStore, batch: list[AlertEvent]) -> None:
     async with connection.transaction():
-        await connection.executemany(INSERT, [alert_row(a) for a in batch])
+        await connection.executemany(INSERT, [alert_row(store.namespace, a) for a in batch])
 
 
 STAGING = "CREATE TEMPORARY TABLE IF NOT EXISTS staged_alerts (LIKE alerts INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
 MERGE_STAGED = (f"INSERT INTO alerts ({', '.join(ALERT_COLUMNS)}) SELECT {', '.join(ALERT_COLUMNS)} FROM staged_alerts "
-                "ON CONFLICT (alert_id) DO NOTHING")
+                "ON CONFLICT (namespace, alert_id) DO NOTHING")
 
 
-async def copy_merge(connection: asyncpg.Connection, _: AlertStore, batch: list[AlertEvent]) -> None:
+async def copy_merge(connection: asyncpg.Connection, store: AlertStore, batch: list[AlertEvent]) -> None:
     async with connection.transaction():
         await connection.execute(STAGING)
-        await connection.copy_records_to_table("staged_alerts", records=[alert_row(a) for a in batch],
+        await connection.copy_records_to_table("staged_alerts", records=[alert_row(store.namespace, a) for a in batch],
                                                columns=ALERT_COLUMNS)
         await connection.execute(MERGE_STAGED)
 
 
-async def copy_floor(connection: asyncpg.Connection, _: AlertStore, batch: list[AlertEvent]) -> None:
-    await connection.copy_records_to_table("alerts", records=[alert_row(a) for a in batch], columns=ALERT_COLUMNS)
+async def copy_floor(connection: asyncpg.Connection, store: AlertStore, batch: list[AlertEvent]) -> None:
+    await connection.copy_records_to_table("alerts", records=[alert_row(store.namespace, a) for a in batch],
+                                           columns=ALERT_COLUMNS)
 
 
 async def framewatch_sink(_: asyncpg.Connection, store: AlertStore, batch: list[AlertEvent]) -> None:
     await store.insert(batch)
 
 
-async def each(connection: asyncpg.Connection, _: AlertStore, batch: list[AlertEvent]) -> None:
-    await insert_each(connection, batch)
-
-
-async def many(connection: asyncpg.Connection, _: AlertStore, batch: list[AlertEvent]) -> None:
-    await executemany(connection, batch)
-
-
-WRITERS = {"insert_each": each, "executemany": many, "framewatch": framewatch_sink, "copy_merge": copy_merge,
-           "copy_floor": copy_floor}
+WRITERS = {"insert_each": insert_each, "executemany": executemany, "framewatch": framewatch_sink,
+           "copy_merge": copy_merge, "copy_floor": copy_floor}
 ROUNDS = 3  # the best of three: this machine is shared and noisy
 
 
@@ -106,7 +100,7 @@ async def write_methods(config: Config, count: int) -> dict[str, dict[str, float
     admin = await asyncpg.connect(dsn)
     await admin.execute(f"CREATE SCHEMA {schema}")
     scoped = f"{dsn}{'&' if '?' in dsn else '?'}search_path={schema}"
-    store = AlertStore(scoped)
+    store = AlertStore(scoped, config.framewatch.namespace)
     await store.connect()  # migrates: a fresh alerts table in the bench schema
     connection = await asyncpg.connect(scoped)
     results: dict[str, dict[str, float]] = {method: {} for method in WRITERS}

@@ -71,7 +71,7 @@ def cmd_db_migrate(args: argparse.Namespace) -> int:
     from framewatch.clients.database import AlertStore
 
     async def run() -> None:
-        store = AlertStore(_config(args).database.dsn.get_secret_value())
+        store = AlertStore.of(_config(args))
         await store.connect()
         await store.close()
 
@@ -315,9 +315,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from framewatch.ops.demo import run_demo
+    from framewatch.ops.demo import DEMO_CONFIG, run_demo
 
-    return run_demo(keep_stack=not args.stop_stack, keep_running=args.keep)
+    return run_demo(keep_stack=not args.stop_stack, keep_running=args.keep, config_path=args.config or DEMO_CONFIG)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -456,7 +456,8 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the whole pipeline on the bundled sample clip")
     p.add_argument("--stop-stack", action="store_true", help="stop the local stack afterwards")
     p.add_argument("--keep", action="store_true", help="keep the worker and detector (and the dashboard) running "
-                                                       "after the summary, until Ctrl-C")
+                                                       "after the summary, until Ctrl-C, SIGTERM or SIGHUP")
+    p.add_argument("-c", "--config", type=Path, help="tasks of your own instead of samples/demo.toml's")
     p.set_defaults(func=cmd_demo)
     return root
 

@@ -13,6 +13,7 @@ from framewatch.schemas.queries import camera_json
 from framewatch.schemas.tasks import CameraTask, Freshness, TaskType
 
 NOW_MS = 1_700_000_100_000.0
+NOW_MONOTONIC_S = 5_000.0  # the clock CameraSeen.last_seen is on
 MONDAY = datetime(2024, 1, 1, 8, 0, tzinfo=UTC)
 TUESDAY = datetime(2024, 1, 2, 8, 0, tzinfo=UTC)
 
@@ -37,12 +38,14 @@ def answer(configured: Iterable[CameraTask] = (), published: Mapping[str, Camera
            statuses: Mapping[str, CameraStatus] | None = None, activity: Mapping[str, CameraSeen] | None = None,
            alert_groups: Iterable[Mapping[str, Any]] = ()) -> list[dict[str, Any]]:
     rows = camera_rows(configured=configured, published=published or {}, statuses=statuses or {},
-                       activity=activity or {}, alert_groups=alert_groups, now_ms=NOW_MS)
+                       activity=activity or {}, alert_groups=alert_groups, now_ms=NOW_MS,
+                       now_monotonic_s=NOW_MONOTONIC_S)
     return [camera_json(row) for row in rows]
 
 
 def test_a_camera_every_source_knows_has_every_field() -> None:
-    seen = CameraSeen("door", frames=10, inferred=9, last_captured_at=int(NOW_MS) - 1_250, freshness=Freshness.ALL)
+    seen = CameraSeen("door", frames=10, inferred=9, last_captured_at=int(NOW_MS) - 9_000, freshness=Freshness.ALL,
+                      last_seen=NOW_MONOTONIC_S - 1.25)
     assert answer(configured=[task("door")], statuses={"door": status("door", int(NOW_MS) - 3_000)},
                   activity={"door": seen}, alert_groups=[group("door", 4, MONDAY)]) == [{
         "camera_id": "door", "task_type": "area_intrusion", "enabled": True, "alerts": 4,
@@ -84,3 +87,12 @@ def test_every_camera_any_source_knows_has_one_row_in_camera_order() -> None:
     rows = answer(configured=[task("d")], published={"c": task("c")}, statuses={"b": status("b", int(NOW_MS))},
                   activity={"e": CameraSeen("e")}, alert_groups=[group("a", 1, MONDAY), group("d", 1, MONDAY)])
     assert [row["camera_id"] for row in rows] == ["a", "b", "c", "d", "e"]
+
+
+def test_ages_count_from_arrival_and_are_never_negative() -> None:
+    """A recording read faster than real time is captured 13.2 s "from now": its frame's age is since it arrived."""
+    ahead = CameraSeen("recording", frames=40, last_captured_at=int(NOW_MS) + 13_200, freshness=Freshness.ALL,
+                       last_seen=NOW_MONOTONIC_S - 0.4)
+    sent_later = status("recording", emitted_at=int(NOW_MS) + 3_000)  # a status from a clock ahead, no skew known
+    (row,) = answer(statuses={"recording": sent_later}, activity={"recording": ahead})
+    assert (row["last_frame_age_s"], row["status_age_s"]) == (0.4, 0.0)

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import shutil
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,6 +23,7 @@ from framewatch.ops.demo import PipelineRun, ServiceProcess
 from framewatch.ops.load import free_port, namespaced_env
 from framewatch.schemas.events import AlertEvent, ClipReady, FrameEvent, now_ms
 from framewatch.schemas.queries import NO_EXTRACTOR_ANSWERED
+from tests.browser import dump_dom
 from tests.conftest import SAMPLE_CLIP, write_config
 from tests.test_events import frame
 
@@ -138,7 +137,7 @@ def alert_at(camera_id: str, captured_at: int) -> AlertEvent:
 
 
 async def store_alerts(pipeline: ClipRun, alerts: list[AlertEvent], clips: list[ClipReady]) -> None:
-    store = AlertStore(pipeline.run.config.database.dsn.get_secret_value())
+    store = AlertStore.of(pipeline.run.config)
     await store.connect()
     try:
         await store.insert(alerts)
@@ -163,14 +162,7 @@ def test_an_alert_without_its_clip_gets_404_naming_the_status_and_the_reason(pip
 
 def dashboard_dom(pipeline: ClipRun, profile: Path) -> str:
     """The dashboard for the pipeline's camera as headless Chromium leaves it after 10 s of its own time."""
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert browser, "chromium is missing: `make test` installs it (Debian package chromium)"
-    page = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={profile}",
-                           "--virtual-time-budget=10000", "--dump-dom",
-                           f"{pipeline.origin}/?token={TOKEN}&camera_id={pipeline.task_id}"],
-                          capture_output=True, text=True, timeout=120, check=False)
-    assert page.returncode == 0, page.stderr[-2000:]
-    return page.stdout
+    return dump_dom(f"{pipeline.origin}/?token={TOKEN}&camera_id={pipeline.task_id}", profile)
 
 
 def players(dom: str) -> dict[str, dict[str, str]]:

@@ -78,7 +78,7 @@ async def test_clips_go_with_their_last_alert_and_the_sweep_takes_orphans_past_t
     await store.put(f"clips/{task}/notes.txt", b"not a clip", "text/plain")
     before = {reason: clips_deleted(reason) for reason in ("alert_max_age", "orphan")}
     async with started(EventProducer(stack_config)) as producer, \
-            connected(AlertStore(stack_config.database.dsn.get_secret_value())) as alerts:
+            connected(AlertStore.of(stack_config)) as alerts:
         await alerts.insert([old, shared_old, pair_a, pair_b, no_clip, forged, recent])
         await alerts.store_clips(rows)
         await alerts.pool.execute("UPDATE alert_clips SET made_at = now() - interval '40 days' WHERE alert_id = $1",
@@ -107,7 +107,7 @@ async def test_a_clip_shared_by_two_expiring_alerts_goes_with_the_second(stack_c
     bucket, captured = stack_config.frame_extractor.minio.bucket, int(datetime(2001, 1, 1, tzinfo=UTC).timestamp())
     first, second = alert("cam-pages", captured * 1000, bucket), alert("cam-pages", captured * 1000 + 1, bucket)
     shared = "clips/cam-pages/20010101/shared.mp4"
-    async with connected(AlertStore(stack_config.database.dsn.get_secret_value())) as alerts:
+    async with connected(AlertStore.of(stack_config)) as alerts:
         await alerts.insert([first, second])
         await alerts.store_clips([clip_of(first, shared), clip_of(second, shared)])
         cutoff = datetime(2001, 1, 2, tzinfo=UTC)  # only this test's alerts are older

@@ -37,8 +37,9 @@ async def clip_rows(config: Config) -> list[asyncpg.Record]:
     connection = await asyncpg.connect(config.database.dsn.get_secret_value())
     try:
         return await connection.fetch("SELECT a.alert_id::text, a.task_id, a.captured_at, c.clip_key, c.start_at, "
-                                      "c.end_at, c.clip_bytes, c.reason FROM alerts a JOIN alert_clips c USING "
-                                      "(alert_id) WHERE a.bucket = $1", config.frame_extractor.minio.bucket)
+                                      "c.end_at, c.clip_bytes, c.reason FROM alerts a JOIN alert_clips c "
+                                      "USING (namespace, alert_id) WHERE a.bucket = $1",
+                                      config.frame_extractor.minio.bucket)
     finally:
         await connection.close()
 
@@ -89,7 +90,8 @@ def test_each_alert_has_a_clip_of_the_seconds_around_it(tmp_path: Path, stack_en
         held_s = (row["end_at"] - row["start_at"]).total_seconds()  # one clip may serve overlapping alerts
         assert held_s <= duration_s <= held_s + 2 * FRAME_S[task] + 0.1, (duration_s, held_s)
         reason = row["reason"] or ""
-        seen = (row["start_at"].timestamp() * 1000 - captured_ms, row["end_at"].timestamp() * 1000 - captured_ms, reason)
+        seen = (row["start_at"].timestamp() * 1000 - captured_ms, row["end_at"].timestamp() * 1000 - captured_ms,
+                reason)
         if row["start_at"].timestamp() * 1000 > captured_ms - PRE_S * 1000:
             assert reason.startswith("pre-roll short"), seen  # the source's session began after it
         # (a live session's first packets come in a burst, their capture times squeezed: not checked there)

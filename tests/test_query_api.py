@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import html
 import re
-import shutil
-import subprocess
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import cv2
 import httpx
@@ -18,10 +19,12 @@ import pytest
 
 from framewatch.ops.load import Fleet, FrameLoad, start_fleet
 from framewatch.schemas.tasks import TaskType
+from tests.browser import dump_dom, screenshot
 from tests.conftest import SAMPLE_JPEG
 from tests.test_alert_path import settle_stored
 
 TOKEN = "t0ken-" + uuid.uuid4().hex
+INDIA = "Asia/Kolkata"  # 5:30 ahead of UTC: its local times differ from this machine's in any zone of whole hours
 
 
 def tasks(prefix: str, task_type: str) -> str:
@@ -153,37 +156,53 @@ def test_probes_answer_without_the_token_and_name_each_check(api: tuple[Fleet, s
     assert stats["alerts_stored"] > 0 and stats["frames_evaluated"] >= stats["alerts_raised"] > 0
 
 
+def alert_ids(dom: str) -> list[str]:
+    return re.findall(r'data-alert-id="([0-9a-f-]+)"', dom)
+
+
 def test_dashboard_shows_the_alerts_and_their_images_in_chromium(api: tuple[Fleet, str], tmp_path: Path) -> None:
     fleet, prefix = api
     camera = f"{prefix}a-000"
     port = fleet.run.config.framewatch.worker_web_port
     newest = {a["alert_id"] for a in get(fleet, "/api/alerts", limit=24, camera_id=camera).json()["alerts"]}
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert browser, "chromium is missing: `make test` installs it (Debian package chromium)"
-    page = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path}",
-                           "--virtual-time-budget=10000", "--dump-dom", f"http://127.0.0.1:{port}/?token={TOKEN}&camera_id={camera}"],
-                          capture_output=True, text=True, timeout=120, check=False)
-    assert page.returncode == 0, page.stderr[-2000:]
-    shown = set(re.findall(r'data-alert-id="([0-9a-f-]+)"', page.stdout))
-    loaded = re.findall(r'<img [^>]*data-loaded="(\d)"', page.stdout)
+    page = dump_dom(f"http://127.0.0.1:{port}/?token={TOKEN}&camera_id={camera}", tmp_path)
+    shown = set(alert_ids(page))
+    loaded = re.findall(r'<img [^>]*data-loaded="(\d)"', page)
     assert shown == newest and len(shown) == 10  # the page's filters come from its URL too
     assert loaded == ["1"] * 10  # every image fetched from its presigned URL
-    assert f"<td>{camera}</td>" in page.stdout
-    drawn = re.findall(r'class="frame" data-boxes="(\d+)"', page.stdout)
+    assert f"<td>{camera}</td>" in page
+    drawn = re.findall(r'class="frame" data-boxes="(\d+)"', page)
     assert len(drawn) == 10 and all(int(n) >= 1 for n in drawn), "each intrusion's box drawn over its image"
-    assert re.search(r'<span>person( [0-9.]+)?</span>', page.stdout), "with its label"
-    charts = re.search(r'<div id="counts">.*?</div>', page.stdout, flags=re.S)
-    assert f'data-task="{prefix}p-000"' in page.stdout, f"a counts chart per counting task: {charts and charts[0]}"
+    assert re.search(r'<span>person( [0-9.]+)?</span>', page), "with its label"
+    charts = re.search(r'<div id="counts">.*?</div>', page, flags=re.S)
+    assert f'data-task="{prefix}p-000"' in page, f"a counts chart per counting task: {charts and charts[0]}"
 
     shot = tmp_path / "dashboard.png"
-    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path}",
-                    "--virtual-time-budget=10000", "--window-size=1280,1600", f"--screenshot={shot}",
-                    f"http://127.0.0.1:{port}/?token={TOKEN}&camera_id={camera}"],
-                   capture_output=True, timeout=120, check=True)
+    screenshot(f"http://127.0.0.1:{port}/?token={TOKEN}&camera_id={camera}", tmp_path, shot)
     pixels = cv2.imread(str(shot))
     assert pixels is not None, "chromium wrote no screenshot"
     box_colour = np.all(np.abs(pixels.astype(int) - (85, 45, 255)) <= 12, axis=2)  # #ff2d55, in BGR
     assert box_colour.sum() > 500, f"the boxes are on the screenshot ({box_colour.sum()} pixels of their colour)"
+
+
+def test_dashboard_shows_local_times_and_pages_back_to_older_alerts_in_chromium(api: tuple[Fleet, str],
+                                                                                tmp_path: Path) -> None:
+    fleet, prefix = api
+    camera = f"{prefix}a-001"
+    origin = f"http://127.0.0.1:{fleet.run.config.framewatch.worker_web_port}/"
+    newest_first = all_pages(fleet, camera_id=camera)
+    first = dump_dom(f"{origin}?token={TOKEN}&camera_id={camera}&limit=4", tmp_path, time_zone=INDIA)
+    assert alert_ids(first) == [a["alert_id"] for a in newest_first[:4]]
+    captured_at = newest_first[0]["captured_at"]
+    local = datetime.fromisoformat(captured_at).astimezone(ZoneInfo(INDIA)).strftime("%Y-%m-%d %H:%M:%S")
+    assert re.search(rf'<time datetime="{re.escape(captured_at)}"[^>]*>{local} \((just now|\d+ (s|min|h|d) ago)\)'
+                     rf'</time>', first), f"{captured_at} as India's local time, {local}, with its age"
+
+    older = re.search(r'<a id="older" href="([^"]+)"', first)
+    assert older, "a link to the older alerts"
+    second = dump_dom(f"{origin}{html.unescape(older[1])}&token={TOKEN}", tmp_path)  # what a click loads
+    assert alert_ids(second) == [a["alert_id"] for a in newest_first[4:8]]
+    assert re.search(r'<a id="newest" href="[^"]+">', second), "and back to the newest"
 
 
 def listening_addresses(pid: int) -> set[str]:

@@ -129,7 +129,7 @@ async def test_sweep_deletes_orphan_frames_only(stack_config: Config) -> None:
     await store.ensure_bucket()
     orphans = [await stored_frame(store, "cam-c") for _ in range(3)]
     await store.put("alerts/cam-c/20261123/keep.jpg", SAMPLE_JPEG)
-    async with connected(AlertStore(stack_config.database.dsn.get_secret_value())) as alerts:
+    async with connected(AlertStore.of(stack_config)) as alerts:
         housekeeping = Housekeeping(stack_config, store, alerts)
         await asyncio.sleep(1.1)  # object times have a one-second resolution
         events = await housekeeping.sweep_frames(older_than_s=1)
@@ -148,7 +148,7 @@ async def test_sweep_keeps_alert_images_and_frames_the_workers_have_not_finished
     await store.ensure_bucket()
     orphan, processed, waiting, detected, alert_image = [await stored_frame(store, "cam-s") for _ in range(5)]
     async with started(EventProducer(stack_config)) as producer, \
-            connected(AlertStore(stack_config.database.dsn.get_secret_value())) as alerts:
+            connected(AlertStore.of(stack_config)) as alerts:
         await producer.send(FRAMES, processed)
         await producer.send(FRAMES, waiting.model_copy(update={"freshness": Freshness.ALL}))
         await producer.send(DETECTIONS, DetectionEvent(frame=detected, service_id="s", inference_ms=1,
@@ -199,7 +199,7 @@ async def connected(alerts: AlertStore) -> AsyncIterator[AlertStore]:
 async def test_alerts_past_their_max_age_lose_row_and_image(stack_config: Config) -> None:
     store = ObjectStore(stack_config.frame_extractor.minio)
     await store.ensure_bucket()
-    alerts = AlertStore(stack_config.database.dsn.get_secret_value())
+    alerts = AlertStore.of(stack_config)
     await alerts.connect()
     try:
         made = []

@@ -38,7 +38,7 @@ class Letters:
 
 @pytest.fixture
 async def store(stack_config: Config) -> AsyncIterator[AlertStore]:
-    alerts = AlertStore(stack_config.database.dsn.get_secret_value())
+    alerts = AlertStore.of(stack_config)
     await alerts.connect()
     yield alerts
     await alerts.close()

@@ -23,7 +23,7 @@ from tests.test_rules import Camera, person
 
 
 async def test_inserts_are_idempotent(stack_config: Config, namespace: str) -> None:
-    store = AlertStore(stack_config.database.dsn.get_secret_value())
+    store = AlertStore.of(stack_config)
     await store.connect()
     # frames never seen before, so their alerts are new; a new track, so an alert, every 10 s
     camera = Camera(start_ms=time.time_ns() // 1_000_000, id=namespace, track_gap_sec=1)

@@ -23,7 +23,7 @@ class Resources(Service):
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.config = config
         self.store = ObjectStore(config.frame_extractor.minio)
-        self.alerts = AlertStore(config.database.dsn.get_secret_value())
+        self.alerts = AlertStore.of(config)
         self.registry = ServiceRegistry(config)
         self.catalog = task_catalog(config)  # fw.tasks
         self.camera_states = camera_states(config)  # fw.cameras

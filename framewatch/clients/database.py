@@ -1,6 +1,6 @@
 """PostgreSQL: versioned migrations, the idempotent alert store (a batch COPYed, or, when it holds an alert already
 stored, one INSERT of unnested column arrays merged by alert id), the per-minute counts, and the queries behind
-the API."""
+the API; all of it within one namespace (deployments of several may share the database)."""
 
 from __future__ import annotations
 
@@ -10,44 +10,51 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.resources import files
+from typing import Any
 
 import asyncpg
 import orjson
 
 from framewatch.errors import BadInput, Unreachable
 from framewatch.schemas.events import AlertEvent, ClipReady, CountWindow
-from framewatch.schemas.queries import AlertQuery, CountQuery
+from framewatch.schemas.config import Config
+from framewatch.schemas.queries import AlertQuery, CountQuery, TimeRangeQuery
 
 log = logging.getLogger("framewatch.database")
 
 MIGRATION_LOCK = 0x6677_6D69  # pg advisory lock id: one migrator at a time
 
-ALERT_COLUMNS = ("alert_id", "frame_id", "task_id", "camera_id", "task_type", "rule", "captured_at", "emitted_at",
-                 "bucket", "image_key", "evidence")
+ALERT_COLUMNS = ("namespace", "alert_id", "frame_id", "task_id", "camera_id", "task_type", "rule", "captured_at",
+                 "emitted_at", "bucket", "image_key", "evidence")
 
 
-# one statement: the batch as one array per column, unnested, merged by alert id
+# one statement: the batch as one array per column, unnested, merged by (namespace, alert id)
 MERGE = ("INSERT INTO alerts (" + ", ".join(ALERT_COLUMNS) + ") SELECT * FROM unnest("
-         "$1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[], "
-         "$8::timestamptz[], $9::text[], $10::text[], $11::jsonb[]) ON CONFLICT (alert_id) DO NOTHING")
+         "$1::text[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[], $8::timestamptz[], "
+         "$9::timestamptz[], $10::text[], $11::text[], $12::jsonb[]) ON CONFLICT (namespace, alert_id) DO NOTHING")
 
 
-UPSERT_CLIP = ("INSERT INTO alert_clips (alert_id, bucket, clip_key, start_at, end_at, clip_bytes, reason) "
-               "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (alert_id) DO UPDATE SET bucket = EXCLUDED.bucket, "
-               "clip_key = EXCLUDED.clip_key, start_at = EXCLUDED.start_at, end_at = EXCLUDED.end_at, "
-               "clip_bytes = EXCLUDED.clip_bytes, reason = EXCLUDED.reason, made_at = now() "
+UPSERT_CLIP = ("INSERT INTO alert_clips (namespace, alert_id, bucket, clip_key, start_at, end_at, clip_bytes, "
+               "reason) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (namespace, alert_id) DO UPDATE SET "
+               "bucket = EXCLUDED.bucket, clip_key = EXCLUDED.clip_key, start_at = EXCLUDED.start_at, "
+               "end_at = EXCLUDED.end_at, clip_bytes = EXCLUDED.clip_bytes, reason = EXCLUDED.reason, made_at = now() "
                "WHERE alert_clips.clip_key IS NULL AND EXCLUDED.clip_key IS NOT NULL")
-UPSERT_COUNT = ("INSERT INTO counts (task_id, camera_id, task_type, window_start, window_sec, samples, people_max, "
-                "people_mean, crossed_in, crossed_out) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "
-                "ON CONFLICT (task_id, window_start) DO UPDATE SET samples = EXCLUDED.samples, "
+UPSERT_COUNT = ("INSERT INTO counts (namespace, task_id, camera_id, task_type, window_start, window_sec, samples, "
+                "people_max, people_mean, crossed_in, crossed_out) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, "
+                "$11) ON CONFLICT (namespace, task_id, window_start) DO UPDATE SET samples = EXCLUDED.samples, "
                 "people_max = EXCLUDED.people_max, people_mean = EXCLUDED.people_mean, "
                 "crossed_in = EXCLUDED.crossed_in, crossed_out = EXCLUDED.crossed_out")
-EXPIRE_ALERTS = ("DELETE FROM alerts WHERE alert_id IN (SELECT alert_id FROM alerts WHERE captured_at < $1 LIMIT $2) "
-                 "RETURNING alert_id, task_id, image_key")
+EXPIRE_ALERTS = ("DELETE FROM alerts WHERE namespace = $1 AND alert_id IN (SELECT alert_id FROM alerts "
+                 "WHERE namespace = $1 AND captured_at < $2 LIMIT $3) RETURNING alert_id, task_id, image_key")
 # the clip rows of the alerts expired, and those of alerts never stored (the sink refused them) made as long ago
-EXPIRE_CLIPS = ("DELETE FROM alert_clips c WHERE c.alert_id = ANY($1::uuid[]) OR (c.made_at < $2 AND NOT EXISTS "
-                "(SELECT 1 FROM alerts a WHERE a.alert_id = c.alert_id)) RETURNING c.bucket, c.clip_key")
-CLIPS_NAMED = "SELECT DISTINCT clip_key FROM alert_clips WHERE clip_key = ANY($1::text[])"
+EXPIRE_CLIPS = ("DELETE FROM alert_clips c WHERE c.namespace = $1 AND (c.alert_id = ANY($2::uuid[]) OR "
+                "(c.made_at < $3 AND NOT EXISTS (SELECT 1 FROM alerts a WHERE a.namespace = c.namespace "
+                "AND a.alert_id = c.alert_id))) RETURNING c.bucket, c.clip_key")
+# Which objects rows name is asked of a bucket, every namespace's rows: namespaces may share a bucket, and an object
+# another namespace's alert keeps must outlive this one's expiry and sweep.
+CLIPS_NAMED = "SELECT DISTINCT clip_key FROM alert_clips WHERE clip_key = ANY($2::text[]) AND bucket = $1"
+IMAGES_NAMED = ("SELECT image_key FROM alerts WHERE image_key LIKE '%frames/%' "  # the partial index
+                "AND image_key = ANY($2::text[]) AND bucket = $1")
 
 
 def with_clips(alerts: str) -> str:
@@ -56,7 +63,7 @@ def with_clips(alerts: str) -> str:
     subquery, so that only its rows (a page) are looked up in alert_clips."""
     return ("SELECT a.*, c.alert_id IS NOT NULL AS clip_answered, c.clip_key, c.start_at AS clip_start_at, "
             "c.end_at AS clip_end_at, c.clip_bytes, c.reason AS clip_reason "
-            f"FROM ({alerts}) a LEFT JOIN alert_clips c ON c.alert_id = a.alert_id")
+            f"FROM ({alerts}) a LEFT JOIN alert_clips c ON c.namespace = a.namespace AND c.alert_id = a.alert_id")
 
 
 class DatabaseUnavailable(Unreachable):
@@ -108,10 +115,10 @@ async def migrate(connection: asyncpg.Connection) -> list[str]:
     return applied
 
 
-def alert_row(alert: AlertEvent) -> tuple[object, ...]:
+def alert_row(namespace: str, alert: AlertEvent) -> tuple[object, ...]:
     frame = alert.frame
-    return (alert.alert_id, frame.frame_id, frame.task_id, frame.camera_id, frame.task_type.value, alert.rule,
-            _ts(frame.captured_at), _ts(alert.emitted_at), frame.bucket, alert.image_key,
+    return (namespace, alert.alert_id, frame.frame_id, frame.task_id, frame.camera_id, frame.task_type.value,
+            alert.rule, _ts(frame.captured_at), _ts(alert.emitted_at), frame.bucket, alert.image_key,
             orjson.dumps(alert.evidence).decode())
 
 
@@ -149,10 +156,19 @@ class Expired:
 
 
 class AlertStore:
-    def __init__(self, dsn: str, pool_size: int = 4) -> None:
+    """The alerts, counts and clips of one namespace: it writes its rows with it, and reads, expires and answers
+    only those (but which objects rows name is asked of every namespace, see CLIPS_NAMED)."""
+
+    def __init__(self, dsn: str, namespace: str, pool_size: int = 4) -> None:
         self._dsn = dsn
+        self.namespace = namespace
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
+
+    @classmethod
+    def of(cls, config: Config) -> AlertStore:
+        """The store of a config's database and namespace."""
+        return cls(config.database.dsn.get_secret_value(), config.framewatch.namespace)
 
     async def connect(self) -> None:
         try:
@@ -189,7 +205,7 @@ class AlertStore:
         stored (a replay after a crash, rare) fails as a whole on the primary key and is merged instead, skipping
         those alerts. A smaller batch is merged at once: a COPY first asks for the table's columns, a round trip
         that costs more than it saves on a few rows (`bench/sink.py`)."""
-        rows = [alert_row(a) for a in alerts]
+        rows = [alert_row(self.namespace, a) for a in alerts]
         try:
             async with self.pool.acquire() as connection:
                 status = await _copy_or_merge(connection, rows)
@@ -199,8 +215,8 @@ class AlertStore:
 
     async def store_counts(self, windows: list[CountWindow]) -> int:
         """Upserts closed count minutes (a replayed one replaces itself); returns how many were written."""
-        rows = [(w.task_id, w.camera_id, w.task_type.value, _ts(w.window_start), w.window_sec, w.samples,
-                 w.people_max, w.people_mean, w.crossed_in, w.crossed_out) for w in windows]
+        rows = [(self.namespace, w.task_id, w.camera_id, w.task_type.value, _ts(w.window_start), w.window_sec,
+                 w.samples, w.people_max, w.people_mean, w.crossed_in, w.crossed_out) for w in windows]
         try:
             async with self.pool.acquire() as connection:
                 await connection.executemany(UPSERT_COUNT, rows)
@@ -211,8 +227,9 @@ class AlertStore:
     async def store_clips(self, clips: list[ClipReady]) -> int:
         """Records each alert's clip, or why it has none; a clip replaces a former 'none' (an extractor that took
         the camera over may answer a request the one before did not), never the other way round."""
-        rows = [(uuid.UUID(c.alert_id), c.bucket, c.clip_key, None if c.start_at is None else _ts(c.start_at),
-                 None if c.end_at is None else _ts(c.end_at), c.clip_bytes, c.reason) for c in clips]
+        rows = [(self.namespace, uuid.UUID(c.alert_id), c.bucket, c.clip_key,
+                 None if c.start_at is None else _ts(c.start_at), None if c.end_at is None else _ts(c.end_at),
+                 c.clip_bytes, c.reason) for c in clips]
         try:
             async with self.pool.acquire() as connection:
                 await connection.executemany(UPSERT_CLIP, rows)
@@ -220,49 +237,58 @@ class AlertStore:
             raise classified(error, f"storing {len(clips)} clips") from None
         return len(rows)
 
-    async def counts(self, query: CountQuery) -> list[asyncpg.Record]:
+    def _where(self, query: TimeRangeQuery) -> tuple[str, list[Any]]:
+        """The query's SQL filter within this namespace, and its arguments."""
         where, args = query.where()
+        return f"namespace = ${len(args) + 1} AND {where}", [*args, self.namespace]
+
+    async def counts(self, query: CountQuery) -> list[asyncpg.Record]:
+        where, args = self._where(query)
         return await self._fetch(f"SELECT * FROM counts WHERE {where} ORDER BY window_start DESC LIMIT {query.limit}",
                                  *args)
 
     async def query(self, query: AlertQuery) -> list[asyncpg.Record]:
         """A page of alerts with their clips (`with_clips`), newest first."""
-        where, args = query.where()
+        where, args = self._where(query)
         page = f"SELECT * FROM alerts WHERE {where} ORDER BY captured_at DESC, alert_id DESC LIMIT {query.limit}"
         return await self._fetch(with_clips(page) + " ORDER BY a.captured_at DESC, a.alert_id DESC", *args)
 
     async def get(self, alert_id: str) -> asyncpg.Record | None:
         """One alert with its clip (`with_clips`)."""
-        rows = await self._fetch(with_clips("SELECT * FROM alerts WHERE alert_id = $1"), uuid.UUID(alert_id))
+        rows = await self._fetch(with_clips("SELECT * FROM alerts WHERE namespace = $1 AND alert_id = $2"),
+                                 self.namespace, uuid.UUID(alert_id))
         return rows[0] if rows else None
 
     async def expire(self, before: datetime, limit: int) -> Expired:
-        """Deletes up to `limit` alerts captured before a time with their clip rows, and the clip rows of alerts
-        never stored made before it, in one transaction. A clip another alert's row still names is not returned."""
+        """Deletes up to `limit` of this namespace's alerts captured before a time with their clip rows, and the
+        clip rows of its alerts never stored made before it, in one transaction. A clip another alert's row (of any
+        namespace) still names in the same bucket is not returned."""
         try:
             async with self.pool.acquire() as connection, connection.transaction():
-                alerts = await connection.fetch(EXPIRE_ALERTS, before, limit)
+                alerts = await connection.fetch(EXPIRE_ALERTS, self.namespace, before, limit)
                 clips = {(r["bucket"], r["clip_key"]) for r in await connection.fetch(
-                    EXPIRE_CLIPS, [r["alert_id"] for r in alerts], before) if r["clip_key"] is not None}
-                named = {r["clip_key"] for r in await connection.fetch(CLIPS_NAMED, [key for _, key in clips])}
+                    EXPIRE_CLIPS, self.namespace, [r["alert_id"] for r in alerts], before) if r["clip_key"] is not None}
+                named = set()
+                for bucket in {bucket for bucket, _ in clips}:
+                    keys = [key for of, key in clips if of == bucket]
+                    named |= {(bucket, r["clip_key"]) for r in await connection.fetch(CLIPS_NAMED, bucket, keys)}
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
             raise DatabaseUnavailable(f"expiring alerts failed: {error}") from None
-        return Expired(images=[(r["task_id"], r["image_key"]) for r in alerts],
-                       clips=sorted(clip for clip in clips if clip[1] not in named))
+        return Expired(images=[(r["task_id"], r["image_key"]) for r in alerts], clips=sorted(clips - named))
 
-    async def clips_among(self, keys: list[str]) -> set[str]:
-        """Which of these clip objects alert_clips rows name."""
-        return {r["clip_key"] for r in await self._fetch(CLIPS_NAMED, keys)}
+    async def clips_among(self, bucket: str, keys: list[str]) -> set[str]:
+        """Which of these clip objects of a bucket alert_clips rows name."""
+        return {r["clip_key"] for r in await self._fetch(CLIPS_NAMED, bucket, keys)}
 
-    async def images_among(self, keys: list[str]) -> set[str]:
-        """Which of these frame objects alert rows keep as their image (an image that could not be copied)."""
-        rows = await self._fetch("SELECT image_key FROM alerts WHERE image_key LIKE '%frames/%' "  # the partial index
-                                 "AND image_key = ANY($1::text[])", keys)
-        return {r["image_key"] for r in rows}
+    async def images_among(self, bucket: str, keys: list[str]) -> set[str]:
+        """Which of these frame objects of a bucket alert rows keep as their image (an image that could not be
+        copied)."""
+        return {r["image_key"] for r in await self._fetch(IMAGES_NAMED, bucket, keys)}
 
     async def cameras(self) -> list[asyncpg.Record]:
         return await self._fetch("SELECT camera_id, task_id, task_type, count(*) AS alerts, max(captured_at) AS "
-                                 "last_alert_at FROM alerts GROUP BY camera_id, task_id, task_type ORDER BY camera_id")
+                                 "last_alert_at FROM alerts WHERE namespace = $1 "
+                                 "GROUP BY camera_id, task_id, task_type ORDER BY camera_id", self.namespace)
 
     async def _fetch(self, sql: str, *args: object) -> list[asyncpg.Record]:
         try:

@@ -15,9 +15,12 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import asyncpg
 import orjson
@@ -77,11 +80,18 @@ class ServiceProcess:
         return self.process.poll() is None
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30) -> None:
-        if not self.alive():
-            return
-        os.killpg(self.process.pid, sig)
+        self.send(sig)
+        self.reap(time.monotonic() + timeout_s)
+
+    def send(self, sig: int) -> None:
+        """`sig` to the process's group (it leads a session of its own, so the signal reaches what it started)."""
+        if self.alive():
+            os.killpg(self.process.pid, sig)
+
+    def reap(self, deadline: float) -> None:
+        """Wait for the process to exit until the monotonic `deadline`, then SIGKILL its group."""
         try:
-            self.process.wait(timeout_s)
+            self.process.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
@@ -167,9 +177,13 @@ class PipelineRun:
                                              self.env, self.log_dir))
         self.wait_ready(timeout_s, self.services)
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 30) -> None:
+        """SIGTERM to every process at once, SIGKILL to those still running after `timeout_s`."""
         for process in reversed(self.processes):
-            process.stop()
+            process.send(signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for process in reversed(self.processes):
+            process.reap(deadline)
 
     def stats(self) -> WorkerStats | None:
         """The worker's `/api/stats`; None while it does not answer."""
@@ -214,7 +228,8 @@ class PipelineRun:
         try:
             rows = await connection.fetch(
                 "SELECT alert_id::text, image_key, 1000 * extract(epoch FROM stored_at - captured_at) AS latency "
-                "FROM alerts WHERE frame_id = ANY($1::uuid[]) ORDER BY captured_at", frame_ids)
+                "FROM alerts WHERE namespace = $1 AND frame_id = ANY($2::uuid[]) ORDER BY captured_at",
+                self.config.framewatch.namespace, frame_ids)
         finally:
             await connection.close()
         summary.stored_alert_ids = [r["alert_id"] for r in rows]
@@ -261,48 +276,82 @@ def _print_summary(summary: RunSummary, run: PipelineRun, elapsed_s: float) -> N
         print(f"  {alert_id}")
 
 
-def run_demo(keep_stack: bool = True, keep_running: bool = False) -> int:
-    """The sample clip through the whole pipeline; with `keep_running`, the worker and detector stay up afterwards
-    (the dashboard keeps answering) until Ctrl-C."""
+STOPPING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextmanager
+def stopping_signals(handler: Callable[[int, FrameType | None], Any] | int) -> Iterator[None]:
+    """`handler` for SIGINT, SIGTERM and SIGHUP meanwhile."""
+    previous = {sig: signal.signal(sig, handler) for sig in STOPPING_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, before in previous.items():
+            signal.signal(sig, before)
+
+
+def interrupt_once(signum: int, frame: FrameType | None) -> None:
+    """The demo's detector and worker lead sessions of their own, so no signal sent to the demo reaches them: the
+    first SIGINT, SIGTERM (a service manager, `kill`) or SIGHUP (a closed terminal) interrupts the demo as Ctrl-C
+    does, and its `finally` stops them; the signals after it are ignored, so they cannot cut that stop short."""
+    for sig in STOPPING_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def run_demo(keep_stack: bool = True, keep_running: bool = False, config_path: Path = DEMO_CONFIG) -> int:
+    """The sample clip (or `config_path`'s tasks) through the whole pipeline; with `keep_running`, the worker and
+    detector stay up afterwards (the dashboard keeps answering) until Ctrl-C, SIGTERM or SIGHUP. The namespace is
+    $FRAMEWATCH_NAMESPACE's, else a new one."""
     from framewatch.stack import LocalStack
 
-    stack = LocalStack()
-    stack.up()
-    namespace = f"demo-{int(time.time())}"
-    env = {**os.environ, **stack.env(), "FRAMEWATCH_NAMESPACE": namespace,
-           "FRAMEWATCH_MINIO_BUCKET": f"framewatch-{namespace}"}
-    run = PipelineRun(DEMO_CONFIG, env, stack.home.state / "logs" / namespace)
-    started = time.monotonic()
-    try:
-        asyncio.run(ensure_topics(run.config))
-        print(f"[demo] starting detector and worker (namespace {namespace}, logs in {run.log_dir})", flush=True)
-        run.start()
-        print(f"[demo] worker metrics: {run.metrics_url}   stats: {run.stats_url}", flush=True)
-        print("[demo] extracting the sample clip at its own pace ...", flush=True)
-        report = asyncio.run(run.extract())
-        asyncio.run(run.settle(report.emitted))
-        summary = asyncio.run(run.summary(report))
-        print(f"[demo] last metrics read at {time.strftime('%H:%M:%S')}:")
-        with urllib.request.urlopen(run.metrics_url, timeout=5) as answer:
-            for line in answer.read().decode().splitlines():
-                if line.startswith("framewatch_") and ("_total" in line or "_up " in line or "_alive " in line):
-                    print(f"  {line}")
-        _print_summary(summary, run, time.monotonic() - started)
-        if keep_running:
-            print(f"\n[demo] dashboard: {run.dashboard_url}  (the worker and detector keep running: Ctrl-C stops "
-                  f"them)", flush=True)
-            while True:
-                time.sleep(3600)
-    except KeyboardInterrupt:
-        print("\n[demo] interrupted" if not keep_running else "\n[demo] stopping")
-        return 130 if not keep_running else 0
-    finally:
-        run.stop()
-        if not keep_stack:
-            stack.down()
+    with stopping_signals(interrupt_once):
+        stack = LocalStack()
+        stack.up()
+        env = {**os.environ, **stack.env()}
+        env.setdefault("FRAMEWATCH_NAMESPACE", f"demo-{int(time.time())}")
+        env.setdefault("FRAMEWATCH_MINIO_BUCKET", f"framewatch-{env['FRAMEWATCH_NAMESPACE']}")
+        run = PipelineRun(config_path, env, stack.home.state / "logs" / env["FRAMEWATCH_NAMESPACE"])
+        try:
+            summary = _run_pipeline(run, keep_running)
+        except KeyboardInterrupt:
+            print("\n[demo] interrupted" if not keep_running else "\n[demo] stopping", flush=True)
+            return 130 if not keep_running else 0
+        finally:
+            with stopping_signals(signal.SIG_IGN):
+                run.stop()
+                if not keep_stack:
+                    stack.down()
     print(f"\nThe dashboard was at {run.dashboard_url} (`framewatch demo --keep` keeps it up). The detector and "
           f"worker have stopped; the local stack {'is still running' if keep_stack else 'stopped'} "
           f"(framewatch stack status / framewatch stack down).")
     ok = (summary.stored_alert_ids and all(summary.alert_images.values())
           and sorted(summary.published_alert_ids) == sorted(summary.stored_alert_ids))
     return 0 if ok else 1
+
+
+def _run_pipeline(run: PipelineRun, keep_running: bool) -> RunSummary:
+    """Start the detector and worker, extract, settle, print the summary; with `keep_running`, then wait for a
+    signal."""
+    started = time.monotonic()
+    asyncio.run(ensure_topics(run.config))
+    print(f"[demo] starting detector and worker (namespace {run.config.framewatch.namespace}, logs in "
+          f"{run.log_dir})", flush=True)
+    run.start()
+    print(f"[demo] worker metrics: {run.metrics_url}   stats: {run.stats_url}", flush=True)
+    print("[demo] extracting the sample clip at its own pace ...", flush=True)
+    report = asyncio.run(run.extract())
+    asyncio.run(run.settle(report.emitted))
+    summary = asyncio.run(run.summary(report))
+    print(f"[demo] last metrics read at {time.strftime('%H:%M:%S')}:")
+    with urllib.request.urlopen(run.metrics_url, timeout=5) as answer:
+        for line in answer.read().decode().splitlines():
+            if line.startswith("framewatch_") and ("_total" in line or "_up " in line or "_alive " in line):
+                print(f"  {line}")
+    _print_summary(summary, run, time.monotonic() - started)
+    if keep_running:
+        print(f"\n[demo] dashboard: {run.dashboard_url}  (the worker and detector keep running: Ctrl-C or SIGTERM "
+              f"stops them)", flush=True)
+        while True:
+            time.sleep(3600)
+    return summary

@@ -250,7 +250,7 @@ class CameraRow(BaseModel):
     frames: int | None = None
     inferred: int | None = None
     freshness: Freshness | None = None
-    last_frame_age_s: float | None = Field(default=None, description="since the last frame's capture")
+    last_frame_age_s: float | None = Field(default=None, description="since this worker received the last frame")
     # from the alert store
     last_alert_at: str | None = None
 

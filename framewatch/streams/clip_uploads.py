@@ -157,7 +157,7 @@ class ClipRequestReader:
         self.consumer = AIOKafkaConsumer(**kafka_options(config), group_id=None, enable_auto_commit=False)
         self.waiting: list[ClipRequest] = []
         self._rewind: set[TopicPartition] = set()  # assigned, to be read from REQUESTS_LOOKBACK_MS ago
-        self._owned: set[TopicPartition] = set()  # as last assigned: a partition kept across a rebalance is not read again
+        self._owned: set[TopicPartition] = set()  # as last assigned: one kept across a rebalance is not read again
 
     async def start(self) -> None:
         await self.consumer.start()

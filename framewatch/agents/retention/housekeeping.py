@@ -28,6 +28,9 @@ Clips (clips/) go with their alerts: an expired alert's clip row with it, and th
 (several alerts may share one clip). The sweep deletes a clip older than an hour that no alert_clips row names and
 no record the workers have yet to commit on fw.clips announces: an extractor killed between upload and
 announcement, a ClipReady PostgreSQL refused, a deletion the store refused after the rows had gone.
+
+Deployments of several namespaces may share the database: expiry deletes only this namespace's rows, but whether a
+row still names an object is asked of every namespace's rows in this bucket, since namespaces may share a bucket.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 import orjson
 from aiokafka.errors import KafkaError
@@ -138,12 +142,12 @@ class Housekeeping:
 
     async def frames_needed(self, candidates: list[str]) -> set[str]:
         """The candidates the workers have yet to finish with, then those alert rows keep as their image."""
-        return await self.needed(candidates, PIPELINE_TOPICS, self.alerts.images_among)
+        return await self.needed(candidates, PIPELINE_TOPICS, partial(self.alerts.images_among, self.bucket))
 
     async def clips_needed(self, candidates: list[str]) -> set[str]:
         """The candidates a ClipReady not yet stored announces, then those alert_clips rows name; and anything
         under clips/ that is not a clip of ours."""
-        needed = await self.needed(candidates, (CLIPS,), self.alerts.clips_among)
+        needed = await self.needed(candidates, (CLIPS,), partial(self.alerts.clips_among, self.bucket))
         return needed | {key for key in candidates if not self.store.holds_clip(self.bucket, key)}
 
     async def needed(self, candidates: list[str], topics: tuple[TopicSpec, ...], named_by_rows: KeysAmong) -> set[str]:
