@@ -119,6 +119,14 @@ def test_framewatch_cameras_shows_the_skew_and_ages_on_the_broker_clock() -> Non
     assert " - " in yard
 
 
+def test_framewatch_cameras_shows_no_negative_age_for_a_recording_read_fast() -> None:
+    now = now_ms()
+    ahead = CameraStatus(camera_id="clip", extractor="edge-1", state=CameraState.STREAMING, fps_in=50, fps_out=50,
+                         interval_ms=100, last_frame_at=now + 13_200, emitted_at=now)  # 13.2 s into the future
+    _, *_, clip = cameras_table([ahead])
+    assert "0.0s" in clip and "-13" not in clip
+
+
 async def topic_settings(config: Config, topic: str) -> dict[str, str]:
     admin = await connect_admin(config)
     try:

@@ -132,7 +132,8 @@ def cameras_table(statuses: list[CameraStatus]) -> list[str]:
     rows = []
     for s in statuses:  # their times are their extractors' clocks: read on the broker's, which this host shares
         stale = (now - s.on_broker_clock(s.emitted_at)) / 1000 > STALE_STATUS_S and s.state is not CameraState.STOPPED
-        last_frame = None if s.last_frame_at is None else (now - s.on_broker_clock(s.last_frame_at)) / 1000
+        # a recording read faster than real time captures "ahead" of now: its age is 0, never negative
+        last_frame = None if s.last_frame_at is None else max(0.0, (now - s.on_broker_clock(s.last_frame_at)) / 1000)
         rows.append([s.camera_id, "unknown" if stale else s.state.value,  # unknown: its extractor stopped reporting
                      f"{s.fps_in:.1f}", f"{s.fps_out:.1f}", f"{s.interval_ms}ms",
                      "-" if last_frame is None else f"{last_frame:.1f}s", s.reconnects,
