@@ -314,6 +314,22 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_truth(args: argparse.Namespace) -> int:
+    from framewatch.ops import replay, truth
+
+    config = _config(args)
+    task = replay.pick_task(config, args.task, {})
+    try:
+        exported = asyncio.run(truth.export_truth(config, task, _moment_ms(args.since), _moment_ms(args.until),
+                                                  args.tolerance))
+    except replay.ReplayError as error:
+        raise ConfigError(str(error)) from None
+    print(f"truth export: {len(exported.events)} events of {len(exported.rules)} rules; {exported.note}",
+          file=sys.stderr)
+    print(truth.truth_json(exported))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from framewatch.ops.demo import DEMO_CONFIG, run_demo
 
@@ -452,6 +468,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--clips", metavar="DIR", help="write each alert's clip (the task's clip_pre_sec and clip_post_sec "
                    "around it, cut from VIDEO by stream copy) to DIR/<alert id>.mp4")
     p.set_defaults(func=cmd_replay)
+
+    p = with_config(sub.add_parser("truth", help="the reviews of a span as a truth file for replay --from-topic"))
+    p.add_argument("action", choices=["export"])
+    p.add_argument("--task", help="the config's task whose reviews to export (needed when it has several)")
+    p.add_argument("--since", help="the first capture time (ms since the epoch or ISO 8601): give replay the same")
+    p.add_argument("--until", help="the last capture time: give replay the same")
+    p.add_argument("--tolerance", type=float, default=1.0, metavar="SECONDS",
+                   help="how far from an event a replayed alert may be and still find it")
+    p.set_defaults(func=cmd_truth)
 
     p = sub.add_parser("demo", help="run the whole pipeline on the bundled sample clip")
     p.add_argument("--stop-stack", action="store_true", help="stop the local stack afterwards")

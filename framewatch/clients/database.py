@@ -1,6 +1,7 @@
 """PostgreSQL: versioned migrations, the idempotent alert store (a batch COPYed, or, when it holds an alert already
 stored, one INSERT of unnested column arrays merged by alert id), the per-minute counts, and the queries behind
-the API; all of it within one namespace (deployments of several may share the database)."""
+the API, the operators' reviews and missed events; all of it within one namespace (deployments of several may
+share the database)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ import orjson
 from framewatch.errors import BadInput, Unreachable
 from framewatch.schemas.events import AlertEvent, ClipReady, CountWindow
 from framewatch.schemas.config import Config
-from framewatch.schemas.queries import AlertQuery, CountQuery, TimeRangeQuery
+from framewatch.schemas.queries import AlertQuery, CountQuery, MissedQuery, PrecisionQuery, TimeRangeQuery, Verdict
+from framewatch.schemas.tasks import TaskType
 
 log = logging.getLogger("framewatch.database")
 
@@ -56,14 +58,43 @@ CLIPS_NAMED = "SELECT DISTINCT clip_key FROM alert_clips WHERE clip_key = ANY($2
 IMAGES_NAMED = ("SELECT image_key FROM alerts WHERE image_key LIKE '%frames/%' "  # the partial index
                 "AND image_key = ANY($2::text[]) AND bucket = $1")
 
+# a verdict on each of these alerts of the namespace (ids it does not have are skipped), replacing any before
+REVIEW = ("WITH reviewed AS (INSERT INTO alert_reviews (namespace, alert_id, verdict, reviewer) "
+          "SELECT namespace, alert_id, $3::text, $4::text FROM alerts "
+          "WHERE namespace = $1 AND alert_id = ANY($2::uuid[]) "
+          "ON CONFLICT (namespace, alert_id) DO UPDATE SET verdict = EXCLUDED.verdict, "
+          "reviewer = EXCLUDED.reviewer, reviewed_at = now() RETURNING *) "
+          "SELECT r.alert_id, r.verdict, r.reviewer, r.reviewed_at, a.task_type FROM reviewed r "
+          "JOIN alerts a ON a.namespace = r.namespace AND a.alert_id = r.alert_id")
+ADD_MISSED = ("INSERT INTO missed_events (namespace, event_id, camera_id, task_type, rule, captured_at, note, "
+              "reporter) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING *")
+# per camera and rule, of the alerts a filter (`{where}`) selects
+ALERT_VERDICTS = ("SELECT camera_id, task_type, rule, count(*) AS alerts, count(r.verdict) AS reviewed, "
+                  "count(*) FILTER (WHERE r.verdict = 'true') AS confirmed, "
+                  "count(*) FILTER (WHERE r.verdict = 'false') AS \"false\" "
+                  "FROM (SELECT * FROM alerts WHERE {where}) a "
+                  "LEFT JOIN alert_reviews r ON r.namespace = a.namespace AND r.alert_id = a.alert_id "
+                  "GROUP BY camera_id, task_type, rule")
+MISSED_COUNTS = ("SELECT camera_id, task_type, rule, count(*) AS missed FROM missed_events WHERE {where} "
+                 "GROUP BY camera_id, task_type, rule")
+SPAN = "($3::timestamptz IS NULL OR captured_at >= $3) AND ($4::timestamptz IS NULL OR captured_at <= $4)"
+# a task's alerts in a span of capture times (both ends included, as `replay --from-topic`), with their verdicts
+TASK_VERDICTS = ("SELECT a.alert_id, a.rule, a.captured_at, r.verdict, r.reviewer FROM (SELECT * FROM alerts "
+                 f"WHERE namespace = $1 AND task_id = $2 AND {SPAN}) a LEFT JOIN alert_reviews r "
+                 "ON r.namespace = a.namespace AND r.alert_id = a.alert_id ORDER BY a.captured_at")
+# a task's camera is named after it
+TASK_MISSED = f"SELECT * FROM missed_events WHERE namespace = $1 AND camera_id = $2 AND {SPAN} ORDER BY captured_at"
+
 
 def with_clips(alerts: str) -> str:
     """The rows of an alerts query, each with its clip's columns: `clip_answered` (whether an extractor has
-    answered), `clip_key`, `clip_start_at`, `clip_end_at`, `clip_bytes`, `clip_reason`. The query is joined as a
-    subquery, so that only its rows (a page) are looked up in alert_clips."""
+    answered), `clip_key`, `clip_start_at`, `clip_end_at`, `clip_bytes`, `clip_reason`; and its review's:
+    `verdict`, `reviewer`, `reviewed_at` (null when unreviewed). The query is joined as a subquery, so that only its
+    rows (a page) are looked up in alert_clips and alert_reviews."""
     return ("SELECT a.*, c.alert_id IS NOT NULL AS clip_answered, c.clip_key, c.start_at AS clip_start_at, "
-            "c.end_at AS clip_end_at, c.clip_bytes, c.reason AS clip_reason "
-            f"FROM ({alerts}) a LEFT JOIN alert_clips c ON c.namespace = a.namespace AND c.alert_id = a.alert_id")
+            "c.end_at AS clip_end_at, c.clip_bytes, c.reason AS clip_reason, r.verdict, r.reviewer, r.reviewed_at "
+            f"FROM ({alerts}) a LEFT JOIN alert_clips c ON c.namespace = a.namespace AND c.alert_id = a.alert_id "
+            "LEFT JOIN alert_reviews r ON r.namespace = a.namespace AND r.alert_id = a.alert_id")
 
 
 class DatabaseUnavailable(Unreachable):
@@ -284,6 +315,37 @@ class AlertStore:
         """Which of these frame objects of a bucket alert rows keep as their image (an image that could not be
         copied)."""
         return {r["image_key"] for r in await self._fetch(IMAGES_NAMED, bucket, keys)}
+
+    async def review(self, alert_ids: list[uuid.UUID], verdict: Verdict, reviewer: str) -> list[asyncpg.Record]:
+        """Gives these alerts a verdict, replacing any before; returns a row per alert reviewed (those this
+        namespace has): `alert_id`, `verdict`, `reviewer`, `reviewed_at`, `task_type`."""
+        return await self._fetch(REVIEW, self.namespace, alert_ids, verdict.value, reviewer)
+
+    async def add_missed(self, camera_id: str, task_type: TaskType, rule: str, captured_at: datetime, note: str,
+                         reporter: str) -> asyncpg.Record:
+        """Records an event the rules missed; returns its row."""
+        rows = await self._fetch(ADD_MISSED, self.namespace, uuid.uuid4(), camera_id, task_type.value, rule,
+                                 captured_at, note, reporter)
+        return rows[0]
+
+    async def missed(self, query: MissedQuery) -> list[asyncpg.Record]:
+        where, args = self._where(query)
+        return await self._fetch(f"SELECT * FROM missed_events WHERE {where} ORDER BY captured_at DESC "
+                                 f"LIMIT {query.limit}", *args)
+
+    async def precision(self, query: PrecisionQuery) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
+        """Per camera and rule: the alerts' figures (`alerts`, `reviewed`, `confirmed`, `false`) and the missed
+        events' (`missed`)."""
+        where, args = self._where(query)
+        return (await self._fetch(ALERT_VERDICTS.format(where=where), *args),
+                await self._fetch(MISSED_COUNTS.format(where=where), *args))
+
+    async def task_verdicts(self, task_id: str, since: datetime | None,
+                            until: datetime | None) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
+        """A task's alerts captured from `since` to `until` (both included) with their verdicts, oldest first, and
+        the missed events of its camera in that span."""
+        return (await self._fetch(TASK_VERDICTS, self.namespace, task_id, since, until),
+                await self._fetch(TASK_MISSED, self.namespace, task_id, since, until))
 
     async def cameras(self) -> list[asyncpg.Record]:
         return await self._fetch("SELECT camera_id, task_id, task_type, count(*) AS alerts, max(captured_at) AS "

@@ -185,6 +185,12 @@ class DatabaseSettings(Section):
     dsn: SecretStr = SecretStr("postgresql://framewatch@127.0.0.1:5432/framewatch")
 
 
+# what a review records as its reviewer with the single `api_token`, and with no token at all
+SINGLE_TOKEN_NAME = "api"
+ANONYMOUS = "anonymous"
+RESERVED_TOKEN_NAMES = (SINGLE_TOKEN_NAME, ANONYMOUS)
+
+
 class FramewatchSettings(Section):
     """Keys the seed system did not have."""
 
@@ -211,6 +217,21 @@ class FramewatchSettings(Section):
     extractor_metrics_port: int = 9464
     data_dir: str = Field(default="", description="Faust table state; a temporary folder per worker when empty")
     api_token: SecretStr = Field(default=SecretStr(""), description="when set, /api/* wants 'Authorization: Bearer …'")
+    api_tokens: dict[str, SecretStr] = Field(default={}, description="named tokens, name = token: each is let in "
+                                             "like api_token, and a review records its name")
+
+    @field_validator("api_tokens")
+    @classmethod
+    def _token_names(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for name, token in value.items():
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.@\-]{0,63}", name) or name in RESERVED_TOKEN_NAMES:
+                raise ValueError(f"{name!r}: a name is letters, digits, '_.@-', at most 64 characters, not "
+                                 f"{' or '.join(RESERVED_TOKEN_NAMES)}")
+            if not token.get_secret_value():
+                raise ValueError(f"{name}: the token is empty")
+        if len({t.get_secret_value() for t in value.values()}) < len(value):
+            raise ValueError("two names share a token: a review could not tell who gave it")
+        return value
 
     @model_validator(mode="after")
     def _kafka_credentials(self) -> FramewatchSettings:

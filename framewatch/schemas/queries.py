@@ -1,6 +1,7 @@
 """The query API's inputs and answers: filters validated with errors that name the parameter, keyset
 pagination by (captured_at, alert_id), image and clip URLs presigned when the answer is built, each alert's clip
-status, the rows of /api/cameras."""
+status, the rows of /api/cameras; reviews: their filters, the bodies of their POSTs, missed events, and precision
+from reviews per rule and per camera."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Self, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -116,14 +117,22 @@ class CountQuery(TimeRangeQuery):
         return [("task_id = ?", [self.task_id])]
 
 
-class AlertQuery(TimeRangeQuery):
+class Verdict(StrEnum):
+    """An operator's verdict on an alert."""
+
+    TRUE = "true"  # it happened
+    FALSE = "false"  # a false positive
+    REVIEWED = "reviewed"  # seen, neither confirmed nor refuted
+
+
+class CameraRuleQuery(TimeRangeQuery):
+    """Filters of rows about a camera's rule at a capture time: alerts and missed events (same column names)."""
+
     time_column = "captured_at"
 
     camera_id: str | None = None
     task_type: TaskType | None = None
     rule: str | None = None
-    limit: int = Field(default=50, ge=1, le=MAX_PAGE)
-    cursor: Cursor | None = None
 
     _text = field_validator("camera_id", "rule", mode="before")(plain_text)
 
@@ -132,18 +141,49 @@ class AlertQuery(TimeRangeQuery):
     def _task_type(cls, value: object) -> TaskType | None:
         return None if value is None else parse_task_type(value)
 
+    def filters(self) -> list[tuple[str, list[Any]]]:
+        equal = (("camera_id", self.camera_id), ("task_type", self.task_type and self.task_type.value),
+                 ("rule", self.rule))
+        return [(f"{c} = ?", [v]) for c, v in equal if v is not None]
+
+
+def has_review(condition: str = "") -> str:
+    """Whether the alert of the row at hand (in a query of the alerts table, unaliased) has a review (`r`), one
+    that meets `condition` when given."""
+    return ("EXISTS (SELECT 1 FROM alert_reviews r WHERE r.namespace = alerts.namespace "
+            f"AND r.alert_id = alerts.alert_id{f' AND {condition}' if condition else ''})")
+
+
+class AlertQuery(CameraRuleQuery):
+    limit: int = Field(default=50, ge=1, le=MAX_PAGE)
+    cursor: Cursor | None = None
+    reviewed: bool | None = Field(default=None, description="whether it has a verdict (any)")
+    verdict: Verdict | None = None
+
     @field_validator("cursor", mode="before")
     @classmethod
     def _cursor(cls, value: object) -> Cursor | None:
         return None if value is None or isinstance(value, Cursor) else Cursor.decode(str(value))
 
     def filters(self) -> list[tuple[str, list[Any]]]:
-        equal = (("camera_id", self.camera_id), ("task_type", self.task_type and self.task_type.value),
-                 ("rule", self.rule))
-        found: list[tuple[str, list[Any]]] = [(f"{c} = ?", [v]) for c, v in equal if v is not None]
+        found = super().filters()
+        if self.reviewed is not None:
+            found.append((has_review() if self.reviewed else f"NOT {has_review()}", []))
+        if self.verdict is not None:
+            found.append((has_review("r.verdict = ?"), [self.verdict.value]))
         if self.cursor is not None:
             found.append(("(captured_at, alert_id) < (?, ?)", [self.cursor.captured_at, self.cursor.alert_id]))
         return found
+
+
+class MissedQuery(CameraRuleQuery):
+    """Missed events, newest first."""
+
+    limit: int = Field(default=50, ge=1, le=MAX_PAGE)
+
+
+class PrecisionQuery(CameraRuleQuery):
+    """Precision from reviews, of the alerts and missed events captured in a time range."""
 
 
 class ClipStatus(StrEnum):
@@ -216,7 +256,14 @@ def alert_json(row: Mapping[str, Any], image_url: str, clip: ClipAnswer) -> dict
             "task_id": row["task_id"], "task_type": row["task_type"], "rule": row["rule"],
             "captured_at": row["captured_at"].isoformat(), "stored_at": row["stored_at"].isoformat(),
             "evidence": orjson.loads(evidence) if isinstance(evidence, str) else evidence,
-            "image_key": row["image_key"], "image_url": image_url, "clip": clip.model_dump(mode="json")}
+            "image_key": row["image_key"], "image_url": image_url, "clip": clip.model_dump(mode="json"),
+            "review": review_json(row) if row.get("verdict") is not None else None}
+
+
+def review_json(row: Mapping[str, Any]) -> dict[str, Any]:
+    """An alert's review, from a row with `alert_id`, `verdict`, `reviewer` and `reviewed_at`."""
+    return {"alert_id": str(row["alert_id"]), "verdict": row["verdict"], "reviewer": row["reviewer"],
+            "reviewed_at": row["reviewed_at"].isoformat()}
 
 
 def count_json(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -257,3 +304,106 @@ class CameraRow(BaseModel):
 
 def camera_json(row: CameraRow) -> dict[str, Any]:
     return row.model_dump(mode="json", exclude_unset=True)
+
+
+# -- reviews ------------------------------------------------------------------------------------------------------
+
+
+Body = TypeVar("Body", bound=BaseModel)
+
+
+def parse_body(model: type[Body], body: bytes) -> Body:
+    """A request's JSON body as `model`, or a BadQuery naming the field that is wrong."""
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as error:
+        raise BadQuery(describe(error, "body")) from None
+
+
+class ReviewBody(BaseModel):
+    """`POST /api/alerts/{id}/review`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    verdict: Verdict
+
+
+class BulkReviewBody(ReviewBody):
+    """`POST /api/reviews`: one verdict for many alerts."""
+
+    alert_ids: list[uuid.UUID] = Field(min_length=1, max_length=MAX_PAGE)
+
+
+class MissedEventBody(BaseModel):
+    """`POST /api/missed`: an event the rules did not alert on. Without `task_type` and `rule`, those of the
+    camera's task."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    camera_id: str = Field(min_length=1)
+    captured_at: datetime = Field(description="when it happened: ISO 8601 or ms since the epoch")
+    task_type: TaskType | None = None
+    rule: str | None = None
+    note: str = ""
+
+    _text = field_validator("camera_id", "rule", "note", mode="before")(plain_text)
+
+    @field_validator("captured_at", mode="before")
+    @classmethod
+    def _time(cls, value: object) -> datetime:
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str):
+            raise ValueError("not a time (ISO 8601, or milliseconds since the epoch)")
+        return parse_time(value)
+
+    @field_validator("task_type", mode="before")
+    @classmethod
+    def _task_type(cls, value: object) -> TaskType | None:
+        return None if value is None else parse_task_type(value)
+
+
+def missed_json(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {"event_id": str(row["event_id"]), "camera_id": row["camera_id"], "task_type": row["task_type"],
+            "rule": row["rule"], "captured_at": row["captured_at"].isoformat(), "note": row["note"],
+            "reporter": row["reporter"], "reported_at": row["reported_at"].isoformat()}
+
+
+class Precision(BaseModel):
+    """A rule's figures from reviews, on one camera or all: `precision` is confirmed / (confirmed + false), null
+    before any alert is judged true or false."""
+
+    camera_id: str | None = Field(default=None, description="absent: every camera's")
+    task_type: str
+    rule: str
+    alerts: int = 0
+    reviewed: int = Field(default=0, description="alerts with a verdict (any)")
+    confirmed: int = 0
+    false: int = 0
+    missed: int = Field(default=0, description="events the rule did not alert on, added by an operator")
+
+    @property
+    def precision(self) -> float | None:
+        judged = self.confirmed + self.false
+        return round(self.confirmed / judged, 3) if judged else None
+
+    def answer(self) -> dict[str, Any]:
+        return {**self.model_dump(exclude_none=True), "precision": self.precision}
+
+
+FIGURES = ("alerts", "reviewed", "confirmed", "false", "missed")
+
+
+def precision_tables(alert_counts: list[Mapping[str, Any]],
+                     missed_counts: list[Mapping[str, Any]]) -> tuple[list[Precision], list[Precision]]:
+    """(per rule, per camera and rule), from rows of (camera_id, task_type, rule) with the figures they have:
+    `alerts`, `reviewed`, `confirmed`, `false` (the alerts') or `missed` (the missed events'). Sorted by name."""
+    table: dict[tuple[bool, str, str, str], Precision] = {}
+    for row in [*alert_counts, *missed_counts]:
+        figures = {name: row[name] for name in FIGURES if name in row}
+        for camera in (None, row["camera_id"]):
+            key = (camera is not None, camera or "", row["task_type"], row["rule"])
+            known = table.get(key) or Precision(camera_id=camera, task_type=row["task_type"], rule=row["rule"])
+            table[key] = known.model_copy(update={name: getattr(known, name) + n for name, n in figures.items()})
+    ordered = [table[key] for key in sorted(table)]
+    return [p for p in ordered if p.camera_id is None], [p for p in ordered if p.camera_id is not None]

@@ -3,6 +3,7 @@ one alert by id; the stable addresses of its image and of its clip."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -61,13 +62,19 @@ def clip_of(context: WebContext, row: Mapping[str, Any], now: datetime) -> ClipA
     return clip_answer(row, context.resources.task_settings(row["task_id"]), now, context.presign)
 
 
-async def stored_alert(context: WebContext, request: Request) -> Mapping[str, Any]:
-    """The alert the path names."""
+def path_alert_id(request: Request) -> uuid.UUID:
+    """The alert id the path names."""
     alert_id = request.match_info["alert_id"]
     try:
-        row = await context.resources.alerts.get(alert_id)
+        return uuid.UUID(alert_id)
     except ValueError:
         raise BadQuery(f"alert id {alert_id!r} is not a UUID") from None
+
+
+async def stored_alert(context: WebContext, request: Request) -> Mapping[str, Any]:
+    """The alert the path names."""
+    alert_id = path_alert_id(request)
+    row = await context.resources.alerts.get(str(alert_id))
     if row is None:
         raise NotFound(f"no alert {alert_id}")
     return row

@@ -1,11 +1,10 @@
 """The worker's HTTP surface: Prometheus metrics, the live stats line, the algorithm services, the alert query
-API and the dashboard (`/`). With `framewatch.api_token` set, every /api/ path wants `Authorization: Bearer <token>`;
-/metrics stays open for Prometheus. The handlers are in one module per resource; this one puts their routes on the
-app, each /api/ handler behind `guarded`."""
+API, reviews and the dashboard (`/`). With `framewatch.api_token` or `api_tokens` set, every /api/ path wants
+`Authorization: Bearer <token>` (`tokens.py`); /metrics stays open for Prometheus. The handlers are in one module
+per resource; this one puts their routes on the app, each /api/ handler behind `guarded`."""
 
 from __future__ import annotations
 
-import hmac
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -14,8 +13,9 @@ import faust
 from faust.web import Request, Response, View
 from prometheus_client import Counter
 
-from framewatch.agents.api import alerts, cameras, counts, public, worker
+from framewatch.agents.api import alerts, cameras, counts, public, reviews, worker
 from framewatch.agents.api.routes import NotFound, Route, WebContext
+from framewatch.agents.api.tokens import ApiTokens, WrongToken
 from framewatch.agents.resources import Resources
 from framewatch.clients.database import DatabaseUnavailable
 from framewatch.schemas.queries import BadQuery
@@ -25,7 +25,7 @@ log = logging.getLogger("framewatch.web")
 
 API_REQUESTS = Counter("framewatch_api_requests_total", "Query API requests", ["path", "status"])
 
-API_ROUTES = [*worker.ROUTES, *alerts.ROUTES, *cameras.ROUTES, *counts.ROUTES]
+API_ROUTES = [*worker.ROUTES, *alerts.ROUTES, *reviews.ROUTES, *cameras.ROUTES, *counts.ROUTES]
 
 ViewMethod = Callable[..., Awaitable[Response]]  # a View's method: (view, request, **path parts)
 
@@ -33,9 +33,9 @@ ViewMethod = Callable[..., Awaitable[Response]]  # a View's method: (view, reque
 def attach_web(app: faust.App, resources: Resources, snapshot: Callable[[], WorkerStats],
                readiness: Callable[[], Awaitable[dict[str, bool]]]) -> None:
     context = WebContext(resources, snapshot, readiness)
-    token = resources.config.framewatch.api_token.get_secret_value()
+    tokens = ApiTokens.of(resources.config.framewatch)
     bound = [(route, unguarded(route, context)) for route in public.ROUTES]
-    bound += [(route, guarded(route, context, token)) for route in API_ROUTES]
+    bound += [(route, guarded(route, context, tokens)) for route in API_ROUTES]
     names: dict[str, str] = {}  # a path's view is named after its first handler
     views: dict[str, dict[str, ViewMethod]] = defaultdict(dict)
     for route, method in bound:
@@ -51,23 +51,22 @@ def unguarded(route: Route, context: WebContext) -> ViewMethod:
     return answer
 
 
-def guarded(route: Route, context: WebContext, token: str) -> ViewMethod:
+def guarded(route: Route, context: WebContext, tokens: ApiTokens) -> ViewMethod:
     """Bearer-token check, bad input as 400, what the path names missing as 404, the database down as 503, and a
     metric per answer."""
     async def answer(view: View, request: Request, **_: str) -> Response:  # path parts are in match_info
-        given = request.headers.get("Authorization", "")
-        if token and not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-            response = view.json({"error": "missing or wrong bearer token"}, status=401)
-        else:
-            try:
-                response = await route.handler(context, view, request)
-            except BadQuery as error:
-                response = view.json({"error": str(error)}, status=400)
-            except NotFound as error:
-                response = view.json({"error": str(error)}, status=404)
-            except DatabaseUnavailable as error:
-                log.warning("%s: %s", route.path, error)  # the detail names hosts and users: the log, not the answer
-                response = view.json({"error": "the alert store is unavailable; try again shortly"}, status=503)
+        try:
+            tokens.name_of(request.headers.get("Authorization", ""))
+            response = await route.handler(context, view, request)
+        except WrongToken as error:
+            response = view.json({"error": str(error)}, status=401)
+        except BadQuery as error:
+            response = view.json({"error": str(error)}, status=400)
+        except NotFound as error:
+            response = view.json({"error": str(error)}, status=404)
+        except DatabaseUnavailable as error:
+            log.warning("%s: %s", route.path, error)  # the detail names hosts and users: the log, not the answer
+            response = view.json({"error": "the alert store is unavailable; try again shortly"}, status=503)
         API_REQUESTS.labels(route.path, str(response.status)).inc()
         return response
     return answer
