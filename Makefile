@@ -19,15 +19,16 @@ stack: install
 demo: stack
 	$(BIN)/framewatch demo
 
-# Debian packages the tests drive: chromium (the dashboard, headless), prometheus (the alert rules against live
-# metrics), mosquitto (the MQTT bridge), faketime (an extractor with a skewed clock), ffmpeg (ffprobe reads the event
-# clips); and the benchmarks: ffmpeg (the Frigate-style ingest baseline)
+# Debian packages the tests drive: chromium and chromium-driver (the dashboard, through Selenium), prometheus (the
+# alert rules against live metrics), mosquitto and mosquitto-clients (the MQTT bridge; mosquitto_sub reads Home
+# Assistant's discovery configs), faketime (an extractor with a skewed clock), ffmpeg (ffprobe reads the event clips);
+# and the benchmarks: ffmpeg (the Frigate-style ingest baseline)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y
-TEST_PACKAGES := chromium prometheus mosquitto faketime ffmpeg
+TEST_PACKAGES := chromium chromium-driver prometheus mosquitto mosquitto-clients faketime ffmpeg
 BENCH_PACKAGES := ffmpeg
 define apt_packages
-	@missing=""; for p in $(1); do command -v $$p >/dev/null || [ -x /usr/sbin/$$p ] || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(1); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then echo "installing$$missing from Debian (a minute or two, once)"; \
 		$(APT_INSTALL) $$missing || { $(SUDO) apt-get update && $(APT_INSTALL) $$missing; }; fi
 endef

@@ -212,6 +212,8 @@ def cmd_bridge(args: argparse.Namespace) -> int:
     from framewatch.health import Readiness
     from framewatch.process import serve
 
+    if args.alert_off_delay < 1:
+        raise BadInput("--alert-off-delay: at least 1 second")
     config = _config(args)
     asyncio.run(ensure_topics(config))
 
@@ -219,7 +221,10 @@ def cmd_bridge(args: argparse.Namespace) -> int:
         if args.kind == "mqtt":
             host, _, port = args.target.rpartition(":")
             mqtt = MqttBridge(config, host or "127.0.0.1", int(port or 1883), args.prefix,
-                              os.environ.get("FRAMEWATCH_MQTT_USERNAME", ""), os.environ.get("FRAMEWATCH_MQTT_PASSWORD", ""))
+                              os.environ.get("FRAMEWATCH_MQTT_USERNAME", ""),
+                              os.environ.get("FRAMEWATCH_MQTT_PASSWORD", ""),
+                              discovery_prefix=args.discovery_prefix if args.discovery else None,
+                              alert_off_delay_s=args.alert_off_delay)
             return mqtt, mqtt.readiness
         webhook = WebhookBridge(config, args.target, os.environ.get("FRAMEWATCH_WEBHOOK_SECRET", ""), args.clips)
         return webhook, webhook.readiness
@@ -428,6 +433,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("target", help="mqtt: the broker, HOST:PORT (credentials: FRAMEWATCH_MQTT_USERNAME and "
                                   "_PASSWORD); webhook: the URL to POST to (FRAMEWATCH_WEBHOOK_SECRET signs the bodies)")
     p.add_argument("--prefix", default="framewatch", help="mqtt: the topic prefix")
+    p.add_argument("--discovery", action="store_true", help="mqtt: Home Assistant MQTT discovery, retained: a device "
+                                                            "per task of fw.tasks (an alert binary sensor, the latest "
+                                                            "alert image), removed with its task")
+    p.add_argument("--discovery-prefix", default="homeassistant", help="mqtt: Home Assistant's discovery prefix")
+    p.add_argument("--alert-off-delay", type=int, default=30, metavar="SECONDS",
+                   help="mqtt --discovery: the alert sensor turns off this long after a camera's last alert")
     p.add_argument("--clips", action="store_true", help="webhook: POST the alerts' clip messages too (MQTT always "
                                                         "publishes them, on topics of their own)")
     p.add_argument("--port", type=int, default=9465, help="where /metrics, /healthz and /readyz answer")

@@ -8,8 +8,6 @@ import asyncio
 import hashlib
 import hmac
 import json
-import shutil
-import subprocess
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
@@ -27,6 +25,7 @@ from framewatch.schemas.events import AlertEvent, AlertStored, CameraState, Came
 from framewatch.schemas.feed import AlertMessage, ClipMessage, FeedMessage
 from framewatch.schemas.topics import CAMERAS
 from tests.conftest import write_config
+from tests.mosquitto import Mosquitto, mosquitto  # noqa: F401 (a fixture)
 from tests.test_events import frame
 
 SECRET = "webhook-secret-for-the-test"
@@ -85,35 +84,6 @@ class Bridge:
     def stop(self) -> None:
         if self.process is not None:
             self.process.stop()
-
-
-class Mosquitto:
-    def __init__(self, folder: Path) -> None:
-        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        assert Path(binary).exists(), "mosquitto is missing: `make test` installs it (Debian package mosquitto)"
-        self.binary = binary
-        self.port = free_port()
-        self.config = folder / "mosquitto.conf"
-        self.config.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-        self.log = folder / "mosquitto.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen([self.binary, "-c", str(self.config)], stdout=log, stderr=log)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(10)
-
-
-@pytest.fixture
-def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
-    broker = Mosquitto(tmp_path)
-    broker.start()
-    yield broker
-    broker.stop()
 
 
 @pytest.fixture
