@@ -1,4 +1,5 @@
-"""The rows of /api/cameras from their five sources, without HTTP: which source wins, what is absent, the ages."""
+"""The rows of /api/cameras from their five sources and the cameras' stills, without HTTP: which source wins, what
+is absent, the ages."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from framewatch.agents.api.cameras import camera_rows
+from framewatch.agents.api.cameras import Snapshot, camera_rows
 from framewatch.agents.inference.scheduler import CameraSeen
 from framewatch.schemas.events import CameraState, CameraStatus
 from framewatch.schemas.queries import camera_json
@@ -36,9 +37,10 @@ def group(camera_id: str, alerts: int, last_alert_at: datetime, task_type: str =
 
 def answer(configured: Iterable[CameraTask] = (), published: Mapping[str, CameraTask] | None = None,
            statuses: Mapping[str, CameraStatus] | None = None, activity: Mapping[str, CameraSeen] | None = None,
-           alert_groups: Iterable[Mapping[str, Any]] = ()) -> list[dict[str, Any]]:
+           alert_groups: Iterable[Mapping[str, Any]] = (),
+           snapshots: Mapping[str, Snapshot] | None = None) -> list[dict[str, Any]]:
     rows = camera_rows(configured=configured, published=published or {}, statuses=statuses or {},
-                       activity=activity or {}, alert_groups=alert_groups, now_ms=NOW_MS,
+                       activity=activity or {}, alert_groups=alert_groups, snapshots=snapshots or {}, now_ms=NOW_MS,
                        now_monotonic_s=NOW_MONOTONIC_S)
     return [camera_json(row) for row in rows]
 
@@ -52,29 +54,32 @@ def test_a_camera_every_source_knows_has_every_field() -> None:
         "state": "streaming", "extractor": "x-1", "fps_in": 25.0, "fps_out": 5.0, "interval_ms": 200,
         "reconnects": 2, "last_error": "", "status_age_s": 3.0, "clock_skew_s": None,
         "frames": 10, "inferred": 9, "freshness": "all", "last_frame_age_s": 1.2,
-        "last_alert_at": "2024-01-01T08:00:00+00:00"}]
+        "last_alert_at": "2024-01-01T08:00:00+00:00", "snapshot_url": None, "snapshot_age_s": None}]
 
 
 def test_what_no_source_knows_of_a_camera_is_absent_not_null() -> None:
     only_status, only_seen = answer(statuses={"gate": status("gate", int(NOW_MS))},
                                     activity={"yard": CameraSeen("yard", last_captured_at=int(NOW_MS))})
+    still = {"snapshot_url", "snapshot_age_s"}  # always there, null without a still: the dashboard's <img> src
     assert set(only_status) == {"camera_id", "alerts", "state", "extractor", "fps_in", "fps_out", "interval_ms",
-                                "reconnects", "last_error", "status_age_s", "clock_skew_s"}
-    assert set(only_seen) == {"camera_id", "alerts", "frames", "inferred", "freshness", "last_frame_age_s"}
+                                "reconnects", "last_error", "status_age_s", "clock_skew_s", *still}
+    assert set(only_seen) == {"camera_id", "alerts", "frames", "inferred", "freshness", "last_frame_age_s", *still}
     assert only_status["alerts"] == only_seen["alerts"] == 0  # the dashboard tells a configured camera by `enabled`
 
 
 def test_a_task_on_fw_tasks_wins_over_the_config() -> None:
     (row,) = answer(configured=[task("door")],
                     published={"door": task("door", TaskType.LOITERING, enabled=False)})
-    assert row == {"camera_id": "door", "task_type": "loitering", "enabled": False, "alerts": 0}
+    assert row == {"camera_id": "door", "task_type": "loitering", "enabled": False, "alerts": 0,
+                   "snapshot_url": None, "snapshot_age_s": None}
 
 
 def test_alert_groups_add_up_per_camera_and_their_task_type_wins() -> None:
     (row,) = answer(configured=[task("door")], alert_groups=[group("door", 3, TUESDAY, "people_counting"),
                                                              group("door", 4, MONDAY, "loitering")])
-    assert row == {"camera_id": "door", "task_type": "loitering", "enabled": True, "alerts": 7,
-                   "last_alert_at": "2024-01-01T08:00:00+00:00"}  # the type and time of the last group listed
+    assert row == {"camera_id": "door", "task_type": "loitering", "enabled": True, "alerts": 7,  # the type and time
+                   "last_alert_at": "2024-01-01T08:00:00+00:00",  # of the last group listed
+                   "snapshot_url": None, "snapshot_age_s": None}
 
 
 def test_the_status_age_is_on_the_brokers_clock_and_the_skew_in_seconds() -> None:
@@ -96,3 +101,20 @@ def test_ages_count_from_arrival_and_are_never_negative() -> None:
     sent_later = status("recording", emitted_at=int(NOW_MS) + 3_000)  # a status from a clock ahead, no skew known
     (row,) = answer(statuses={"recording": sent_later}, activity={"recording": ahead})
     assert (row["last_frame_age_s"], row["status_age_s"]) == (0.4, 0.0)
+
+
+def still(age_s: float) -> Snapshot:
+    return Snapshot(f"http://store/still-{age_s}", datetime.fromtimestamp(NOW_MS / 1000 - age_s, tz=UTC))
+
+
+def test_a_still_gives_its_cameras_row_a_url_and_an_age_never_negative() -> None:
+    door, gate = answer(configured=[task("door"), task("gate")],
+                        snapshots={"door": still(4.26), "gate": still(-2.0)})  # the store's clock 2 s ahead
+    assert (door["snapshot_url"], door["snapshot_age_s"]) == ("http://store/still-4.26", 4.3)
+    assert (gate["snapshot_url"], gate["snapshot_age_s"]) == ("http://store/still--2.0", 0.0)
+
+
+def test_a_still_alone_makes_no_row() -> None:
+    """A still outlives its camera by up to a day (the sweep deletes it then): a camera no other source knows is
+    gone."""
+    assert [row["camera_id"] for row in answer(configured=[task("door")], snapshots={"gone": still(60)})] == ["door"]

@@ -56,6 +56,10 @@ class ObjectStore:
     def key(self, *parts: str) -> str:
         return "/".join(p.strip("/") for p in (self.settings.base_path, *parts) if p)
 
+    def snapshot_key(self, namespace: str, camera_id: str) -> str:
+        """Where a camera's still is: one object per camera, overwritten (`streams/snapshots.py`)."""
+        return self.key(snapshot_folder(namespace), f"{camera_id}.jpg")
+
     def holds_frame(self, bucket: str, key: str) -> bool:
         """Whether an object named by a FrameEvent is a frame of ours: in this bucket, a JPEG under frames/, no
         '.' or '..' segments. Retention deletes nothing else, whatever a record on fw.frames says."""
@@ -182,6 +186,12 @@ class ObjectStore:
     def presign(self, key: str, expiry_sec: int) -> str:
         """A GET URL computed locally (the region is configured, so no request is made)."""
         return self._gets.presign("GET", key, expiry_sec).url
+
+
+def snapshot_folder(namespace: str) -> str:
+    """A namespace's stills, under the base path: snapshots/<namespace>/, `_` (which no namespace is named) for
+    none, so that namespaces sharing a bucket never overwrite each other's stills of cameras of the same id."""
+    return f"snapshots/{namespace or '_'}"
 
 
 def _missing(error: StoreError) -> bool:

@@ -10,10 +10,7 @@ from __future__ import annotations
 import tomllib
 from typing import Any
 
-from pydantic import ValidationError
-
 from framewatch.clients.bus import EventProducer, ensure_topics, latest
-from framewatch.errors import describe
 from framewatch.ops.table import text_table
 from framewatch.schemas.config import Config, ConfigError, mask_url
 from framewatch.schemas.events import (
@@ -24,7 +21,8 @@ from framewatch.schemas.events import (
     TaskOrigin,
     now_ms,
 )
-from framewatch.schemas.tasks import CameraTask
+from framewatch.schemas.queries import task_json
+from framewatch.schemas.tasks import CameraTask, changed, validated
 from framewatch.schemas.topics import CAMERAS, TASKS
 
 STALE_STATUS_S = 15.0  # three missed reports: the extractor that ran the camera is gone
@@ -39,13 +37,6 @@ def parse_setting(text: str) -> tuple[str, Any]:
         return key.strip(), tomllib.loads(f"v = {value}")["v"]
     except tomllib.TOMLDecodeError:
         return key.strip(), value
-
-
-def validated(values: dict[str, Any]) -> CameraTask:
-    try:
-        return CameraTask.model_validate(values)
-    except ValidationError as error:
-        raise ConfigError(f"task {values.get('id')!r}: {describe(error, 'task')}") from None
 
 
 async def current_tasks(config: Config) -> dict[str, TaskEvent]:
@@ -89,10 +80,7 @@ async def _existing(config: Config, task_id: str) -> CameraTask:
 
 
 async def update_task(config: Config, task_id: str, changes: dict[str, Any]) -> CameraTask:
-    if "id" in changes and changes["id"] != task_id:
-        raise ConfigError("a task's id cannot change; add a new task and remove this one")
-    existing = await _existing(config, task_id)
-    task = validated({**existing.model_dump(exclude_unset=True), **changes})
+    task = changed(await _existing(config, task_id), changes)
     await _publish(config, task_id, task)
     return task
 
@@ -104,8 +92,7 @@ async def remove_task(config: Config, task_id: str) -> None:
 
 def tasks_json(tasks: dict[str, TaskEvent]) -> list[dict[str, Any]]:
     """The tasks as `tasks list --json` prints them, camera URLs masked."""
-    return [{"task_id": task_id, "origin": event.origin.value,
-             "task": {**event.task.model_dump(mode="json"), "rtsp_url": mask_url(event.task.rtsp_url)}}
+    return [{"task_id": task_id, "origin": event.origin.value, "task": task_json(event.task)}
             for task_id, event in sorted(tasks.items()) if event.task is not None]
 
 

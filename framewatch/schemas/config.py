@@ -98,6 +98,8 @@ class FrameExtractorSettings(Section):
     max_throttle: float = Field(default=10.0, ge=1, description="most a camera's interval stretches under pressure")
     clip_buffer_mb: int = Field(default=256, ge=1, description="encoded packets held for event clips, all cameras "
                                 "together (each camera an equal share, at most 64 MB)")
+    snapshot_interval_sec: float = Field(default=5.0, ge=0, description="how often each camera's latest frame is "
+                                         "copied to its still (snapshots/), for the dashboard; 0: no stills")
     minio: MinioSettings = MinioSettings()
     tasks: list[CameraTask] = []
 
@@ -106,6 +108,13 @@ class FrameExtractorSettings(Section):
     def _store(cls, value: str) -> str:
         if value != "minio":
             raise ValueError(f"store {value!r} is not supported; framewatch stores frames in an S3 store ('minio')")
+        return value
+
+    @field_validator("snapshot_interval_sec")
+    @classmethod
+    def _snapshot_interval(cls, value: float) -> float:
+        if 0 < value < 1:
+            raise ValueError("0 (no stills) or at least 1 second: a still is a glance, not a video stream")
         return value
 
     @model_validator(mode="after")

@@ -1,7 +1,7 @@
 """The query API's inputs and answers: filters validated with errors that name the parameter, keyset
 pagination by (captured_at, alert_id), image and clip URLs presigned when the answer is built, each alert's clip
-status, the rows of /api/cameras; reviews: their filters, the bodies of their POSTs, missed events, and precision
-from reviews per rule and per camera."""
+status, the rows of /api/cameras, a task as the API shows it and the body that changes its zone; reviews: their
+filters, the bodies of their POSTs, missed events, and precision from reviews per rule and per camera."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from framewatch.errors import BadInput, describe
+from framewatch.schemas.config import mask_url
 from framewatch.schemas.events import CameraState
 from framewatch.schemas.tasks import CameraTask, Freshness, TaskType, parse_task_type
 
@@ -300,10 +301,47 @@ class CameraRow(BaseModel):
     last_frame_age_s: float | None = Field(default=None, description="since this worker received the last frame")
     # from the alert store
     last_alert_at: str | None = None
+    # from the object store: the still the camera's extractor rewrites (always present, null without one)
+    snapshot_url: str | None = Field(default=None, description="a presigned URL of the camera's latest still, "
+                                     "valid a few minutes (an <img> cannot send the token)")
+    snapshot_age_s: float | None = Field(default=None, description="since the still was written (the store's time "
+                                         "of writing, on this worker's clock)")
 
 
 def camera_json(row: CameraRow) -> dict[str, Any]:
     return row.model_dump(mode="json", exclude_unset=True)
+
+
+# -- tasks --------------------------------------------------------------------------------------------------------
+
+
+def task_json(task: CameraTask) -> dict[str, Any]:
+    """A task as the API and `framewatch tasks` show it: every setting, credentials in the camera URL masked."""
+    return {**task.model_dump(mode="json"), "rtsp_url": mask_url(task.rtsp_url)}
+
+
+MAX_ZONE_POINTS = 256  # a region is tested against every detection of every frame: a bound on what one PUT costs
+
+
+class ZoneBody(BaseModel):
+    """`PUT /api/tasks/{id}/zone`: the fields of the task's zone, by CameraTask's own names, each optional:
+    `region` (a polygon, [[x, y], …], at least 3 points, not crossing itself; null: the whole frame), `line` (the
+    crossing line, [[x, y], [x, y]]) and `line_direction` (`in`, `out` or `both`). Coordinates are normalised:
+    x from the picture's left edge (0) to its right (1), y from its top (0) to its bottom (1). Only the size of a
+    region is checked here; what the values must be is checked with the whole task (`schemas.tasks.changed`), as
+    `framewatch tasks update` checks it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    region: list[Any] | None = Field(default=None, max_length=MAX_ZONE_POINTS)
+    line: Any = None
+    line_direction: Any = None
+
+    def changes(self) -> dict[str, Any]:
+        """The fields the body gives (a null among them), as changes to the task."""
+        if not self.model_fields_set:
+            raise BadQuery("body: give region, or line and line_direction")
+        return self.model_dump(include=self.model_fields_set)
 
 
 # -- reviews ------------------------------------------------------------------------------------------------------

@@ -2,25 +2,29 @@
 
 The nine task types accept the seed system's Chinese names as aliases. Labels are checked against a vocabulary
 (COCO's 80 classes and the safety labels below) so a typo fails at load time, not silently at run time; a task whose
-detector speaks other labels declares them in `extra_labels`.
+detector speaks other labels declares them in `extra_labels`. `validated` and `changed` are the one way a task is
+checked, whoever changes it (`framewatch tasks`, the dashboard's zone editor through the API).
 """
 
 from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Mapping
 from enum import StrEnum
-from typing import Annotated, ClassVar
+from typing import Annotated, Any, ClassVar
 
 from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
+    ValidationError,
     field_validator,
     model_validator,
 )
 
+from framewatch.errors import BadInput, describe
 from framewatch.schemas.geometry import Point, self_crossing
 
 
@@ -243,3 +247,21 @@ class CameraTask(BaseModel):
         """The labels the rule watches."""
         return frozenset(self.labels if self.labels is not None else DEFAULT_LABELS.get(self.task_type, [PERSON]))
 
+
+class BadTask(BadInput):
+    """Values a task cannot have; the message names the task and the field."""
+
+
+def validated(values: Mapping[str, Any]) -> CameraTask:
+    try:
+        return CameraTask.model_validate(values)
+    except ValidationError as error:
+        raise BadTask(f"task {values.get('id')!r}: {describe(error, 'task')}") from None
+
+
+def changed(task: CameraTask, changes: Mapping[str, Any]) -> CameraTask:
+    """`task` with `changes` (field: value) applied, validated as a whole: a region is checked against the task's
+    type and labels as they will stand, not alone."""
+    if "id" in changes and changes["id"] != task.id:
+        raise BadTask("a task's id cannot change; add a new task and remove this one")
+    return validated({**task.model_dump(exclude_unset=True), **changes})

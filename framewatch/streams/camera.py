@@ -3,6 +3,7 @@ JPEG and only then emits its FrameEvent; a session that fails is retried with ba
 
     reader thread: Source.frames ─► change gate ─► JPEG ─► Handoff (bounded, drops its oldest)
     event loop:    Handoff ─► upload to frames/<output_path>/<day>/<ms>-<seq>.jpg ─► FrameEvent on fw.frames
+                   ─► every snapshot_interval_sec, beside the frames: copied to the camera's still (snapshots.py)
 
 A camera whose every frame must be analysed (`freshness = "all"`) waits, before each upload, while it is too far
 ahead of inference (streams/pressure.py); its reader thread then waits on the full hand-off, and decoding pauses.
@@ -43,6 +44,7 @@ from framewatch.streams.gate import ChangeGate
 from framewatch.streams.handoff import Handoff
 from framewatch.streams.pressure import LOSSLESS_AHEAD, Throttle
 from framewatch.streams.reconcile import announce_orphans
+from framewatch.streams.snapshots import Snapshots
 from framewatch.streams.source import DueFrame, Source, SourceError, SourceSettings
 
 log = logging.getLogger("framewatch.extractor")
@@ -103,12 +105,13 @@ def extractor_name() -> str:
 
 @dataclass
 class Uplink:
-    """Where samples go, shared by every camera of an extractor: the store, the producer, an upload bound, and
-    the offset of this host's clock to the broker's, measured from the frames sent."""
+    """Where samples go, shared by every camera of an extractor: the store, the producer, an upload bound, the
+    cameras' stills, and the offset of this host's clock to the broker's, measured from the frames sent."""
 
     store: ObjectStore
     producer: EventProducer
     uploads: asyncio.Semaphore
+    snapshots: Snapshots
     clock: BrokerClock = field(default_factory=lambda: BrokerClock(extractor_name()))
 
     async def close(self) -> None:
@@ -151,6 +154,7 @@ class Camera:
         self.recorder = recorder
         self.settings = settings
         self.uplink = uplink
+        self.snapshot = uplink.snapshots.of(task.id)
         self.pressure = pressure
         self.lossless = settings.freshness_for(task) is Freshness.ALL
         self.state = CameraState.CONNECTING
@@ -223,6 +227,7 @@ class Camera:
         finally:
             self._stop.set()  # cancelled: the reader thread ends too
             CAMERA_UP.labels(self.task.id).set(0)
+            await self.snapshot.settle()
 
     def stop(self) -> None:
         self._stop.set()
@@ -336,6 +341,7 @@ class Camera:
             await self._forget(key)
             return
         self.uplink.clock.observe(sent_at, now_ms(), delivered)
+        self.snapshot.offer(key)  # a frame sent: its object stays at least until its outcome
         self.emitted += 1
         self.last_frame_at = sample.captured_at
         LAST_FRAME.labels(self.task.id).set(sample.captured_at / 1000)

@@ -54,6 +54,7 @@ from framewatch.schemas.topics import CAMERAS, TASKS
 from framewatch.streams.camera import Camera, Uplink, extractor_name
 from framewatch.streams.clip_uploads import CameraClips, ClipRequestReader, route_to
 from framewatch.streams.pressure import Throttle
+from framewatch.streams.snapshots import Snapshots
 
 log = logging.getLogger("framewatch.extractor")
 
@@ -90,13 +91,14 @@ class ExtractReport:
 
 
 async def connect_uplink(config: Config) -> Uplink:
-    """Topics and bucket created if missing, a started producer, the upload bound."""
+    """Topics and bucket created if missing, a started producer, the upload bound, the cameras' stills."""
     await ensure_topics(config)
     store = ObjectStore(config.frame_extractor.minio, pool_size=config.frame_extractor.upload_concurrency)
     await store.ensure_bucket()
     producer = EventProducer(config)
     await producer.start()
-    return Uplink(store, producer, asyncio.Semaphore(config.frame_extractor.upload_concurrency))
+    snapshots = Snapshots(store, config.framewatch.namespace, config.frame_extractor.snapshot_interval_sec)
+    return Uplink(store, producer, asyncio.Semaphore(config.frame_extractor.upload_concurrency), snapshots)
 
 
 @asynccontextmanager

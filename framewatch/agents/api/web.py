@@ -13,7 +13,7 @@ import faust
 from faust.web import Request, Response, View
 from prometheus_client import Counter
 
-from framewatch.agents.api import alerts, cameras, counts, public, reviews, worker
+from framewatch.agents.api import alerts, cameras, counts, public, reviews, tasks, worker
 from framewatch.agents.api.routes import NotFound, Route, WebContext
 from framewatch.agents.api.tokens import ApiTokens, WrongToken
 from framewatch.agents.resources import Resources
@@ -25,7 +25,7 @@ log = logging.getLogger("framewatch.web")
 
 API_REQUESTS = Counter("framewatch_api_requests_total", "Query API requests", ["path", "status"])
 
-API_ROUTES = [*worker.ROUTES, *alerts.ROUTES, *reviews.ROUTES, *cameras.ROUTES, *counts.ROUTES]
+API_ROUTES = [*worker.ROUTES, *alerts.ROUTES, *reviews.ROUTES, *cameras.ROUTES, *counts.ROUTES, *tasks.ROUTES]
 
 ViewMethod = Callable[..., Awaitable[Response]]  # a View's method: (view, request, **path parts)
 

@@ -29,6 +29,10 @@ Clips (clips/) go with their alerts: an expired alert's clip row with it, and th
 no record the workers have yet to commit on fw.clips announces: an extractor killed between upload and
 announcement, a ClipReady PostgreSQL refused, a deletion the store refused after the rows had gone.
 
+Camera stills (snapshots/<namespace>/<camera>.jpg, `streams/snapshots.py`) are rewritten every few seconds while
+their camera streams; the sweep deletes those not rewritten for a day (the camera removed, disabled or failing for
+that long), this namespace's only.
+
 Deployments of several namespaces may share the database: expiry deletes only this namespace's rows, but whether a
 row still names an object is asked of every namespace's rows in this bucket, since namespaces may share a bucket.
 """
@@ -47,7 +51,7 @@ from prometheus_client import Counter
 
 from framewatch.clients.bus import backlog, read_backlog
 from framewatch.clients.database import AlertStore, DatabaseUnavailable, Expired
-from framewatch.clients.objectstore import ObjectStore, StoreError
+from framewatch.clients.objectstore import ObjectStore, StoreError, snapshot_folder
 from framewatch.errors import FramewatchError, Unreachable
 from framewatch.schemas.config import Config
 from framewatch.schemas.events import RetentionEvent
@@ -60,12 +64,15 @@ SWEEPS = Counter("framewatch_housekeeping_sweeps_total", "Reconciliation sweeps 
 ALERTS_EXPIRED = Counter("framewatch_housekeeping_alerts_expired_total", "Alert rows and images past their max age")
 CLIPS_DELETED = Counter("framewatch_retention_clips_deleted_total", "Clip objects deleted: with the last alert "
                         "naming them (alert_max_age), or found by the sweep with none (orphan)", ["reason"])
+SNAPSHOTS_DELETED = Counter("framewatch_retention_snapshots_deleted_total",
+                            "Camera stills not rewritten for a day (their camera gone), deleted by the sweep")
 CLIPS_REFUSED = Counter("framewatch_retention_clips_refused_total",
                         "Expired clip rows naming an object outside this deployment's clips/ (left alone)")
 
 ORPHAN_AFTER_S = 600  # far beyond max_frame_age_ms + infer timeout + retention grace: such a frame has no future
 # a clip is uploaded before its ClipReady is sent: an hour is far beyond the extractor producer's delivery timeout
 CLIP_ORPHAN_AFTER_S = 3600
+SNAPSHOT_STALE_AFTER_S = 86400  # a streaming camera's still is rewritten every snapshot_interval_sec
 PAGE = 1000
 PAUSE_S = 0.2
 YIELD_EVERY = 1000  # backlog records read between two turns of the event loop
@@ -81,7 +88,8 @@ class SweepPostponed(FramewatchError, RuntimeError):
 
 class Housekeeping:
     def __init__(self, config: Config, store: ObjectStore, alerts: AlertStore, max_backlog: int = MAX_BACKLOG,
-                 clip_orphan_after_s: float = CLIP_ORPHAN_AFTER_S) -> None:
+                 clip_orphan_after_s: float = CLIP_ORPHAN_AFTER_S,
+                 snapshot_stale_after_s: float = SNAPSHOT_STALE_AFTER_S) -> None:
         self.config = config
         self.store = store
         self.alerts = alerts
@@ -90,12 +98,15 @@ class Housekeeping:
         self.orphan_after_s = (ORPHAN_AFTER_S if analysis.save_only_with_detection
                                else extraction.max_frame_age_sec or None)
         self.clip_orphan_after_s = clip_orphan_after_s
+        self.snapshot_stale_after_s = snapshot_stale_after_s
+        self.snapshots = snapshot_folder(config.framewatch.namespace)
         self.alert_max_age = timedelta(days=analysis.alert_max_age_days) if analysis.alert_max_age_days else None
         self.max_backlog = max_backlog
 
     async def run(self) -> list[RetentionEvent]:
         events = await self.sweep_frames(self.orphan_after_s) if self.orphan_after_s else []
         events += await self.sweep_clips(self.clip_orphan_after_s)
+        events += await self.sweep_snapshots(self.snapshot_stale_after_s)
         if self.alert_max_age is not None:
             events += await self.expire_alerts(datetime.now(UTC) - self.alert_max_age)
         return events
@@ -109,6 +120,13 @@ class Housekeeping:
         deleted = await self.sweep("clips", older_than_s, self.clips_needed)
         CLIPS_DELETED.labels("orphan").inc(len(deleted))
         return [self.retention_event(key, "clips", "orphan") for key in deleted]
+
+    async def sweep_snapshots(self, older_than_s: float) -> list[RetentionEvent]:
+        """This namespace's stills not rewritten for `older_than_s`; each event names the still's camera."""
+        deleted = await self.sweep(self.snapshots, older_than_s, not_snapshots)
+        SNAPSHOTS_DELETED.inc(len(deleted))
+        return [RetentionEvent(bucket=self.bucket, object_key=key, reason="stale",
+                               task_id=key.rsplit("/", 1)[-1].removesuffix(".jpg")) for key in deleted]
 
     async def sweep(self, folder: str, older_than_s: float, needed: KeysAmong) -> list[str]:
         """Deletes the objects under `folder`/ older than `older_than_s` that `needed` does not keep; returns their
@@ -206,6 +224,11 @@ class Housekeeping:
         parts = key.split(f"{folder}/", 1)[-1].split("/")
         return RetentionEvent(bucket=self.bucket, object_key=key, task_id=parts[0] if len(parts) > 1 else "",
                               reason=reason)
+
+
+async def not_snapshots(candidates: list[str]) -> set[str]:
+    """What the sweep of stills keeps however old: anything under their folder that is no still."""
+    return {key for key in candidates if not key.endswith(".jpg")}
 
 
 # where a record of each topic names an object: FrameEvent, DetectionEvent, AlertEvent, ClipReady
