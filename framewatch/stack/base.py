@@ -19,6 +19,8 @@ from typing import IO, Any
 
 from framewatch.errors import FramewatchError
 
+LOG_KEPT_BYTES = 64 * 1024 * 1024  # a service's log is cut past this when the service starts
+
 
 class StackError(FramewatchError, RuntimeError):
     """A part of the local stack could not be installed, started or reached."""
@@ -191,12 +193,25 @@ class LocalService(ABC):
     def _spawn(self) -> subprocess.Popen[bytes]:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.pid_path.parent.mkdir(parents=True, exist_ok=True)
+        self._rotate_log()
         log: IO[bytes] = self.log_path.open("ab")
         env = {**os.environ, **self.environment()}
         process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    env=env, start_new_session=True, **self.identity())
         self.pid_path.write_text(str(process.pid))
         return process
+
+    def _rotate_log(self) -> None:
+        """A log past LOG_KEPT_BYTES becomes `<name>.log.1` (the one before is dropped): a broker killed and started
+        again by the fault tests on every run wrote gigabytes to a log that was never cut."""
+        if self.log_path.exists() and self.log_path.stat().st_size > LOG_KEPT_BYTES:
+            self.log_path.replace(self.log_path.with_name(self.log_path.name + ".1"))
+
+    def wipe(self) -> None:
+        """Deletes the data folder of a stopped service: its next start begins empty."""
+        if self.pid() is not None:
+            raise StackError(f"{self.name} is running: stop it before deleting its data")
+        shutil.rmtree(self.data, ignore_errors=True)
 
     def _wait_healthy(self, wait_s: float, process: subprocess.Popen[bytes] | None) -> None:
         """Wait for the server we started, or for the one already running (started again if it goes away)."""
