@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
+import tomllib
 
 import yaml
 
@@ -12,6 +14,8 @@ from framewatch.cli import parser
 from tests.conftest import ROOT
 
 COMPOSE = ROOT / "docker" / "compose.yaml"
+COMPOSE_GPU = ROOT / "docker" / "compose.gpu.yaml"
+DOCKERFILE_CUDA = ROOT / "docker" / "Dockerfile.cuda"
 
 
 def test_compose_has_every_part_and_valid_commands() -> None:
@@ -47,4 +51,42 @@ def test_compose_has_every_part_and_valid_commands() -> None:
     result = subprocess.run([docker, "compose", "-f", str(COMPOSE), "config", "--quiet"], capture_output=True,
                             text=True, env={"MINIO_ROOT_PASSWORD": "x", "POSTGRES_PASSWORD": "y", "MINIO_APP_PASSWORD": "z",
                                  "FRAMEWATCH_API_TOKEN": "t", "PATH": "/usr/bin"})
+    assert result.returncode == 0, result.stderr
+
+
+def test_gpu_override_runs_the_detector_on_the_cuda_image() -> None:
+    """compose.gpu.yaml and Dockerfile.cuda (README, "On a GPU node"): the detector alone, on a GPU, with a model."""
+    base = yaml.safe_load(COMPOSE.read_text())["services"]
+    override = yaml.safe_load(COMPOSE_GPU.read_text())
+    assert list(override) == ["services"] and list(override["services"]) == ["detector"]
+    detector = override["services"]["detector"]
+    args, base_args = parser().parse_args(detector["command"]), parser().parse_args(base["detector"]["command"])
+    assert (args.command, args.port, args.service_id, args.advertise_url) == (
+        base_args.command, base_args.port, base_args.service_id, base_args.advertise_url), "the same service, moved"
+    assert args.model == "/models/model.onnx"
+    assert detector["volumes"] == ["${FRAMEWATCH_MODEL:?set FRAMEWATCH_MODEL to your .onnx file}:/models/model.onnx:ro"]
+    assert detector["build"] == {"context": "..", "dockerfile": "docker/Dockerfile.cuda"}
+    assert detector["image"] != base["detector"]["image"], "the CPU image's tag stays the CPU image's"
+    assert detector["deploy"]["resources"]["reservations"]["devices"] == [
+        {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    dockerfile, cpu = DOCKERFILE_CUDA.read_text(), (ROOT / "docker" / "Dockerfile").read_text()
+    user = "useradd --system --uid 10001 --home-dir /app framewatch"
+    for line in ("USER framewatch", 'ENTRYPOINT ["framewatch"]', user):
+        assert line in dockerfile and line in cpu, f"{line}: the CPU image's conventions"
+    image = re.search(r"^ARG CUDA_IMAGE=nvidia/cuda:(\d+)\.\d+\.\d+-cudnn-runtime-ubuntu[\d.]+$", dockerfile, re.M)
+    assert image is not None and "FROM ${CUDA_IMAGE}" in dockerfile, "NVIDIA's CUDA runtime with cuDNN"
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    names = {re.split(r"[<>=~!; ]", requirement)[0] for requirement in extras["gpu"]}
+    major = image.group(1)
+    assert {"onnxruntime-gpu", f"nvidia-nvimgcodec-cu{major}", f"cupy-cuda{major}x", "PyNvVideoCodec"} <= names, \
+        f"the extra's wheels are for the image's CUDA {major}"
+    assert "onnxruntime" not in names, "onnxruntime and onnxruntime-gpu install the same package"
+    assert re.search(r'^RUN pip install --no-cache-dir "\.\[gpu\]"$', dockerfile, re.M), "gpu, never with onnx"
+    docker = shutil.which("docker")
+    if docker is None or subprocess.run([docker, "compose", "version"], capture_output=True).returncode != 0:
+        return
+    result = subprocess.run([docker, "compose", "-f", str(COMPOSE), "-f", str(COMPOSE_GPU), "config", "--quiet"],
+                            capture_output=True, text=True,
+                            env={"MINIO_ROOT_PASSWORD": "x", "POSTGRES_PASSWORD": "y", "MINIO_APP_PASSWORD": "z",
+                                 "FRAMEWATCH_API_TOKEN": "t", "FRAMEWATCH_MODEL": "/dev/null", "PATH": "/usr/bin"})
     assert result.returncode == 0, result.stderr
