@@ -7,6 +7,11 @@ different speeds in rows (so tracks, crossings, dwells and incidents all happen)
 cost is what the `rules` agent spends on it: the state decoded from the table's bytes, the frame evaluated (tracker,
 condition, incidents, alerts), the state encoded again. The decoding and encoding are also given apart. Median of
 three rounds, microseconds per frame, one core.
+
+With a candidate (`framewatch tasks try`): the same frames through the live rule and a candidate of it (another
+`cooldown_sec`), each with its own state decoded, evaluated and encoded, as the `rules` agent does for a task that
+has one; the ratio to the live rule alone is what the candidate costs (about 2: it doubles that task's rules CPU,
+and nothing for tasks without one).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +28,7 @@ from framewatch.ops.load import print_figures
 from framewatch.rules.engine import evaluate
 from framewatch.rules.state import RuleState
 from framewatch.schemas.events import Detection, DetectionEvent, FrameEvent
-from framewatch.schemas.tasks import CameraTask, TaskType
+from framewatch.schemas.tasks import CameraTask, TaskType, changed
 
 OBJECTS = (1, 10, 50)
 STEP_MS = 200
@@ -55,21 +61,28 @@ def events(task: CameraTask, objects: int, frames: int) -> list[DetectionEvent]:
     return out
 
 
-def one_round(task: CameraTask, frames: list[DetectionEvent]) -> tuple[float, float]:
-    """(µs per frame for the whole step, µs per frame for decoding and encoding the state)."""
-    raw: bytes | None = None
+def one_round(tasks: list[CameraTask], frames: list[DetectionEvent]) -> tuple[float, float]:
+    """(µs per frame for the whole step, µs per frame for decoding and encoding the states): each frame through
+    each of `tasks` (the live rule, and its candidate when there is one), each with its own state."""
+    raws: list[bytes | None] = [None] * len(tasks)
     codec_s = 0.0
     started = time.perf_counter()
     for event in frames:
-        t0 = time.perf_counter()
-        state = RuleState.from_bytes(raw)
-        t1 = time.perf_counter()
-        evaluate(task, state, event, "alerts")
-        t2 = time.perf_counter()
-        raw = state.to_bytes()
-        codec_s += (t1 - t0) + (time.perf_counter() - t2)
+        for i, task in enumerate(tasks):
+            t0 = time.perf_counter()
+            state = RuleState.from_bytes(raws[i])
+            t1 = time.perf_counter()
+            evaluate(task, state, event, "alerts")
+            t2 = time.perf_counter()
+            raws[i] = state.to_bytes()
+            codec_s += (t1 - t0) + (time.perf_counter() - t2)
     total_s = time.perf_counter() - started
     return total_s / len(frames) * 1e6, codec_s / len(frames) * 1e6
+
+
+def median_round(tasks: list[CameraTask], frames: list[DetectionEvent]) -> tuple[float, float]:
+    rounds = [one_round(tasks, frames) for _ in range(3)]
+    return statistics.median(r[0] for r in rounds), statistics.median(r[1] for r in rounds)
 
 
 def main() -> int:
@@ -81,20 +94,27 @@ def main() -> int:
     for task_type in TaskType:
         task = CameraTask.model_validate({"id": "bench", "task_type": task_type, "rtsp_url": "x",
                                           **SETTINGS.get(task_type, {})})
+        candidate = changed(task, {"cooldown_sec": 30})
         figures[task_type.value] = {}
         for objects in OBJECTS:
             frames = events(task, objects, args.frames)
-            rounds = [one_round(task, frames) for _ in range(3)]
+            alone, codec = median_round([task], frames)
+            both, _ = median_round([task, candidate], frames)
             figures[task_type.value][str(objects)] = {
-                "us_per_frame": round(statistics.median(r[0] for r in rounds), 1),
-                "state_codec_us": round(statistics.median(r[1] for r in rounds), 1)}
+                "us_per_frame": round(alone, 1), "state_codec_us": round(codec, 1),
+                "with_candidate_us": round(both, 1), "candidate_ratio": round(both / alone, 2)}
     print(f"\nµs per frame (state decode + evaluate + encode; in brackets the decode + encode), {args.frames} frames")
-    print(f"{'task type':>16} " + " ".join(f"{f'{n} objects':>18}" for n in OBJECTS))
-    for name, by_objects in figures.items():
-        cells = [f"{v['us_per_frame']:>8.0f} ({v['state_codec_us']:>5.0f})" for v in by_objects.values()]
-        print(f"{name:>16} " + " ".join(f"{c:>18}" for c in cells))
+    table(figures, lambda v: f"{v['us_per_frame']:>8.0f} ({v['state_codec_us']:>5.0f})")
+    print("\nµs per frame with a candidate beside the live rule (in brackets: times the live rule alone)")
+    table(figures, lambda v: f"{v['with_candidate_us']:>8.0f} ({v['candidate_ratio']:>4.2f}x)")
     print_figures({"frames": args.frames, "us_per_frame": figures}, args.json)
     return 0
+
+
+def table(figures: dict[str, dict[str, dict[str, float]]], cell: Callable[[dict[str, float]], str]) -> None:
+    print(f"{'task type':>16} " + " ".join(f"{f'{n} objects':>18}" for n in OBJECTS))
+    for name, by_objects in figures.items():
+        print(f"{name:>16} " + " ".join(f"{cell(v):>18}" for v in by_objects.values()))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from typing import Any
 from framewatch.errors import BadInput, FramewatchError, Unreachable
 from framewatch.ops.table import text_table
 from framewatch.schemas.config import Config, ConfigError, load_config, mask_url, masked
+from framewatch.schemas.tasks import CameraTask
 
 log = logging.getLogger("framewatch")
 
@@ -110,6 +111,8 @@ def cmd_tasks(args: argparse.Namespace) -> int:
         listing(args, tasks.tasks_json(current), lambda: tasks.tasks_table(current))
         return 0
     changes = dict(tasks.parse_setting(s) for s in args.set)
+    if args.action in CANDIDATE_ACTIONS:
+        return cmd_candidate(args, config, changes)
     if args.action == "add":
         for key, value in (("task_type", args.type), ("rtsp_url", args.url), ("interval_ms", args.interval_ms)):
             if value is not None:
@@ -123,7 +126,35 @@ def cmd_tasks(args: argparse.Namespace) -> int:
         if args.action in ("disable", "enable"):
             changes["enabled"] = args.action == "enable"
         task = asyncio.run(tasks.update_task(config, args.task_id, changes))
-    print(json.dumps({**task.model_dump(mode="json"), "rtsp_url": mask_url(task.rtsp_url)}, ensure_ascii=False))
+    print(json.dumps(shown(task), ensure_ascii=False))
+    return 0
+
+
+def shown(task: CameraTask) -> dict[str, Any]:
+    """A task as the commands print it, the camera URL's credentials masked."""
+    return {**task.model_dump(mode="json"), "rtsp_url": mask_url(task.rtsp_url)}
+
+
+CANDIDATE_ACTIONS = ("try", "promote", "drop", "diff")
+
+
+def cmd_candidate(args: argparse.Namespace, config: Config, changes: dict[str, Any]) -> int:
+    """`tasks try | promote | drop | diff`: candidate rule settings beside a task's live ones."""
+    from framewatch.ops import candidates
+
+    by = candidates.operator(args.by)
+    if args.action == "diff":
+        report = asyncio.run(candidates.diff(config, args.task_id, args.tolerance))
+        print(json.dumps(report.as_dict(), ensure_ascii=False) if args.json else "\n".join(report.table()))
+        return 0
+    if args.action == "promote":
+        task = asyncio.run(candidates.promote(config, args.task_id, by))
+        print(json.dumps({"promoted": args.task_id, "by": by, "task": shown(task)}, ensure_ascii=False))
+        return 0
+    tried = asyncio.run(candidates.try_candidate(config, args.task_id, changes, by) if args.action == "try"
+                        else candidates.drop(config, args.task_id, by))
+    print(json.dumps({"tried" if args.action == "try" else "dropped": args.task_id, "by": by,
+                      "since": tried.since, "changes": tried.changes}, ensure_ascii=False))
     return 0
 
 
@@ -378,13 +409,17 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_extract)
 
     p = with_json(with_config(sub.add_parser("tasks", help="camera tasks on fw.tasks, changed at run time")))
-    p.add_argument("action", choices=["list", "add", "update", "disable", "enable", "remove"])
+    p.add_argument("action", choices=["list", "add", "update", "disable", "enable", "remove", *CANDIDATE_ACTIONS])
     p.add_argument("task_id", nargs="?")
     p.add_argument("--type", help="add: the task type (区域入侵, area_intrusion, ...)")
     p.add_argument("--url", help="add: the camera (rtsp://, rtmp://, http(s)://, or a file)")
     p.add_argument("--interval-ms", type=int)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any task setting, the value in TOML (region=[[0,0],[1,0],[1,1]], change_gate=true)")
+                   help="any task setting, the value in TOML (region=[[0,0],[1,0],[1,1]], change_gate=true); "
+                        "try: rule settings only")
+    p.add_argument("--by", help="try, promote, drop: who does it, recorded on fw.tasks (default: the login name)")
+    p.add_argument("--tolerance", type=float, default=1.0,
+                   help="diff: seconds apart a candidate's alert may be from a live one and match it (1)")
     p.set_defaults(func=cmd_tasks)
 
     p = with_json(with_config(sub.add_parser("cameras",

@@ -16,12 +16,15 @@ from aiokafka.errors import NotEnoughReplicasError
 
 from framewatch.agents.pipeline import Pipeline, build_worker
 from framewatch.agents.resources import Resources
-from framewatch.agents.topology import Topology
+from framewatch.agents.topology import Topology, candidate_state_key
 from framewatch.rules.state import RuleState
+from framewatch.rules.versions import rule_version
 from framewatch.schemas.config import load_config
 from framewatch.schemas.events import (
     AlertEvent,
     AlertStored,
+    Candidate,
+    CandidateChange,
     DeadLetter,
     Detection,
     DetectionEvent,
@@ -29,8 +32,10 @@ from framewatch.schemas.events import (
     FrameEvent,
     FrameOutcome,
     Outcome,
+    TaskChange,
+    TaskEvent,
 )
-from framewatch.schemas.tasks import TaskType
+from framewatch.schemas.tasks import TaskType, changed
 from tests.conftest import SAMPLE_JPEG, write_config
 
 CONFIG = """[ai_analysis]
@@ -204,6 +209,46 @@ async def test_the_store_agent_writes_a_batch_once_and_announces_each_alert(work
         assert row is not None and row["camera_id"] == worker.task
     async with worker.resources.alerts.pool.acquire() as connection:
         assert await connection.fetchval("SELECT count(*) FROM alerts WHERE camera_id = $1", worker.task) == 3
+
+
+async def test_a_candidate_runs_beside_the_live_rule_into_the_shadow_topic_and_is_carried_on_when_promoted(
+        worker: InProcessWorker) -> None:
+    """The live rule watches the whole frame, the candidate the right half: the candidate's alert goes to
+    fw.shadow-alerts only, with the frame's own image and no clip request, and its state beside the live one.
+    Promoted, its state becomes the live state (the candidate's key deleted): the person both rules alerted on is
+    not alerted again."""
+    live = worker.resources.config.task(worker.task)
+    candidate = Candidate(task=changed(live, {"region": [(0.5, 0.0), (1.0, 0.0), (1.0, 1.0), (0.5, 1.0)]}),
+                          changes={}, by="ana", since=1)
+    catalog = worker.resources.catalog
+    catalog.values[worker.task] = live
+    catalog.events[worker.task] = TaskEvent(task_id=worker.task, task=live, candidate=candidate)
+    left, right = (0.1, 0.3, 0.2, 0.8), (0.7, 0.3, 0.8, 0.8)
+    frames = [detections(worker, 1, [left]), detections(worker, 2, [left, right])]
+    for frame in frames:
+        await worker.resources.store.put(frame.frame.object_key, SAMPLE_JPEG)
+    rules = worker.pipeline.agents["rules"]
+    async with rules.test_context() as agent:
+        for frame in frames:
+            await agent.put(frame.to_bytes())
+        await worker.sent.wait_for("fw.frame-outcomes", 2)
+        (shadow,) = worker.sent.records["fw.shadow-alerts"]
+        assert isinstance(shadow, AlertEvent) and shadow.frame == frames[1].frame
+        assert shadow.image_key == frames[1].frame.object_key and shadow.rule_version == rule_version(candidate.task)
+        assert len(worker.sent.records["fw.alerts"]) == len(worker.sent.records["fw.clip-requests"]) == 2
+        tried = RuleState.from_bytes(worker.topology.rule_state[candidate_state_key(worker.task)])
+        assert tried.candidate == 1 and len(tried.incidents) == 1
+
+        catalog.values[worker.task] = candidate.task
+        catalog.events[worker.task] = TaskEvent(task_id=worker.task, task=candidate.task, candidate_change=(
+            CandidateChange(change=TaskChange.PROMOTE, by="bo", at=2, candidate=candidate)))
+        await agent.put(detections(worker, 3, [left, right]).to_bytes())
+        await worker.sent.wait_for("fw.frame-outcomes", 3)
+    assert len(worker.sent.records["fw.alerts"]) == 2, "the incident the candidate carries on is not alerted again"
+    assert candidate_state_key(worker.task) not in worker.topology.rule_state
+    assert worker.sent.records["rule-state"][-1] is None  # the candidate's key, deleted on the changelog too
+    carried = RuleState.from_bytes(worker.topology.rule_state[worker.task.encode()])
+    assert carried.candidate is None and set(carried.incidents) == set(tried.incidents)
 
 
 def test_a_topic_refuses_a_record_of_another_type(worker: InProcessWorker) -> None:

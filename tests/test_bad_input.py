@@ -47,6 +47,7 @@ from framewatch.schemas.topics import (
     FRAME_OUTCOMES,
     FRAMES,
     SERVICES,
+    SHADOW_ALERTS,
     TASKS,
     TopicSpec,
 )
@@ -89,13 +90,14 @@ VALID: dict[str, tuple[Callable[[str], Event], str]] = {  # a record of the topi
     FRAMES.name: (marked_frame, "object_key"),
     DETECTIONS.name: (detections, "service_id"),
     ALERTS.name: (alert, "rule"),
+    SHADOW_ALERTS.name: (alert, "rule"),
     COUNTS.name: (lambda m: CountWindow(task_id=m, camera_id=m, task_type=TaskType.PEOPLE_COUNTING,
                                         window_start=1_700_000_040_000, samples=1, people_max=1, people_mean=1.0,
                                         crossed_in=0, crossed_out=0), "samples"),
     FRAME_OUTCOMES.name: (lambda m: FrameOutcome(frame=marked_frame(m), outcome=Outcome.DROPPED), "outcome"),
     ALERTS_STORED.name: (lambda m: AlertStored(alert=alert(m), stored_at=now_ms()), "stored_at"),
 }
-READ_TOPICS = [FRAMES, DETECTIONS, ALERTS, COUNTS, FRAME_OUTCOMES, ALERTS_STORED]
+READ_TOPICS = [FRAMES, DETECTIONS, ALERTS, SHADOW_ALERTS, COUNTS, FRAME_OUTCOMES, ALERTS_STORED]
 
 
 def malformed(spec: TopicSpec, marker: str) -> bytes:

@@ -30,7 +30,8 @@ def row(answered: bool = False, clip_key: str | None = None, reason: str | None 
             "stored_at": CAPTURED, "evidence": "{}", "image_key": "alerts/cam/a.jpg", "clip_answered": answered,
             "clip_key": clip_key, "clip_reason": reason, "clip_bytes": 1234 if made else None,
             "clip_start_at": CAPTURED - timedelta(seconds=5) if made else None,
-            "clip_end_at": CAPTURED + timedelta(seconds=5) if made else None}
+            "clip_end_at": CAPTURED + timedelta(seconds=5) if made else None,
+            "rule_version": "0123456789ab", "detector": "hog-1", "model": None}
 
 
 def task(**settings: Any) -> CameraTask:

@@ -9,9 +9,14 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import asyncpg
+import orjson
 import pytest
 
+from framewatch.clients.bus import read_records
 from framewatch.ops.demo import PipelineRun, RunSummary
+from framewatch.rules.versions import rule_version
+from framewatch.schemas.feed import kind_of
 from tests.conftest import ROOT, SAMPLE_CLIP, write_config
 
 CONFIG = f"""
@@ -73,6 +78,31 @@ def test_alerts_are_stored_moved_and_published_once(finished_run: tuple[Pipeline
     assert all(summary.alert_images.values()), summary.alert_images
     counts = Counter(summary.published_alert_ids)
     assert set(counts) == set(summary.stored_alert_ids) and set(counts.values()) == {1}
+
+
+def test_alerts_say_which_rule_version_detector_and_model_raised_them(
+        finished_run: tuple[PipelineRun, RunSummary]) -> None:
+    """In the row (and so /api/alerts) and in the feed message: the task's rule version, the HOG service's id (the
+    one the evidence names) and the model it reported."""
+    run, summary = finished_run
+    version = rule_version(run.config.frame_extractor.tasks[0])
+
+    async def rows() -> list[tuple[str, str, str, str]]:
+        connection = await asyncpg.connect(run.config.database.dsn.get_secret_value())
+        try:
+            found = await connection.fetch("SELECT rule_version, detector, model, evidence->>'service_id' AS seen "
+                                           "FROM alerts WHERE namespace = $1", run.config.framewatch.namespace)
+        finally:
+            await connection.close()
+        return [(r["rule_version"], r["detector"], r["model"], r["seen"]) for r in found]
+
+    stored = asyncio.run(rows())
+    assert len(stored) == len(summary.stored_alert_ids)
+    assert all(v == version and d == seen and m.startswith("hog-opencv-") for v, d, m, seen in stored), stored
+    published = asyncio.run(read_records(run.config, run.config.ai_analysis.mq_topic))
+    messages = [m for m in (orjson.loads(r.value or b"{}") for r in published) if kind_of(m) == "alert"]
+    assert messages and {(m["rule_version"], m["detector"], m["model"]) for m in messages} == {
+        (v, d, m) for v, d, m, _ in stored}
 
 
 def test_no_frame_object_is_left_for_frames_without_alert(finished_run: tuple[PipelineRun, RunSummary]) -> None:

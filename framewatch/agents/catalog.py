@@ -13,7 +13,7 @@ from typing import Generic, TypeVar
 
 from mode import Service
 
-from framewatch.clients.bus import follow, key_text
+from framewatch.clients.bus import follow, key_text, latest
 from framewatch.schemas.config import Config
 from framewatch.schemas.events import CameraStatus, DecodeError, TaskEvent
 from framewatch.schemas.tasks import CameraTask
@@ -37,20 +37,49 @@ class CompactedView(Service, Generic[V]):
     @Service.task
     async def _follow(self) -> None:
         async for record in follow(self.config, self.spec):
-            key = key_text(record.key)
-            try:
-                value = None if record.value is None else self.read(record.value)
-            except DecodeError as error:
-                log.warning("ignoring a bad record on %s: %s", record.topic, error)
-                continue
-            if value is None:
-                self.values.pop(key, None)
-            else:
-                self.values[key] = value
+            self._keep_readable(key_text(record.key), record.value)
+
+    def _keep_readable(self, key: str, raw: bytes | None) -> None:
+        try:
+            self.keep(key, raw)
+        except DecodeError as error:
+            log.warning("ignoring a bad record on %s: %s", self.config.topic(self.spec.name), error)
+
+    def keep(self, key: str, raw: bytes | None) -> None:
+        """Keeps what a record's value reads as; a tombstone, or a value that reads as None, forgets the key."""
+        value = None if raw is None else self.read(raw)
+        if value is None:
+            self.values.pop(key, None)
+        else:
+            self.values[key] = value
 
 
-def task_catalog(config: Config) -> CompactedView[CameraTask]:
-    return CompactedView(config, TASKS, lambda raw: TaskEvent.decode(raw).task)
+class TaskCatalog(CompactedView[CameraTask]):
+    """The tasks (`values`), and each one's record whole (`events`: its candidate, what last happened to it). The
+    record is decoded a second time for `events`: fw.tasks changes rarely, and `values` stays what every reader
+    of the catalog knows."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config, TASKS, lambda raw: TaskEvent.decode(raw).task)
+        self.events: dict[str, TaskEvent] = {}
+
+    async def on_start(self) -> None:
+        """fw.tasks as it stands, read whole before the agents start (they start after the app's dependencies): a
+        restarted worker evaluates its first frames with the tasks' settings and candidates as fw.tasks has them,
+        not with its config's and none."""
+        for key, raw in (await latest(self.config, self.spec)).items():
+            self._keep_readable(key, raw)
+
+    def keep(self, key: str, raw: bytes | None) -> None:
+        super().keep(key, raw)
+        if raw is not None and key in self.values:
+            self.events[key] = TaskEvent.decode(raw)
+        else:
+            self.events.pop(key, None)
+
+
+def task_catalog(config: Config) -> TaskCatalog:
+    return TaskCatalog(config)
 
 
 def camera_states(config: Config) -> CompactedView[CameraStatus]:

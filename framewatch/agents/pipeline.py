@@ -39,7 +39,7 @@ from framewatch.agents.resources import Resources
 from framewatch.agents.retention import frames
 from framewatch.agents.retention.frames import Retention
 from framewatch.agents.retention.housekeeping import Housekeeping
-from framewatch.agents.topology import RecordTooLarge, Topology
+from framewatch.agents.topology import RecordTooLarge, Topology, candidate_state_key
 from framewatch.metrics import Tally, watch_loop_lag
 from framewatch.rules.engine import Evaluation, Status, evaluate
 from framewatch.rules.state import RuleState, StateUnreadable
@@ -47,6 +47,7 @@ from framewatch.schemas.config import Config
 from framewatch.schemas.events import (
     AlertEvent,
     AlertStored,
+    Candidate,
     ClipReady,
     ClipRequest,
     CountWindow,
@@ -56,6 +57,8 @@ from framewatch.schemas.events import (
     FrameOutcome,
     InferencePressure,
     Outcome,
+    TaskChange,
+    TaskEvent,
     now_ms,
 )
 from framewatch.schemas.feed import ClipMessage
@@ -71,6 +74,9 @@ EVALUATION_SECONDS = Histogram("framewatch_rules_evaluation_seconds", "Rule eval
                                buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1))
 ACTIVE_TRACKS = Gauge("framewatch_rules_active_tracks", "Tracks followed per camera", ["camera"])
 STATES_RESET = Counter("framewatch_rules_states_reset_total", "Rule states found unreadable and started afresh")
+CANDIDATE_ALERTS = Counter("framewatch_rules_candidate_alerts_total",
+                           "Alerts raised by candidate rule settings (to fw.shadow-alerts, never published)",
+                           ["task_type"])
 OPEN_INCIDENTS = Gauge("framewatch_rules_open_incidents", "Incidents open per camera", ["camera"])
 
 COUNTS_BATCH = 100
@@ -137,6 +143,7 @@ class Pipeline:
         self.resources = resources
         self.settings = config.ai_analysis
         self.sink = AlertSink(resources.alerts, self.refused_by_database)
+        self.shadow_sink = AlertSink(resources.alerts, partial(self.refused_by_database, shadow=True))
         self.relocator = Relocator(resources.store)
         self.retention = Retention(resources.store, self.settings.save_only_with_detection, resources.frame_limit,
                                    config.frame_extractor.max_frame_age_sec)
@@ -151,6 +158,7 @@ class Pipeline:
         topology = self.topology
         for name, topic, agent in (("infer", topology.frames, self.infer), ("rules", topology.detections, self.rules),
                                    ("store", topology.alerts, self.store), ("tally", topology.counts, self.tally),
+                                   ("shadow", topology.shadow_alerts, self.shadow),
                                    ("clips", topology.clips, self.clips),
                                    ("retain", topology.frame_outcomes, self.retain)):
             self.agents[name] = app.agent(topic, name=f"framewatch.{name}")(agent)
@@ -210,18 +218,56 @@ class Pipeline:
         topology, frame = self.topology, event.frame
         if (task := self.resources.task_settings(frame.task_id)) is None:  # not on fw.tasks, not in the config
             return [await self.unknown_task(frame)]
+        record = self.resources.catalog.events.get(frame.task_id)  # its candidate: one lookup when it has none
         key = frame.task_id.encode()
         state = restore(frame.task_id, topology.rule_state.get(key))
+        promoted = self.promoted_state(record, state)
+        if promoted is not None:
+            state = promoted
         result = self.apply(task, state, event)
         deliveries: list[Delivery] = []
         reasons = [await self.raise_alert(alert, task, deliveries) for alert in result.alerts]
         deliveries += [await topology.emit(topology.counts, window) for window in result.windows]
-        if result.status is Status.EVALUATED:
+        if result.status is Status.EVALUATED or promoted is not None:
             deliveries.append(await topology.save_state(key, state.to_bytes()))
             ACTIVE_TRACKS.labels(frame.camera_id).set(len(state.tracks))
             OPEN_INCIDENTS.labels(frame.camera_id).set(len(state.incidents))
+        if promoted is not None:  # after the live state that carries it on, in the same changelog partition
+            deliveries.append(await topology.save_state(candidate_state_key(frame.task_id), None))
+        if record is not None and record.candidate is not None:
+            deliveries += await self.try_candidate(record.candidate, event)
         FRAMES_EVALUATED.labels(result.status.value).inc()
         deliveries.append(await topology.emit(topology.frame_outcomes, outcome_of(frame, result, reasons)))
+        return deliveries
+
+    def promoted_state(self, record: TaskEvent | None, live: RuleState) -> RuleState | None:
+        """When the task's record says its candidate was promoted and that candidate's state is still in the table:
+        the state the live rule carries on from (`RuleState.promoted`). Its key is deleted as it is carried over,
+        so this happens once."""
+        if record is None or (change := record.candidate_change) is None or change.change is not TaskChange.PROMOTE:
+            return None
+        raw = self.topology.rule_state.get(candidate_state_key(record.task_id))
+        if raw is None:
+            return None
+        candidate = restore(record.task_id, raw)
+        return candidate.promoted(live) if candidate.candidate == change.candidate.since else None
+
+    async def try_candidate(self, candidate: Candidate, event: DetectionEvent) -> list[Delivery]:
+        """The candidate's rule on the frame's detections, with its own state in the same table (as durable as the
+        live one, and confirmed before the frame is acked like it; a new candidate starts afresh). Its alerts go
+        to fw.shadow-alerts only, keeping the frame's image key: no image copy, no clip request, never published.
+        Replayed and late frames are recognised on its own state, as on the live one."""
+        topology, frame = self.topology, event.frame
+        key = candidate_state_key(frame.task_id)
+        state = restore(frame.task_id, topology.rule_state.get(key))
+        if state.candidate != candidate.since:
+            state = RuleState(candidate=candidate.since)
+        result = self.apply(candidate.task, state, event)
+        deliveries = [await topology.emit(topology.shadow_alerts, alert.model_copy(update={
+            "image_key": frame.object_key})) for alert in result.alerts]
+        if result.status is Status.EVALUATED:
+            deliveries.append(await topology.save_state(key, state.to_bytes()))
+        CANDIDATE_ALERTS.labels(frame.task_type.value).inc(len(result.alerts))
         return deliveries
 
     def apply(self, task: CameraTask, state: RuleState, event: DetectionEvent) -> Evaluation:
@@ -292,10 +338,19 @@ class Pipeline:
             await asyncio.gather(*(confirm_announcement(topology, mq_topic, clip, delivery)
                                    for clip, delivery in announced))
 
-    async def refused_by_database(self, record: Event, reason: str) -> None:
+    async def shadow(self, stream: faust.StreamT[bytes]) -> None:
+        """Candidates' alerts (`framewatch tasks try`) into PostgreSQL's shadow_alerts, in batches as `store` does;
+        nothing is announced, copied or published."""
+        topology = self.topology
+        async for batch in batches(stream, COUNTS_BATCH, self.settings.alert_batch_interval_sec):
+            await self.shadow_sink.store_shadow([a for raw in batch if (a := await topology.decode(
+                AlertEvent, raw, topology.shadow_alerts))])
+
+    async def refused_by_database(self, record: Event, reason: str, shadow: bool = False) -> None:
         """A record PostgreSQL refused for its data: kept on fw.dead-letters with the reason."""
         topology = self.topology
-        source = {AlertEvent: topology.alerts, ClipReady: topology.clips}.get(type(record), topology.counts)
+        source = topology.shadow_alerts if shadow else {AlertEvent: topology.alerts, ClipReady: topology.clips}.get(
+            type(record), topology.counts)
         await (await topology.dead_letter(source, f"database: {reason}", record.to_bytes(),
                                           record.event_id)).confirmed()
 

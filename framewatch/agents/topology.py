@@ -40,6 +40,12 @@ def _too_large(error: BaseException | None) -> bool:
     return False
 
 
+def candidate_state_key(task_id: str) -> bytes:
+    """The rule-state table's key of a task's candidate (`framewatch tasks try`): beside the live state (whose key
+    is the task id), written in the same changelog partition. No task id holds a '/'."""
+    return f"{task_id}/candidate".encode()
+
+
 class RecordTooLarge(FramewatchError):
     """A record larger than Kafka takes (`MAX_RECORD_BYTES`): sending it again cannot help."""
 
@@ -55,6 +61,7 @@ class Topology:
         self.frames = self._topic(topics.FRAMES)
         self.detections = self._topic(topics.DETECTIONS)
         self.alerts = self._topic(topics.ALERTS)
+        self.shadow_alerts = self._topic(topics.SHADOW_ALERTS)
         self.alerts_stored = self._topic(topics.ALERTS_STORED)
         self.frame_outcomes = self._topic(topics.FRAME_OUTCOMES)
         self.retention = self._topic(topics.RETENTION)
@@ -63,7 +70,8 @@ class Topology:
         self.clip_requests = self._topic(topics.CLIP_REQUESTS)
         self.clips = self._topic(topics.CLIPS)
         self.dead_letters = self._topic(topics.DEAD_LETTERS)
-        # task id (bytes) -> RuleState as bytes: tracks, incidents, cooldowns, the open count window (rules/state.py)
+        # task id (bytes) -> RuleState as bytes: tracks, incidents, cooldowns, the open count window (rules/state.py);
+        # a candidate's state beside it (`candidate_state_key`)
         min_insync = config.framewatch.min_insync_replicas
         self.rule_state = app.Table("rule-state", key_type=bytes, value_type=bytes, partitions=self.partitions,
                                     extra_topic_configs={} if min_insync is None else
@@ -101,12 +109,16 @@ class Topology:
         enqueue = partial(self._produce, name, key, value, timestamp_ms / 1000, None)
         return Delivery(name, await self._until_buffered(enqueue, name), enqueue, self._worth_resending)
 
-    async def save_state(self, key: bytes, value: bytes) -> Delivery:
+    async def save_state(self, key: bytes, value: bytes | None) -> Delivery:
         """Sets a task's rule state in the table and on its changelog (raw bytes both, in the partition of the
         record being handled), straight to the producer: Faust's own path buffers the changelog write and no one
-        waits for it. Sent again after a refusal, it is the key's newest state that goes, never an older one."""
+        waits for it. Sent again after a refusal, it is the key's newest state that goes, never an older one.
+        None deletes the key (a tombstone: a recovering worker deletes it too)."""
         table = self.rule_state
-        table.data[key] = value
+        if value is None:
+            table.data.pop(key, None)
+        else:
+            table.data[key] = value
         name = table.changelog_topic.get_topic_name()
         partition = table.partition_for_key(key)
 
@@ -122,7 +134,7 @@ class Topology:
         return await SEND_BACKOFF.call(enqueue, self._worth_resending,
                                        logged(log, f"sending to {name}", SEND_RETRIES.labels(name).inc))
 
-    async def _produce(self, name: str, key: bytes, value: bytes, timestamp_s: float,
+    async def _produce(self, name: str, key: bytes, value: bytes | None, timestamp_s: float,
                        partition: int | None) -> asyncio.Future[object]:
         # to the app's producer itself: `topic.send` first awaits Faust's `maybe_start_producer`, which yields to
         # the event loop on every call (a stampede guard), so the producer sent each record of a burst (a stored

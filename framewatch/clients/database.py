@@ -27,13 +27,22 @@ log = logging.getLogger("framewatch.database")
 MIGRATION_LOCK = 0x6677_6D69  # pg advisory lock id: one migrator at a time
 
 ALERT_COLUMNS = ("namespace", "alert_id", "frame_id", "task_id", "camera_id", "task_type", "rule", "captured_at",
-                 "emitted_at", "bucket", "image_key", "evidence")
+                 "emitted_at", "bucket", "image_key", "evidence", "rule_version", "detector", "model")
 
 
-# one statement: the batch as one array per column, unnested, merged by (namespace, alert id)
-MERGE = ("INSERT INTO alerts (" + ", ".join(ALERT_COLUMNS) + ") SELECT * FROM unnest("
-         "$1::text[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[], $8::timestamptz[], "
-         "$9::timestamptz[], $10::text[], $11::text[], $12::jsonb[]) ON CONFLICT (namespace, alert_id) DO NOTHING")
+ALERTS = "alerts"
+SHADOW_ALERTS = "shadow_alerts"  # candidates' alerts (`framewatch tasks try`): the same columns, never published
+
+
+def merge_into(table: str) -> str:
+    """One statement: the batch as one array per column, unnested, merged by (namespace, alert id)."""
+    return (f"INSERT INTO {table} (" + ", ".join(ALERT_COLUMNS) + ") SELECT * FROM unnest("
+            "$1::text[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[], $8::timestamptz[], "
+            "$9::timestamptz[], $10::text[], $11::text[], $12::jsonb[], $13::text[], $14::text[], $15::text[]) "
+            "ON CONFLICT (namespace, alert_id) DO NOTHING")
+
+
+MERGE = {table: merge_into(table) for table in (ALERTS, SHADOW_ALERTS)}
 
 
 UPSERT_CLIP = ("INSERT INTO alert_clips (namespace, alert_id, bucket, clip_key, start_at, end_at, clip_bytes, "
@@ -52,6 +61,8 @@ EXPIRE_ALERTS = ("DELETE FROM alerts WHERE namespace = $1 AND alert_id IN (SELEC
 EXPIRE_CLIPS = ("DELETE FROM alert_clips c WHERE c.namespace = $1 AND (c.alert_id = ANY($2::uuid[]) OR "
                 "(c.made_at < $3 AND NOT EXISTS (SELECT 1 FROM alerts a WHERE a.namespace = c.namespace "
                 "AND a.alert_id = c.alert_id))) RETURNING c.bucket, c.clip_key")
+# candidates' alerts name no object of their own (their image is the frame's, gone with retention): rows only
+EXPIRE_SHADOW = "DELETE FROM shadow_alerts WHERE namespace = $1 AND captured_at < $2"
 # Which objects rows name is asked of a bucket, every namespace's rows: namespaces may share a bucket, and an object
 # another namespace's alert keeps must outlive this one's expiry and sweep.
 CLIPS_NAMED = "SELECT DISTINCT clip_key FROM alert_clips WHERE clip_key = ANY($2::text[]) AND bucket = $1"
@@ -82,6 +93,9 @@ SPAN = "($3::timestamptz IS NULL OR captured_at >= $3) AND ($4::timestamptz IS N
 TASK_VERDICTS = ("SELECT a.alert_id, a.rule, a.captured_at, r.verdict, r.reviewer FROM (SELECT * FROM alerts "
                  f"WHERE namespace = $1 AND task_id = $2 AND {SPAN}) a LEFT JOIN alert_reviews r "
                  "ON r.namespace = a.namespace AND r.alert_id = a.alert_id ORDER BY a.captured_at")
+# a task's candidate's alerts (those of its version) in a span of capture times
+TASK_SHADOW = ("SELECT alert_id, rule, captured_at FROM shadow_alerts WHERE namespace = $1 AND task_id = $2 AND "
+               f"{SPAN} AND rule_version = $5 ORDER BY captured_at")
 # a task's camera is named after it
 TASK_MISSED = f"SELECT * FROM missed_events WHERE namespace = $1 AND camera_id = $2 AND {SPAN} ORDER BY captured_at"
 
@@ -150,7 +164,7 @@ def alert_row(namespace: str, alert: AlertEvent) -> tuple[object, ...]:
     frame = alert.frame
     return (namespace, alert.alert_id, frame.frame_id, frame.task_id, frame.camera_id, frame.task_type.value,
             alert.rule, _ts(frame.captured_at), _ts(alert.emitted_at), frame.bucket, alert.image_key,
-            orjson.dumps(alert.evidence).decode())
+            orjson.dumps(alert.evidence).decode(), alert.rule_version, alert.detector, alert.model)
 
 
 def _ts(ms: int) -> datetime:
@@ -160,14 +174,14 @@ def _ts(ms: int) -> datetime:
 COPY_MIN_ROWS = 10
 
 
-async def _copy_or_merge(connection: asyncpg.Connection, rows: list[tuple[object, ...]]) -> str:
+async def _copy_or_merge(connection: asyncpg.Connection, rows: list[tuple[object, ...]], table: str) -> str:
     if len(rows) >= COPY_MIN_ROWS:
         try:
-            status: str = await connection.copy_records_to_table("alerts", records=rows, columns=ALERT_COLUMNS)
+            status: str = await connection.copy_records_to_table(table, records=rows, columns=ALERT_COLUMNS)
             return status
         except asyncpg.UniqueViolationError:
             pass  # a replay: merged below
-    merged: str = await connection.execute(MERGE, *zip(*rows, strict=True))
+    merged: str = await connection.execute(MERGE[table], *zip(*rows, strict=True))
     return merged
 
 
@@ -229,7 +243,7 @@ class AlertStore:
             return False
         return True
 
-    async def insert(self, alerts: list[AlertEvent]) -> int:
+    async def insert(self, alerts: list[AlertEvent], table: str = ALERTS) -> int:
         """Store a batch in one statement; alerts already stored are skipped. Returns how many were new.
 
         A batch of `COPY_MIN_ROWS` or more is COPYed first, the cheapest way in; one that holds an alert already
@@ -239,10 +253,14 @@ class AlertStore:
         rows = [alert_row(self.namespace, a) for a in alerts]
         try:
             async with self.pool.acquire() as connection:
-                status = await _copy_or_merge(connection, rows)
+                status = await _copy_or_merge(connection, rows, table)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
-            raise classified(error, f"storing {len(alerts)} alerts") from None
+            raise classified(error, f"storing {len(alerts)} alerts in {table}") from None
         return int(status.rsplit(" ", 1)[-1])
+
+    async def insert_shadow(self, alerts: list[AlertEvent]) -> int:
+        """`insert` into shadow_alerts: candidates' alerts, which nothing publishes."""
+        return await self.insert(alerts, SHADOW_ALERTS)
 
     async def store_counts(self, windows: list[CountWindow]) -> int:
         """Upserts closed count minutes (a replayed one replaces itself); returns how many were written."""
@@ -291,12 +309,14 @@ class AlertStore:
         return rows[0] if rows else None
 
     async def expire(self, before: datetime, limit: int) -> Expired:
-        """Deletes up to `limit` of this namespace's alerts captured before a time with their clip rows, and the
-        clip rows of its alerts never stored made before it, in one transaction. A clip another alert's row (of any
+        """Deletes up to `limit` of this namespace's alerts captured before a time with their clip rows, the
+        clip rows of its alerts never stored made before it, and its candidates' alerts captured before it, in one
+        transaction. A clip another alert's row (of any
         namespace) still names in the same bucket is not returned."""
         try:
             async with self.pool.acquire() as connection, connection.transaction():
                 alerts = await connection.fetch(EXPIRE_ALERTS, self.namespace, before, limit)
+                await connection.execute(EXPIRE_SHADOW, self.namespace, before)
                 clips = {(r["bucket"], r["clip_key"]) for r in await connection.fetch(
                     EXPIRE_CLIPS, self.namespace, [r["alert_id"] for r in alerts], before) if r["clip_key"] is not None}
                 named = set()
@@ -346,6 +366,12 @@ class AlertStore:
         the missed events of its camera in that span."""
         return (await self._fetch(TASK_VERDICTS, self.namespace, task_id, since, until),
                 await self._fetch(TASK_MISSED, self.namespace, task_id, since, until))
+
+    async def task_shadow(self, task_id: str, rule_version: str, since: datetime | None,
+                          until: datetime | None) -> list[asyncpg.Record]:
+        """A task's candidate's alerts (of that rule version) captured from `since` to `until`, oldest first:
+        `alert_id`, `rule`, `captured_at`."""
+        return await self._fetch(TASK_SHADOW, self.namespace, task_id, since, until, rule_version)
 
     async def cameras(self) -> list[asyncpg.Record]:
         return await self._fetch("SELECT camera_id, task_id, task_type, count(*) AS alerts, max(captured_at) AS "

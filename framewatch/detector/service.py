@@ -115,10 +115,15 @@ class DetectorService:
             await self.images.aclose()
         self.pool.shutdown(wait=False, cancel_futures=True)
 
+    @property
+    def model(self) -> str:
+        """What the answers and heartbeats name as the model: HOG's OpenCV version, or the ONNX file's name."""
+        return str(self.detector.describe()["model"])
+
     def heartbeat(self) -> ServiceHeartbeat:
         return ServiceHeartbeat(service_id=self.settings.service_id, endpoint=self.settings.endpoint,
                                 task_types=self.settings.task_types, capacity=self.settings.capacity,
-                                max_batch=self.max_batch, version=str(self.detector.describe()["model"]))
+                                max_batch=self.max_batch, version=self.model)
 
     async def health(self, _: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "service_id": self.settings.service_id,
@@ -141,7 +146,8 @@ class DetectorService:
         else:
             results = list(await asyncio.gather(*(self._infer_frame(frame) for frame in body.frames)))
         REQUESTS.labels("ok").inc()
-        answer = InferResponse(results=results, inference_ms=(time.perf_counter() - started) * 1000)
+        answer = InferResponse(results=results, inference_ms=(time.perf_counter() - started) * 1000,
+                               model=self.model)
         return web.json_response(text=answer.model_dump_json())
 
     async def _infer_frame(self, frame: InferFrame) -> FrameResult:

@@ -146,13 +146,19 @@ def _matching(fits: list[list[int]]) -> dict[int, int]:
     return owner
 
 
+def pair(events: list[TruthEvent], alerts: list[ScoredAlert]) -> dict[int, int]:
+    """The pairing that finds the most events, each alert finding at most one: alert index -> event index. Also
+    what `framewatch tasks diff` matches a candidate's alerts to the live rule's with."""
+    return _matching([_closest_first(e, alerts) for e in events])
+
+
 def score(truth: Truth, alerts: list[ScoredAlert]) -> list[RuleScore]:
     """One score per rule the truth labels, over the span it labels."""
     scores = []
     for rule, span in truth.rules.items():
         events = [e for e in truth.events if e.rule == rule]
         candidates = [a for a in alerts if a.rule == rule and span.covers(a.at_s)]
-        owner = _matching([_closest_first(e, candidates) for e in events])
+        owner = pair(events, candidates)
         errors = [round(abs(candidates[j].at_s - events[i].at_s), 3) for j, i in owner.items()]
         scores.append(RuleScore(rule, len(candidates), len(events), len(owner), errors))
     return scores

@@ -19,6 +19,7 @@ from enum import StrEnum
 from framewatch.rules.conditions import CONDITIONS, Finding, Scene
 from framewatch.rules.state import Incident, Output, RuleState, Window
 from framewatch.rules.tracking import update_tracks
+from framewatch.rules.versions import rule_version
 from framewatch.schemas.events import (
     AlertEvent,
     CountWindow,
@@ -107,7 +108,8 @@ def _alert(task: CameraTask, event: DetectionEvent, rule: str, finding: Finding,
                 **finding.evidence}
     return AlertEvent(alert_id=AlertEvent.make_id(frame.frame_id, f"{rule}/{finding.key}"), frame=frame, rule=rule,
                       evidence=evidence, image_key=alert_image_key(frame.object_key, alert_base, task,
-                                                                   frame.captured_at))
+                                                                   frame.captured_at),
+                      rule_version=rule_version(task), detector=event.service_id, model=event.model)
 
 
 def _roll_window(task: CameraTask, state: RuleState, frame: FrameEvent) -> list[CountWindow]:

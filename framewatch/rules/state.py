@@ -78,6 +78,7 @@ class RuleState(BaseModel):
     window: Window | None = None
     present_at: int | None = None  # off_post: the last frame with someone at the post
     streak: int = 0  # smoking: frames in a row with the label
+    candidate: int | None = None  # the `since` of the candidate whose state this is; None: the live rule's
 
     @classmethod
     def from_bytes(cls, raw: bytes | None) -> RuleState:
@@ -96,3 +97,15 @@ class RuleState(BaseModel):
     def remember(self, captured_at: int) -> None:
         self.seen = [*self.seen[-(SEEN_FRAMES - 1):], captured_at]
         self.outputs = [o for o in self.outputs if o.captured_at >= self.seen[0]]
+
+    def promoted(self, live: RuleState) -> RuleState:
+        """This candidate's state carried on as the live rule's: its tracks, incidents and frames seen, with the
+        live rule's memory of what went out. An incident the live rule alerted on is not alerted again (nor within
+        its cooldown); one only the candidate alerted on (in the shadow table) is re-armed, so the feed gets it at
+        its next frame; a replayed frame re-sends the live rule's alerts. Incidents match by key (the track), which
+        both states share while the candidate changes no tracking setting."""
+        incidents = {key: incident.model_copy(update={"alerted": key in live.incidents
+                                                      and live.incidents[key].alerted})
+                     for key, incident in self.incidents.items()}
+        return self.model_copy(update={"incidents": incidents, "last_alert": dict(live.last_alert),
+                                       "outputs": list(live.outputs), "candidate": None})

@@ -13,6 +13,11 @@ at most 4 MiB, at most 1000 detections per frame, each detection within `Detecti
 finite box coordinates normalised to 0..1 with x1 <= x2 and y1 <= y2 (a box hanging off the frame by up to
 the frame's size is clamped to it), a score in 0..1, a label of 1..64 characters, a track
 id of at most 128, attributes of at most 4 KiB as JSON).
+
+Optional in the answer, so a service written before it keeps working: `model`, the name or hash of the model that
+answered (at most 128 characters, e.g. `yolov8n.onnx` or a digest of the weights). framewatch copies it onto every
+alert raised from that answer (with the service's id), so an alert says which model saw it; a service without it
+gives alerts whose `model` is null.
 """
 
 from __future__ import annotations
@@ -79,3 +84,4 @@ class InferResponse(BaseModel):
     results: list[FrameResult] = []
     error: ServiceError | None = None
     inference_ms: float | None = None
+    model: str | None = Field(default=None, max_length=128, description="the name or hash of the model that answered")

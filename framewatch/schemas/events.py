@@ -175,6 +175,8 @@ class DetectionEvent(Event):
     dispatched_at: int | None = Field(default=None, description="ms since the epoch when the request left")
     batch_size: int = Field(default=1, ge=1)
     detections: list[Detection] = Field(max_length=MAX_DETECTIONS)
+    model: str | None = Field(default=None, max_length=128, description="the model that answered, as the service "
+                              "reports it (schemas/contract.py); None when it does not")
 
     @property
     def event_id(self) -> str:
@@ -187,6 +189,11 @@ class AlertEvent(Event):
     rule: str
     evidence: dict[str, Any]
     image_key: str = Field(description="where the alert image lives once relocated")
+    rule_version: str | None = Field(default=None, description="the version of the rule settings that raised it "
+                                     "(rules/versions.py); None in alerts raised before versions")
+    detector: str | None = Field(default=None, description="the id of the algorithm service whose detections "
+                                 "raised it")
+    model: str | None = Field(default=None, description="the model that service reported; None when it did not")
 
     @property
     def event_id(self) -> str:
@@ -254,12 +261,48 @@ class TaskOrigin(StrEnum):
     COMMAND = "command"  # `framewatch tasks add|update|disable`: an extractor's config never overwrites it
 
 
+class Candidate(BaseModel):
+    """Rule settings tried beside a task's live ones (`framewatch tasks try`): the rules agent evaluates them on the
+    same detections with a state of their own, and their alerts go to the shadow topic only."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    task: CameraTask = Field(description="the task as it would stand with the candidate's settings")
+    changes: dict[str, Any] = Field(description="the rule settings it changes, as validated")
+    by: str = Field(description="who started it")
+    since: int = Field(description="ms since the epoch when it started: its identity (a new try starts afresh)")
+
+
+class TaskChange(StrEnum):
+    TRY = "try"
+    PROMOTE = "promote"
+    DROP = "drop"
+
+
+class CandidateChange(BaseModel):
+    """What happened to a task's candidate in this record, by whom and when (fw.tasks keeps it until the task's
+    next record): the candidate itself rides along, so what a promoted or dropped one did can still be compared."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    change: TaskChange
+    by: str
+    at: int = Field(description="ms since the epoch")
+    candidate: Candidate = Field(description="the candidate tried, promoted or dropped")
+
+
 class TaskEvent(Event):
-    """A camera task as it stands now (compacted topic fw.tasks, keyed by task id); `task` None deletes it."""
+    """A camera task as it stands now (compacted topic fw.tasks, keyed by task id); `task` None deletes it.
+
+    A candidate rides in the task's own record rather than in one of its own: the live settings and the candidate
+    are one compacted value, so a promotion is one write that every follower sees whole (never both rules live,
+    never neither), and extractors, which compare the task alone, restart no camera for a candidate."""
 
     task_id: str
     task: CameraTask | None
     origin: TaskOrigin = TaskOrigin.CONFIG
+    candidate: Candidate | None = None
+    candidate_change: CandidateChange | None = None
 
     @property
     def event_id(self) -> str:

@@ -5,7 +5,8 @@
 This is the contract with integrators: `framewatch schemas export DIR` writes the JSON Schema of each kind
 (`AlertMessage.schema.json`, `ClipMessage.schema.json`) and of the feed as a whole (`FeedMessage.schema.json`: one
 of the two), the README documents them field by field. Messages are JSON, keyed by camera id. `version` changes
-only when a field changes meaning or goes away; new optional fields may appear within a version.
+only when a field changes meaning or goes away; new optional fields may appear within a version (the alert's
+`rule_version`, `detector` and `model` did, in version 1).
 
 Alerts are published in Kafka transactions: read them with `isolation.level=read_committed` to see each alert
 exactly once. Clip messages are sent by the worker once the clip is recorded in PostgreSQL, at least once: one may
@@ -56,6 +57,13 @@ class AlertMessage(BaseModel):
     bucket: str = Field(description="the S3 bucket holding the alert image")
     image_key: str = Field(description="the alert image's object key; GET /api/alerts/{alert_id}/image on the "
                                        "worker redirects to a fresh presigned URL for it")
+    rule_version: str | None = Field(default=None, description="a short hash of the task's rule settings that "
+                                     "raised it: alerts of one version came from the same settings (absent from "
+                                     "the messages of releases before versions, null for alerts raised by them)")
+    detector: str | None = Field(default=None, description="the id of the algorithm service whose detections "
+                                 "raised it (absent before versions)")
+    model: str | None = Field(default=None, description="the model that service reported answering with; null when "
+                              "it reports none (absent before versions)")
 
     @classmethod
     def of(cls, stored: AlertStored) -> AlertMessage:
@@ -63,7 +71,8 @@ class AlertMessage(BaseModel):
         return cls(alert_id=alert.alert_id, camera_id=frame.camera_id, task_id=frame.task_id,
                    task_type=frame.task_type, rule=alert.rule, captured_at=frame.captured_at,
                    emitted_at=alert.emitted_at, stored_at=stored.stored_at, evidence=alert.evidence,
-                   bucket=frame.bucket, image_key=alert.image_key)
+                   bucket=frame.bucket, image_key=alert.image_key, rule_version=alert.rule_version,
+                   detector=alert.detector, model=alert.model)
 
     def to_bytes(self) -> bytes:
         return self.model_dump_json().encode()

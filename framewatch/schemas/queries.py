@@ -258,6 +258,7 @@ def alert_json(row: Mapping[str, Any], image_url: str, clip: ClipAnswer) -> dict
             "captured_at": row["captured_at"].isoformat(), "stored_at": row["stored_at"].isoformat(),
             "evidence": orjson.loads(evidence) if isinstance(evidence, str) else evidence,
             "image_key": row["image_key"], "image_url": image_url, "clip": clip.model_dump(mode="json"),
+            "rule_version": row["rule_version"], "detector": row["detector"], "model": row["model"],
             "review": review_json(row) if row.get("verdict") is not None else None}
 
 

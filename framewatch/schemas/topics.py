@@ -38,6 +38,8 @@ FRAMES = TopicSpec("fw.frames", events.FrameEvent, attrgetter("camera_id"), rete
                    log_append_time=True)
 DETECTIONS = TopicSpec("fw.detections", events.DetectionEvent, BY_FRAME_CAMERA, retention_ms=6 * HOUR_MS)
 ALERTS = TopicSpec("fw.alerts", events.AlertEvent, BY_FRAME_CAMERA, retention_ms=7 * 24 * HOUR_MS)
+# the alerts of candidate rule settings (`framewatch tasks try`): stored in shadow_alerts, never published
+SHADOW_ALERTS = TopicSpec("fw.shadow-alerts", events.AlertEvent, BY_FRAME_CAMERA, retention_ms=7 * 24 * HOUR_MS)
 ALERTS_STORED = TopicSpec("fw.alerts-stored", events.AlertStored, attrgetter("alert.frame.camera_id"),
                           retention_ms=7 * 24 * HOUR_MS)
 FRAME_OUTCOMES = TopicSpec("fw.frame-outcomes", events.FrameOutcome, BY_FRAME_CAMERA, retention_ms=6 * HOUR_MS)
@@ -55,7 +57,7 @@ CLIP_REQUESTS = TopicSpec("fw.clip-requests", events.ClipRequest, attrgetter("ta
 CLIPS = TopicSpec("fw.clips", events.ClipReady, attrgetter("camera_id"), retention_ms=7 * 24 * HOUR_MS)
 DEAD_LETTERS = TopicSpec("fw.dead-letters", events.DeadLetter, attrgetter("topic"), retention_ms=30 * 24 * HOUR_MS)
 
-ALL_TOPICS = (FRAMES, DETECTIONS, ALERTS, ALERTS_STORED, PUBLISHED, FRAME_OUTCOMES, RETENTION, COUNTS, SERVICES,
+ALL_TOPICS = (FRAMES, DETECTIONS, ALERTS, SHADOW_ALERTS, ALERTS_STORED, PUBLISHED, FRAME_OUTCOMES, RETENTION, COUNTS, SERVICES,
               TASKS, CAMERAS, PRESSURE, CLIP_REQUESTS, CLIPS, DEAD_LETTERS)
 
 

@@ -30,6 +30,8 @@ ALERTS_DUPLICATE = Counter("framewatch_sink_alerts_duplicate_total", "Alerts alr
 WRITE_FAILURES = Counter("framewatch_sink_write_failures_total", "Failed attempts to write a batch")
 DATABASE_UP = Gauge("framewatch_sink_database_up", "0 while the sink cannot write to the database")
 
+SHADOW_ALERTS_STORED = Counter("framewatch_sink_shadow_alerts_stored_total",
+                               "Candidates' alerts written to shadow_alerts (replays included)")
 CLIPS_STORED = Counter("framewatch_sink_clips_stored_total", "Alerts' clips (or why they have none) recorded")
 COUNT_WINDOWS_STORED = Counter("framewatch_sink_count_windows_stored_total", "Closed count minutes written")
 REJECTED = Counter("framewatch_sink_rejected_total", "Records PostgreSQL refused for their data (dead-lettered)",
@@ -58,6 +60,13 @@ class AlertSink:
         ALERTS_STORED.inc(inserted)
         ALERTS_DUPLICATE.inc(len(stored) - inserted)
         return stored
+
+    async def store_shadow(self, alerts: list[AlertEvent]) -> None:
+        """Stores candidates' alerts in shadow_alerts (replays merge, as in `store_batch`)."""
+        if alerts:
+            stored, _ = await self._write(list({a.alert_id: a for a in alerts}.values()), self.store.insert_shadow,
+                                          "shadow alert")
+            SHADOW_ALERTS_STORED.inc(len(stored))
 
     async def store_counts(self, windows: list[CountWindow]) -> None:
         if windows:

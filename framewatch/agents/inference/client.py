@@ -52,6 +52,7 @@ class BatchAnswer:
     results: dict[str, list[Detection] | InferenceFailure]
     round_trip_ms: float
     service_ms: float | None
+    model: str | None = None
 
 
 def refusal_reason(error: ServiceError) -> str:
@@ -132,7 +133,7 @@ class ServiceClient:
                     refusal_reason(result.error), f"{url}: {result.error.code} {result.error.message}")
             else:
                 results[frame.frame_id] = result.detections
-        return BatchAnswer(results, round_trip_ms, body.inference_ms)
+        return BatchAnswer(results, round_trip_ms, body.inference_ms, body.model)
 
     async def _post(self, url: str, request: InferRequest) -> InferResponse:
         try:

@@ -299,7 +299,7 @@ class InferenceScheduler(Service):
             self.activity.of(item.frame).inferred += 1
             self._settle(self.room.end(item, DetectionEvent(
                 frame=item.frame, service_id=sid, inference_ms=answer.round_trip_ms, service_ms=answer.service_ms,
-                dispatched_at=dispatched_at, batch_size=len(batch), detections=result)))
+                dispatched_at=dispatched_at, batch_size=len(batch), detections=result, model=answer.model)))
 
     def _record(self, service: RegisteredService, fault: bool) -> None:
         load = self.loads.record(service.service_id, fault)
