@@ -45,6 +45,7 @@ async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
     (FaustConsumer, "on_partitions_revoked", ["self", "revoked"]),
     (FaustConsumer, "perform_seek", ["self"]),
     (FaustConsumer, "seek", ["self", "partition", "offset"]),
+    (FaustConsumer, "earliest_offsets", ["self", "partitions"]),
     (FaustConsumer, "wait_empty", ["self"]),
     (FaustConsumer, "_wait_for_ack", ["self", "timeout"]),
     (FaustConsumer, "_clean_unacked_messages", ["self"]),

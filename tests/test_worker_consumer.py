@@ -5,7 +5,9 @@ Faust's own arithmetic (`faust/transport/consumer.py`, `Consumer._new_offset`) c
 acked offsets only while the partition has a committed offset other than 0, and then one offset too far: with
 offset 5 committed (the next to read) and 6 acked while 5 is still in flight, it commits 7. The infer agent acks out
 of order (frames of several cameras share a partition and finish in any order), so a crash or rebalance after such
-a commit loses the frame in flight; the worker's consumer (`agents/app.py`) commits below it.
+a commit loses the frame in flight; the worker's consumer (`agents/faust_overrides.py`) commits only a run of acked
+offsets that starts at the partition's head, which also keeps a record that never reached the agent from being
+passed over.
 
 Faust's `wait_empty`, which every rebalance and stop awaits, waits for ever while one record is unacknowledged
 (and swallows the cancellation that would end it); the worker's gives up after `wait_empty_s`.
@@ -29,13 +31,22 @@ from framewatch.agents.pipeline import build_worker
 from framewatch.schemas.config import load_config
 
 
-async def consumer_of_frames() -> tuple[Consumer, TP]:
+async def consumer_of_frames(head: int | None = 0) -> tuple[Consumer, TP]:
+    """The worker's consumer with fw.frames partition 0 assigned, its head (the next record to handle) `head`, as
+    `perform_seek` finds it; None: not sought yet."""
     config, _ = load_config(None, {"FRAMEWATCH_NAMESPACE": "offsets"})
     app, topology, *_ = build_worker(config)
     conductor = cast(Conductor, app.topics)
     conductor.add(topology.frames)
     await conductor._update_indices()  # what starting the agents does: acks are enabled for fw.frames
-    return cast(Consumer, app.consumer), TP(topology.frames.get_topic_name(), 0)
+    consumer, tp = cast(Consumer, app.consumer), TP(topology.frames.get_topic_name(), 0)
+    if head is not None:
+        sought(consumer, tp, head)
+    return consumer, tp
+
+
+def sought(consumer: Consumer, tp: TP, head: int) -> None:
+    consumer._heads[tp] = head  # type: ignore[attr-defined]  # what perform_seek learns
 
 
 def delivered(consumer: Consumer, tp: TP, *offsets: int) -> list[Message]:
@@ -62,7 +73,7 @@ async def test_no_commit_past_a_record_in_flight_before_the_first_commit() -> No
 
 
 async def test_no_commit_past_the_next_offset_while_it_is_in_flight() -> None:
-    consumer, tp = await consumer_of_frames()
+    consumer, tp = await consumer_of_frames(head=5)
     consumer._committed_offset[tp] = 5  # the next to read, as Kafka keeps it
     head, after = delivered(consumer, tp, 5, 6)
     consumer.ack(after)
@@ -71,8 +82,28 @@ async def test_no_commit_past_the_next_offset_while_it_is_in_flight() -> None:
     assert consumer._new_offset(tp) == 7
 
 
-async def test_contiguous_acks_commit_as_before() -> None:
+async def test_no_commit_past_a_head_that_never_reached_the_agent() -> None:
+    """Offset 0 was fetched in one consumer generation and dropped by Faust's stream in the next (a rebalance
+    between): never in flight, never acked. Committing 1 and 2 would pass over it for good."""
     consumer, tp = await consumer_of_frames()
+    for message in delivered(consumer, tp, 1, 2):
+        consumer.ack(message)
+    assert consumer._new_offset(tp) is None  # Faust's own, and the in-flight check before this one: 3
+    consumer.ack(delivered(consumer, tp, 0)[0])
+    assert consumer._new_offset(tp) == 3
+
+
+async def test_nothing_is_committed_before_the_partition_is_sought() -> None:
+    consumer, tp = await consumer_of_frames(head=None)
+    for message in delivered(consumer, tp, 0, 1):
+        consumer.ack(message)
+    assert consumer._new_offset(tp) is None
+    sought(consumer, tp, 0)
+    assert consumer._new_offset(tp) == 2
+
+
+async def test_contiguous_acks_commit_as_before() -> None:
+    consumer, tp = await consumer_of_frames(head=10)
     messages = delivered(consumer, tp, 10, 11, 12, 13)
     for message in messages[:3]:
         consumer.ack(message)
@@ -120,6 +151,7 @@ async def test_an_ack_from_before_a_revocation_commits_nothing_for_the_next_owne
     await consumer.on_partitions_revoked({tp})
     consumer.app.consumer_generation_id += 1  # assigned again, in the next generation: the next to read is still 5
     consumer._committed_offset[tp] = 5
+    sought(consumer, tp, 5)
     assert consumer.ack(stale) is False
     assert consumer._new_offset(tp) is None  # Faust's own: 7, past offset 5 that nobody here has read yet
     head, after = delivered(consumer, tp, 5, 6)
@@ -142,8 +174,12 @@ async def test_a_partition_without_a_commit_is_read_again_from_its_start_when_as
 
     async def seek(partition: TP, offset: int) -> None:
         seeks.append((partition, offset))
+    async def earliest_offsets(*partitions: TP) -> dict[TP, int]:
+        return {partition: 3 for partition in partitions}  # records below 3 expired
     consumer.seek_to_committed = seek_to_committed  # type: ignore[method-assign,assignment]
+    consumer.earliest_offsets = earliest_offsets  # type: ignore[method-assign]
     consumer.seek = seek  # type: ignore[method-assign]
     consumer.assignment = lambda: {tp, committed_tp}  # type: ignore[method-assign]
     await consumer.perform_seek()
     assert seeks == [(tp, 0)]
+    assert consumer._heads == {tp: 3, committed_tp: 7}  # type: ignore[attr-defined]

@@ -5,10 +5,11 @@ Each override corrects a behaviour of that version, and `tests/test_faust_overri
 still Faust's and that the private members relied on are still there: when it fails, Faust changed under an
 override, which must be read again (and dropped, when Faust now does the right thing).
 
-- `InFlightSafeConsumer` (installed by `WorkerApp._new_transport` through `KafkaTransport`): commits below every
-  record in flight (`_new_offset`), forgets records read before a revocation (`ack`, `on_partitions_revoked`), reads
-  an assigned partition without a commit from its start (`perform_seek`), and waits for the records in flight a
-  bounded time (`wait_empty`).
+- `InFlightSafeConsumer` (installed by `WorkerApp._new_transport` through `KafkaTransport`): commits only a run of
+  acked offsets that starts at the partition's head, the next record to handle (`_new_offset`), forgets records
+  read before a revocation (`ack`, `on_partitions_revoked`), reads an assigned partition without a commit from its
+  start and learns each partition's head (`perform_seek`), and waits for the records in flight a bounded time
+  (`wait_empty`).
 - `WorkerStream.batches`: Faust's `take` (`_enable_passive`, `_processors`), with the window of agents/batches.py
   and the batch acked only once the body handled it.
 - `GroupAssignor`: announces a member address of its own (`_url`) and keeps the group's membership.
@@ -24,6 +25,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Generic, TypeVar, cast
 
 import faust
+from aiokafka.errors import KafkaError
 from faust.assignor.partition_assignor import PartitionAssignor
 from faust.transport.drivers import aiokafka as kafka_driver
 from faust.types import TP, ChannelT, EventT
@@ -51,12 +53,16 @@ T = TypeVar("T")
 
 
 class InFlightSafeConsumer(kafka_driver.Consumer):
-    """Faust's consumer, committing a partition only below every record still in flight.
+    """Faust's consumer, committing a partition only through a run of acked offsets that starts at its head.
 
     Faust's own `_new_offset` checks for a gap at the head of the acked offsets only while the partition has a
     committed offset other than 0, and then one offset too far (with 5 committed and 6 acked while 5 is in flight
     it commits 7). The infer agent acks out of order, so that commit would lose the frame in flight at a crash or
-    rebalance (tests/test_worker_consumer.py)."""
+    rebalance; and a record that never reached the agent at all (fetched in one consumer generation, dropped by
+    Faust's stream in the next) was passed over the same way: a frame of a worker killed while the broker refused its
+    writes was found committed past, never inferred (tests/test_broker_loss.py). The head is the committed offset,
+    or, before the first commit, the partition's first record, learnt when the partition is sought
+    (tests/test_worker_consumer.py)."""
 
     wait_empty_s = WAIT_EMPTY_S
 
@@ -65,6 +71,8 @@ class InFlightSafeConsumer(kafka_driver.Consumer):
         # a partition's last revocation: the consumer generation (Faust's `message.generation_id`, the group's
         # generation when the record was fetched) of the records it ended
         self._revoked_in: dict[TP, int] = {}
+        # the agents' partitions' heads as `perform_seek` found them: none until then, and nothing is committed
+        self._heads: dict[TP, int] = {}
 
     def owns(self, message: Message) -> bool:
         """Whether the record's partition has stayed this worker's since the record was read. Faust revokes every
@@ -92,6 +100,7 @@ class InFlightSafeConsumer(kafka_driver.Consumer):
             self._revoked_in[tp] = self.app.consumer_generation_id
             self._acked.pop(tp, None)
             self._acked_index.pop(tp, None)
+            self._heads.pop(tp, None)
         self._unacked_messages -= {message for message in self._unacked_messages if message.tp in revoked}
 
     async def perform_seek(self) -> None:
@@ -102,19 +111,42 @@ class InFlightSafeConsumer(kafka_driver.Consumer):
         agents' buffers at a revocation): they stayed unhandled, and its commits stalled below them."""
         await super().perform_seek()
         agents_topics = self.app.topics.acking_topics
-        for tp in self.assignment():
-            if tp.topic in agents_topics and not self._committed_offset.get(tp):
+        partitions = [tp for tp in self.assignment() if tp.topic in agents_topics]
+        starts = await self._log_starts(partitions)
+        for tp in partitions:
+            committed = self._committed_offset.get(tp)
+            if not committed:
                 await self.seek(tp, 0)  # below the log's start (retention), the earliest reset applies
+            # a committed offset below the log's start (the records expired unread) is reset to that start
+            self._heads[tp] = max(committed or 0, starts.get(tp, 0))
+
+    async def _log_starts(self, partitions: list[TP]) -> dict[TP, int]:
+        """Each partition's first offset; none known when the broker does not say (a partition without a commit is
+        then taken to start at 0: if its records expired, it commits nothing until it is sought again)."""
+        if not partitions:
+            return {}
+        try:
+            return dict(await self.earliest_offsets(*partitions))
+        except (KafkaError, OSError, TimeoutError) as error:
+            log.warning("the first offsets of %d partitions are unknown (%r): heads taken from the commits",
+                        len(partitions), error)
+            return {}
 
     def _new_offset(self, tp: TP) -> int | None:
+        """Faust's, once the head is acked: never past a record this ownership has not handled."""
         acked = self._acked[tp]
-        if acked and (oldest := self._oldest_in_flight(tp)) is not None and oldest < min(acked):
+        head = self._head(tp)
+        if not acked or head is None or min(acked) > head:
             return None
         offset: int | None = super()._new_offset(tp)
+        if offset is not None:
+            self._heads[tp] = offset
         return offset
 
-    def _oldest_in_flight(self, tp: TP) -> int | None:
-        return min((message.offset for message in self._unacked_messages if message.tp == tp), default=None)
+    def _head(self, tp: TP) -> int | None:
+        """The partition's next record to handle: its last commit here, else what `perform_seek` found."""
+        known = [offset for offset in (self._heads.get(tp), self._committed_offset.get(tp)) if offset is not None]
+        return max(known) if tp in self._heads else None
 
     async def wait_empty(self) -> None:
         """Faust's, with a deadline: a rebalance (or a stop) waits for the records in flight at most
