@@ -81,6 +81,16 @@ def test_a_promoted_state_announces_no_incident_twice_and_loses_none() -> None:
     assert live.see(2.0, person(0.8, 0.9, track_id="p1"), person(0.2, 0.9, track_id="p2")).alerts == []
 
 
+def test_an_incident_only_the_live_rule_had_found_is_not_announced_again_once_the_candidate_finds_it() -> None:
+    """The live rule alerted on p1 in the lower right; the candidate's region (the lower left) had not found it. p1
+    walks into the lower left after the promotion, past the cooldown but before its incident cleared."""
+    live = Camera(region=RIGHT_LOWER, cooldown_sec=1.0, clear_sec=5.0)
+    tried = Camera(region=[(0.0, 0.5), (0.5, 0.5), (0.5, 1.0), (0.0, 1.0)], cooldown_sec=1.0, clear_sec=5.0)
+    assert walk_both(live, tried, [0.0, 0.5], 0.8, 0.9) == (1, 0)
+    live.task, live.state = tried.task, tried.state.promoted(live.state)
+    assert live.see(2.0, person(0.2, 0.9, track_id="p1")).alerts == []
+
+
 def test_a_replayed_frame_from_before_the_promotion_sends_the_live_rules_alerts_again() -> None:
     live = Camera(region=RIGHT_LOWER)
     tried = Camera(region=LOWER_HALF)

@@ -12,6 +12,7 @@ from framewatch.schemas.events import (
     FrameEvent,
     FrameOutcome,
     Outcome,
+    TaskEvent,
     json_schemas,
 )
 from framewatch.schemas.tasks import TaskType
@@ -28,6 +29,17 @@ def test_round_trip_keeps_every_field() -> None:
                            detections=[Detection(label="person", score=0.9, box=(0.1, 0.2, 0.3, 0.4))])
     assert DetectionEvent.decode(event.to_bytes()) == event
     assert orjson.loads(event.to_bytes())["schema_version"] == 1
+
+
+def test_fields_added_after_the_first_release_are_written_only_when_set() -> None:
+    """A worker of an earlier release (records forbid unknown keys) reads a detection whose service reported no
+    model, and a task record without a candidate, during an upgrade."""
+    detection = DetectionEvent(frame=frame(), service_id="s", inference_ms=1.0, detections=[])
+    assert "model" not in orjson.loads(detection.to_bytes()) and DetectionEvent.decode(detection.to_bytes()) == detection
+    reported = detection.model_copy(update={"model": "yolov8n"})
+    assert orjson.loads(reported.to_bytes())["model"] == "yolov8n"
+    tasks = TaskEvent(task_id="cam", task=None)
+    assert set(orjson.loads(tasks.to_bytes())) == {"schema_version", "emitted_at", "task_id", "task", "origin"}
 
 
 def test_ids_are_deterministic() -> None:

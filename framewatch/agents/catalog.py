@@ -11,9 +11,11 @@ import logging
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from aiokafka import ConsumerRecord
+from aiokafka.errors import KafkaError
 from mode import Service
 
-from framewatch.clients.bus import follow, key_text, latest
+from framewatch.clients.bus import BrokerUnavailable, follow, key_text, read_records
 from framewatch.schemas.config import Config
 from framewatch.schemas.events import CameraStatus, DecodeError, TaskEvent
 from framewatch.schemas.tasks import CameraTask
@@ -37,7 +39,10 @@ class CompactedView(Service, Generic[V]):
     @Service.task
     async def _follow(self) -> None:
         async for record in follow(self.config, self.spec):
-            self._keep_readable(key_text(record.key), record.value)
+            self.on_record(record)
+
+    def on_record(self, record: ConsumerRecord) -> None:
+        self._keep_readable(key_text(record.key), record.value)
 
     def _keep_readable(self, key: str, raw: bytes | None) -> None:
         try:
@@ -62,13 +67,28 @@ class TaskCatalog(CompactedView[CameraTask]):
     def __init__(self, config: Config) -> None:
         super().__init__(config, TASKS, lambda raw: TaskEvent.decode(raw).task)
         self.events: dict[str, TaskEvent] = {}
+        self._read_at_start: dict[str, int] = {}  # each key's offset in the start's read: the follow skips to it
 
     async def on_start(self) -> None:
         """fw.tasks as it stands, read whole before the agents start (they start after the app's dependencies): a
         restarted worker evaluates its first frames with the tasks' settings and candidates as fw.tasks has them,
-        not with its config's and none."""
-        for key, raw in (await latest(self.config, self.spec)).items():
-            self._keep_readable(key, raw)
+        not with its config's and none. The follow, which reads the topic from its start, then skips each key's
+        records up to the one read here (else it would show older records again until it caught up). A read that
+        fails (the broker slow or away) leaves the tasks to the follow, as before."""
+        try:
+            records = await read_records(self.config, self.config.topic(self.spec.name))
+        except (KafkaError, BrokerUnavailable, LookupError, TimeoutError) as error:
+            log.warning("fw.tasks could not be read whole at start (%r): the tasks come as they are followed", error)
+            return
+        for record in records:
+            if record.key is not None:
+                self._read_at_start[key_text(record.key)] = record.offset
+                self._keep_readable(key_text(record.key), record.value)
+
+    def on_record(self, record: ConsumerRecord) -> None:
+        key = key_text(record.key)
+        if record.offset > self._read_at_start.get(key, -1):
+            self._keep_readable(key, record.value)
 
     def keep(self, key: str, raw: bytes | None) -> None:
         super().keep(key, raw)

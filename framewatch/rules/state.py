@@ -102,10 +102,13 @@ class RuleState(BaseModel):
         """This candidate's state carried on as the live rule's: its tracks, incidents and frames seen, with the
         live rule's memory of what went out. An incident the live rule alerted on is not alerted again (nor within
         its cooldown); one only the candidate alerted on (in the shadow table) is re-armed, so the feed gets it at
-        its next frame; a replayed frame re-sends the live rule's alerts. Incidents match by key (the track), which
+        its next frame; a replayed frame re-sends the live rule's alerts. An incident the live rule alerted on that
+        the candidate has not found (yet: a longer dwell, another region) is carried on too, so that the candidate
+        finding it before it ends (`clear_sec`) announces nothing again. Incidents match by key (the track), which
         both states share while the candidate changes no tracking setting."""
-        incidents = {key: incident.model_copy(update={"alerted": key in live.incidents
-                                                      and live.incidents[key].alerted})
-                     for key, incident in self.incidents.items()}
+        incidents = {key: incident for key, incident in live.incidents.items() if incident.alerted}
+        incidents.update({key: incident.model_copy(update={"alerted": key in live.incidents
+                                                           and live.incidents[key].alerted})
+                          for key, incident in self.incidents.items()})
         return self.model_copy(update={"incidents": incidents, "last_alert": dict(live.last_alert),
                                        "outputs": list(live.outputs), "candidate": None})

@@ -39,6 +39,20 @@ def stable_id(*parts: str) -> str:
     return str(uuid.uuid5(ID_NAMESPACE, "\x1f".join(parts)))
 
 
+# fields added after the first release, each optional: written only when set, so that a worker or extractor of an
+# earlier release (records are `extra="forbid"`) still reads the records that do not use them during an upgrade
+LATER_FIELDS = frozenset({"model", "rule_version", "detector", "candidate", "candidate_change"})
+
+
+def without_unset_later_fields(value: Any) -> Any:
+    """The JSON form with every LATER_FIELDS key whose value is null left out, at any depth."""
+    if isinstance(value, dict):
+        return {k: without_unset_later_fields(v) for k, v in value.items() if not (v is None and k in LATER_FIELDS)}
+    if isinstance(value, list):
+        return [without_unset_later_fields(v) for v in value]
+    return value
+
+
 class Event(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -50,7 +64,7 @@ class Event(BaseModel):
         raise NotImplementedError
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps(self.model_dump(mode="json"))
+        return orjson.dumps(without_unset_later_fields(self.model_dump(mode="json")))
 
     @classmethod
     def decode(cls, raw: bytes | None) -> Self:
