@@ -9,7 +9,7 @@ from typing import Any
 
 from framewatch.agents.api.cameras import Snapshot, camera_rows
 from framewatch.agents.inference.scheduler import CameraSeen
-from framewatch.schemas.events import CameraState, CameraStatus
+from framewatch.schemas.events import CameraState, CameraStatus, OpenIncidents
 from framewatch.schemas.queries import camera_json
 from framewatch.schemas.tasks import CameraTask, Freshness, TaskType
 
@@ -38,23 +38,27 @@ def group(camera_id: str, alerts: int, last_alert_at: datetime, task_type: str =
 def answer(configured: Iterable[CameraTask] = (), published: Mapping[str, CameraTask] | None = None,
            statuses: Mapping[str, CameraStatus] | None = None, activity: Mapping[str, CameraSeen] | None = None,
            alert_groups: Iterable[Mapping[str, Any]] = (),
-           snapshots: Mapping[str, Snapshot] | None = None) -> list[dict[str, Any]]:
+           snapshots: Mapping[str, Snapshot] | None = None,
+           incidents: Mapping[str, OpenIncidents] | None = None) -> list[dict[str, Any]]:
     rows = camera_rows(configured=configured, published=published or {}, statuses=statuses or {},
-                       activity=activity or {}, alert_groups=alert_groups, snapshots=snapshots or {}, now_ms=NOW_MS,
-                       now_monotonic_s=NOW_MONOTONIC_S)
+                       activity=activity or {}, alert_groups=alert_groups, snapshots=snapshots or {},
+                       incidents=incidents or {}, now_ms=NOW_MS, now_monotonic_s=NOW_MONOTONIC_S)
     return [camera_json(row) for row in rows]
 
 
 def test_a_camera_every_source_knows_has_every_field() -> None:
     seen = CameraSeen("door", frames=10, inferred=9, last_captured_at=int(NOW_MS) - 9_000, freshness=Freshness.ALL,
                       last_seen=NOW_MONOTONIC_S - 1.25)
+    incidents = OpenIncidents(camera_id="door", task_id="door", open=2, at=int(NOW_MS) - 5_000)
     assert answer(configured=[task("door")], statuses={"door": status("door", int(NOW_MS) - 3_000)},
-                  activity={"door": seen}, alert_groups=[group("door", 4, MONDAY)]) == [{
+                  activity={"door": seen}, alert_groups=[group("door", 4, MONDAY)],
+                  incidents={"door": incidents, "gone": incidents.model_copy(update={"camera_id": "gone"})}) == [{
         "camera_id": "door", "task_type": "area_intrusion", "enabled": True, "alerts": 4,
         "state": "streaming", "extractor": "x-1", "fps_in": 25.0, "fps_out": 5.0, "interval_ms": 200,
         "reconnects": 2, "last_error": "", "status_age_s": 3.0, "clock_skew_s": None,
         "frames": 10, "inferred": 9, "freshness": "all", "last_frame_age_s": 1.2,
-        "last_alert_at": "2024-01-01T08:00:00+00:00", "snapshot_url": None, "snapshot_age_s": None}]
+        "last_alert_at": "2024-01-01T08:00:00+00:00", "open_incidents": 2, "snapshot_url": None,
+        "snapshot_age_s": None}]  # a camera fw.incidents alone names has no row
 
 
 def test_what_no_source_knows_of_a_camera_is_absent_not_null() -> None:

@@ -106,6 +106,7 @@ def test_cameras_lists_configured_and_seen_cameras(api: tuple[Fleet, str]) -> No
     cameras = {c["camera_id"]: c for c in get(fleet, "/api/cameras").json()["cameras"]}
     camera = cameras[f"{prefix}a-002"]
     assert camera["alerts"] == 10 and camera["frames"] == 10 and camera["task_type"] == "area_intrusion"
+    assert camera["open_incidents"] >= 1  # the person is still there: no frame after the last closed anything
 
 
 @pytest.mark.parametrize("params,named", [

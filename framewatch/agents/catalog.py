@@ -1,8 +1,8 @@
 """Compacted topics every worker follows whole, without a consumer group: the last value of each key.
 
 `fw.tasks` gives the rule settings changed at run time (`framewatch tasks update`: they apply to the next frame)
-and the rules of cameras added at run time; `fw.cameras` gives what the extractors say of each camera, for
-`/api/cameras`.
+and the rules of cameras added at run time; `fw.cameras` gives what the extractors say of each camera, and
+`fw.incidents` how many incidents each camera's rule has open, for `/api/cameras`.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from mode import Service
 
 from framewatch.clients.bus import BrokerUnavailable, follow, key_text, read_records
 from framewatch.schemas.config import Config
-from framewatch.schemas.events import CameraStatus, DecodeError, TaskEvent
+from framewatch.schemas.events import CameraStatus, DecodeError, OpenIncidents, TaskEvent
 from framewatch.schemas.tasks import CameraTask
-from framewatch.schemas.topics import CAMERAS, TASKS, TopicSpec
+from framewatch.schemas.topics import CAMERAS, INCIDENTS, TASKS, TopicSpec
 
 log = logging.getLogger("framewatch.catalog")
 
@@ -104,3 +104,7 @@ def task_catalog(config: Config) -> TaskCatalog:
 
 def camera_states(config: Config) -> CompactedView[CameraStatus]:
     return CompactedView(config, CAMERAS, CameraStatus.decode)
+
+
+def open_incidents(config: Config) -> CompactedView[OpenIncidents]:
+    return CompactedView(config, INCIDENTS, OpenIncidents.decode)

@@ -2,7 +2,8 @@
 
     fw.frames ──infer──► fw.detections ──rules──► fw.alerts ──store──► PostgreSQL ─► fw.alerts-stored
         │                                  │  ├─ copy the alert image to alerts/… first (dead letter when it cannot)
-        │                                  │  └─► fw.counts ──tally──► PostgreSQL (closed minutes of counting tasks)
+        │                                  │  ├─► fw.counts ──tally──► PostgreSQL (closed minutes of counting tasks)
+        │                                  │  └─► fw.incidents (open incidents per camera, when their number changes)
         └─(dropped, failed)► fw.frame-outcomes ◄──(no alert / alert)
                                  └──retain──► delete frames/… ─► fw.retention
 
@@ -56,6 +57,7 @@ from framewatch.schemas.events import (
     FrameEvent,
     FrameOutcome,
     InferencePressure,
+    OpenIncidents,
     Outcome,
     TaskChange,
     TaskEvent,
@@ -221,6 +223,7 @@ class Pipeline:
         record = self.resources.catalog.events.get(frame.task_id)  # its candidate: one lookup when it has none
         key = frame.task_id.encode()
         state = restore(frame.task_id, topology.rule_state.get(key))
+        open_before = len(state.incidents)
         promoted = self.promoted_state(record, state)
         if promoted is not None:
             state = promoted
@@ -229,15 +232,25 @@ class Pipeline:
         reasons = [await self.raise_alert(alert, task, deliveries) for alert in result.alerts]
         deliveries += [await topology.emit(topology.counts, window) for window in result.windows]
         if result.status is Status.EVALUATED or promoted is not None:
-            deliveries.append(await topology.save_state(key, state.to_bytes()))
-            ACTIVE_TRACKS.labels(frame.camera_id).set(len(state.tracks))
-            OPEN_INCIDENTS.labels(frame.camera_id).set(len(state.incidents))
+            deliveries += await self.save_live(frame, key, state, open_before)
         if promoted is not None:  # after the live state that carries it on, in the same changelog partition
             deliveries.append(await topology.save_state(candidate_state_key(frame.task_id), None))
         if record is not None and record.candidate is not None:
             deliveries += await self.try_candidate(record.candidate, event)
         FRAMES_EVALUATED.labels(result.status.value).inc()
         deliveries.append(await topology.emit(topology.frame_outcomes, outcome_of(frame, result, reasons)))
+        return deliveries
+
+    async def save_live(self, frame: FrameEvent, key: bytes, state: RuleState, open_before: int) -> list[Delivery]:
+        """The live rule's new state, and the camera's open incidents on fw.incidents when their number changed (for
+        every worker's /api/cameras: each evaluates only its own partitions' cameras)."""
+        topology = self.topology
+        deliveries = [await topology.save_state(key, state.to_bytes())]
+        ACTIVE_TRACKS.labels(frame.camera_id).set(len(state.tracks))
+        OPEN_INCIDENTS.labels(frame.camera_id).set(len(state.incidents))
+        if len(state.incidents) != open_before:
+            deliveries.append(await topology.emit(topology.incidents, OpenIncidents(
+                camera_id=frame.camera_id, task_id=frame.task_id, open=len(state.incidents), at=frame.captured_at)))
         return deliveries
 
     def promoted_state(self, record: TaskEvent | None, live: RuleState) -> RuleState | None:

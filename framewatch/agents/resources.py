@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mode import Service
 
-from framewatch.agents.catalog import camera_states, task_catalog
+from framewatch.agents.catalog import camera_states, open_incidents, task_catalog
 from framewatch.agents.inference.capacity import CapacityShare
 from framewatch.agents.inference.client import ServiceClient
 from framewatch.agents.inference.registry import ServiceRegistry
@@ -27,6 +27,7 @@ class Resources(Service):
         self.registry = ServiceRegistry(config)
         self.catalog = task_catalog(config)  # fw.tasks
         self.camera_states = camera_states(config)  # fw.cameras
+        self.incidents = open_incidents(config)  # fw.incidents
         self.client = ServiceClient(config, self.store, regions=self.region_of)
         # each service's capacity, shared with the other workers (slots are PostgreSQL advisory locks)
         self.capacity = CapacityShare(config.database.dsn.get_secret_value(), config.framewatch.namespace,
@@ -39,12 +40,14 @@ class Resources(Service):
         await self.registry.start()
         await self.catalog.start()
         await self.camera_states.start()
+        await self.incidents.start()
         await self.capacity.start()
         await self.scheduler.start()
 
     async def on_stop(self) -> None:
         await self.scheduler.stop()
         await self.capacity.stop()
+        await self.incidents.stop()
         await self.camera_states.stop()
         await self.catalog.stop()
         await self.registry.stop()

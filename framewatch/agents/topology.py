@@ -69,6 +69,7 @@ class Topology:
         self.pressure = self._topic(topics.PRESSURE)
         self.clip_requests = self._topic(topics.CLIP_REQUESTS)
         self.clips = self._topic(topics.CLIPS)
+        self.incidents = self._topic(topics.INCIDENTS)
         self.dead_letters = self._topic(topics.DEAD_LETTERS)
         # task id (bytes) -> RuleState as bytes: tracks, incidents, cooldowns, the open count window (rules/state.py);
         # a candidate's state beside it (`candidate_state_key`)

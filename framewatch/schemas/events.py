@@ -358,6 +358,21 @@ class CameraStatus(Event):
         return extractor_ms - (self.clock_skew_ms or 0)
 
 
+class OpenIncidents(Event):
+    """How many incidents a camera's rule has open, from the worker evaluating it, written when the number changes
+    (compacted topic fw.incidents, keyed by camera): every worker's /api/cameras shows every camera's, though each
+    evaluates only its own partitions' cameras."""
+
+    camera_id: str
+    task_id: str
+    open: int = Field(ge=0)
+    at: int = Field(description="capture time of the frame that changed it, ms since the epoch")
+
+    @property
+    def event_id(self) -> str:
+        return f"{self.camera_id}@{self.at}"
+
+
 class InferencePressure(Event):
     """What inference made of one task's frames over a period (fw.pressure): the extractor's credit signal."""
 
@@ -478,7 +493,7 @@ class DeadLetter(Event):
 
 ALL_EVENTS: tuple[type[Event], ...] = (FrameEvent, DetectionEvent, AlertEvent, FrameOutcome, ServiceHeartbeat,
                                        TaskEvent, CameraStatus, InferencePressure, RetentionEvent, AlertStored,
-                                       AlertPublished, CountWindow, DeadLetter, ClipRequest, ClipReady)
+                                       AlertPublished, CountWindow, DeadLetter, ClipRequest, ClipReady, OpenIncidents)
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:

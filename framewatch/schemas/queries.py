@@ -302,6 +302,8 @@ class CameraRow(BaseModel):
     last_frame_age_s: float | None = Field(default=None, description="since this worker received the last frame")
     # from the alert store
     last_alert_at: str | None = None
+    # from fw.incidents (the worker evaluating the camera writes it when the number changes)
+    open_incidents: int | None = Field(default=None, ge=0, description="incidents the camera's rule has open")
     # from the object store: the still the camera's extractor rewrites (always present, null without one)
     snapshot_url: str | None = Field(default=None, description="a presigned URL of the camera's latest still, "
                                      "valid a few minutes (an <img> cannot send the token)")

@@ -50,6 +50,7 @@ SERVICES = TopicSpec("fw.services", events.ServiceHeartbeat, attrgetter("service
 # cameras are shared among extractors by fw.tasks' partitions: more partitions, a finer split
 TASKS = TopicSpec("fw.tasks", events.TaskEvent, attrgetter("task_id"), compacted=True, shards_cameras=True)
 CAMERAS = TopicSpec("fw.cameras", events.CameraStatus, attrgetter("camera_id"), compacted=True)
+INCIDENTS = TopicSpec("fw.incidents", events.OpenIncidents, attrgetter("camera_id"), compacted=True)
 PRESSURE = TopicSpec("fw.pressure", events.InferencePressure, attrgetter("task_id"), retention_ms=HOUR_MS)
 # by task id over `task_partitions`, as fw.tasks: the extractor that owns a task's partition there reads its requests
 CLIP_REQUESTS = TopicSpec("fw.clip-requests", events.ClipRequest, attrgetter("task_id"), retention_ms=HOUR_MS,
@@ -57,8 +58,8 @@ CLIP_REQUESTS = TopicSpec("fw.clip-requests", events.ClipRequest, attrgetter("ta
 CLIPS = TopicSpec("fw.clips", events.ClipReady, attrgetter("camera_id"), retention_ms=7 * 24 * HOUR_MS)
 DEAD_LETTERS = TopicSpec("fw.dead-letters", events.DeadLetter, attrgetter("topic"), retention_ms=30 * 24 * HOUR_MS)
 
-ALL_TOPICS = (FRAMES, DETECTIONS, ALERTS, SHADOW_ALERTS, ALERTS_STORED, PUBLISHED, FRAME_OUTCOMES, RETENTION, COUNTS, SERVICES,
-              TASKS, CAMERAS, PRESSURE, CLIP_REQUESTS, CLIPS, DEAD_LETTERS)
+ALL_TOPICS = (FRAMES, DETECTIONS, ALERTS, SHADOW_ALERTS, ALERTS_STORED, PUBLISHED, FRAME_OUTCOMES, RETENTION, COUNTS,
+              SERVICES, TASKS, CAMERAS, INCIDENTS, PRESSURE, CLIP_REQUESTS, CLIPS, DEAD_LETTERS)
 
 
 def by_name(name: str) -> TopicSpec | None:

@@ -20,7 +20,7 @@ from faust.web import Request, Response, View
 from framewatch.agents.api.routes import NotFound, Route, WebContext
 from framewatch.agents.inference.scheduler import CameraSeen
 from framewatch.clients.objectstore import StoreError, snapshot_folder
-from framewatch.schemas.events import CameraStatus
+from framewatch.schemas.events import CameraStatus, OpenIncidents
 from framewatch.schemas.queries import BadQuery, CameraRow, camera_json
 from framewatch.schemas.tasks import CameraTask, safe_id
 
@@ -43,7 +43,8 @@ async def cameras(context: WebContext, view: View, request: Request) -> Response
     alert_groups = await resources.alerts.cameras()
     rows = camera_rows(configured=resources.config.frame_extractor.tasks, published=resources.catalog.values,
                        statuses=resources.camera_states.values, activity=resources.scheduler.camera_activity(),
-                       alert_groups=alert_groups, snapshots=await listed_snapshots(context), now_ms=time.time() * 1000,
+                       alert_groups=alert_groups, snapshots=await listed_snapshots(context),
+                       incidents=resources.incidents.values, now_ms=time.time() * 1000,
                        now_monotonic_s=time.monotonic())
     return view.json({"cameras": [camera_json(row) for row in rows]})
 
@@ -98,15 +99,16 @@ class AlertedCamera:
 
 def camera_rows(*, configured: Iterable[CameraTask], published: Mapping[str, CameraTask],
                 statuses: Mapping[str, CameraStatus], activity: Mapping[str, CameraSeen],
-                alert_groups: Iterable[Mapping[str, Any]], snapshots: Mapping[str, Snapshot], now_ms: float,
-                now_monotonic_s: float) -> list[CameraRow]:
-    """The rows in camera order; `alert_groups` are the alert store's (camera, task, task type) counts. `now_ms` is
-    the wall clock (statuses' and stills' ages), `now_monotonic_s` the clock `CameraSeen.last_seen` is on (frames'
-    ages)."""
+                alert_groups: Iterable[Mapping[str, Any]], snapshots: Mapping[str, Snapshot],
+                incidents: Mapping[str, OpenIncidents], now_ms: float, now_monotonic_s: float) -> list[CameraRow]:
+    """The rows in camera order; `alert_groups` are the alert store's (camera, task, task type) counts, `incidents`
+    what fw.incidents says of each camera's open incidents. `now_ms` is the wall clock (statuses' and stills' ages),
+    `now_monotonic_s` the clock `CameraSeen.last_seen` is on (frames' ages)."""
     tasks = {**{task.id: task for task in configured}, **published}
     alerted = alerted_cameras(alert_groups)
     return [camera_row(camera_id, tasks.get(camera_id), statuses.get(camera_id), activity.get(camera_id),
-                       alerted.get(camera_id), snapshots.get(camera_id), now_ms, now_monotonic_s)
+                       alerted.get(camera_id), snapshots.get(camera_id), incidents.get(camera_id), now_ms,
+                       now_monotonic_s)
             for camera_id in sorted(tasks.keys() | statuses.keys() | activity.keys() | alerted.keys())]
 
 
@@ -122,8 +124,8 @@ def alerted_cameras(alert_groups: Iterable[Mapping[str, Any]]) -> dict[str, Aler
 
 
 def camera_row(camera_id: str, task: CameraTask | None, status: CameraStatus | None, seen: CameraSeen | None,
-               alerted: AlertedCamera | None, snapshot: Snapshot | None, now_ms: float,
-               now_monotonic_s: float) -> CameraRow:
+               alerted: AlertedCamera | None, snapshot: Snapshot | None, incidents: OpenIncidents | None,
+               now_ms: float, now_monotonic_s: float) -> CameraRow:
     known: dict[str, Any] = {"camera_id": camera_id, "alerts": alerted.alerts if alerted else 0,
                              "snapshot_url": snapshot.url if snapshot else None,
                              "snapshot_age_s": age_s(now_ms / 1000 - snapshot.written_at.timestamp())
@@ -138,6 +140,8 @@ def camera_row(camera_id: str, task: CameraTask | None, status: CameraStatus | N
                      last_frame_age_s=age_s(now_monotonic_s - seen.last_seen))
     if alerted is not None:
         known.update(task_type=alerted.task_type, last_alert_at=alerted.last_alert_at)
+    if incidents is not None:
+        known.update(open_incidents=incidents.open)
     return CameraRow.model_validate(known)
 
 
