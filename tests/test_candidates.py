@@ -4,16 +4,26 @@ both rules' alerts, matched with scoring's pairing."""
 
 from __future__ import annotations
 
+import asyncio
+from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
+from framewatch.agents.api import tasks as api_tasks
+from framewatch.agents.api.routes import NotFound
 from framewatch.agents.catalog import TaskCatalog
+from framewatch.ops import candidates as ops_candidates
+from framewatch.ops import scoring
 from framewatch.ops.candidates import CandidateDiff, DiffReport, Seen, candidate_of, precision
+from framewatch.rules import pairing
 from framewatch.rules.engine import evaluate
 from framewatch.rules.versions import rule_version
 from framewatch.schemas.config import load_config
 from framewatch.schemas.events import Candidate, CandidateChange, TaskChange, TaskEvent
+from framewatch.schemas.queries import BadQuery
 from framewatch.schemas.tasks import BadTask
 from tests.conftest import write_config
 from tests.test_rules import LOWER_HALF, Camera, person, task
@@ -139,3 +149,93 @@ def test_the_difference_reads_as_a_table_and_as_json() -> None:
     shown = report.as_dict()
     assert shown["candidate"]["changes"] == {"region": [[0.5, 0.5], [1.0, 0.5], [1.0, 1.0], [0.5, 1.0]]}
     assert [m["offset_s"] for m in shown["matched"]] == [0.5] and shown["until"] is None
+
+
+class Rows:
+    """An alert store's reads, as `read_difference` asks them (AlertStore's, in PostgreSQL)."""
+
+    def __init__(self, live: list[dict[str, Any]], shadow: list[dict[str, Any]]) -> None:
+        self.live, self.shadow = live, shadow
+        self.asked: list[tuple[Any, ...]] = []
+
+    async def task_verdicts(self, task_id: str, since: datetime | None,
+                            until: datetime | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        self.asked.append(("verdicts", task_id, since, until))
+        return self.live, []
+
+    async def task_shadow(self, task_id: str, version: str, since: datetime | None,
+                          until: datetime | None) -> list[dict[str, Any]]:
+        self.asked.append(("shadow", task_id, version, since, until))
+        return self.shadow
+
+
+def row(alert_id: str, at_s: float, verdict: str | None = None) -> dict[str, Any]:
+    shown = {"alert_id": alert_id, "rule": "area_intrusion",
+             "captured_at": datetime.fromtimestamp((T + at_s * 1000) / 1000, tz=UTC)}
+    return shown if verdict is None else {**shown, "verdict": verdict}
+
+
+def test_the_difference_is_built_in_rules_from_the_stores_rows_for_the_cli_and_the_api_alike() -> None:
+    """rules/pairing.py holds what `tasks diff` and GET /api/tasks/{id}/diff share: the span asked of the store (since
+    the candidate started; until its promotion once promoted), the rows matched, the same JSON."""
+    assert ops_candidates.CandidateDiff is pairing.CandidateDiff and ops_candidates.Seen is pairing.Seen
+    assert scoring.pair is pairing.pair and scoring.TruthEvent is pairing.TruthEvent
+    candidate = candidate_of(task(region=LOWER_HALF), {"region": RIGHT_LOWER}, "ana", T)
+    store = Rows([row("l1", 1.0, "true"), row("l2", 5.0, "false")], [row("c1", 1.4), row("c9", 30.0)])
+    running = TaskEvent(task_id="cam", task=task(region=LOWER_HALF), candidate=candidate)
+    report = asyncio.run(pairing.read_difference(store, running, tolerance_s=1.0))
+    since = datetime.fromtimestamp(T / 1000, tz=UTC)
+    assert store.asked == [("verdicts", "cam", since, None), ("shadow", "cam", rule_version(candidate.task), since,
+                                                              None)]
+    shown = report.as_dict()
+    assert shown["state"] == "running" and shown["until"] is None
+    assert [(m["live"], m["candidate"], m["offset_s"]) for m in shown["matched"]] == [("l1", "c1", 0.4)]
+    assert [s["alert_id"] for s in shown["live"]["only"]] == ["l2"]
+    assert [s["alert_id"] for s in shown["tried"]["only"]] == ["c9"]
+    assert (shown["live"]["reviewed"], shown["live"]["precision"]) == (2, 0.5)
+    assert (shown["tried"]["reviewed"], shown["tried"]["precision"]) == (1, 1.0)
+    cli = DiffReport(report.task_id, report.candidate, report.state, report.until, report.diff)
+    assert cli.as_dict() == shown
+
+    promoted = TaskEvent(task_id="cam", task=candidate.task, candidate_change=CandidateChange(
+        change=TaskChange.PROMOTE, by="bo", at=T + 60_000, candidate=candidate))
+    assert pairing.compared(promoted) == (candidate, "promoted", T + 60_000)
+    store.asked.clear()
+    ended = asyncio.run(pairing.read_difference(store, promoted, 1.0)).as_dict()
+    assert (ended["state"], ended["until"]) == ("promoted", "2023-11-14T22:14:20.000+00:00")
+    assert store.asked[0][3] == datetime.fromtimestamp((T + 60_000) / 1000, tz=UTC)
+    with pytest.raises(pairing.NoCandidate, match="has had no candidate since its last change"):
+        pairing.compared(TaskEvent(task_id="cam", task=candidate.task))
+
+
+class JsonView:
+    """A Faust view as the handlers use it: `json` answers (status, body) here."""
+
+    def json(self, value: Any, status: int = 200) -> tuple[int, Any]:
+        return status, value
+
+
+def test_the_api_answers_the_difference_404_for_an_unknown_task_409_without_a_candidate() -> None:
+    candidate = candidate_of(task(region=LOWER_HALF), {"region": RIGHT_LOWER}, "ana", T)
+    store = Rows([row("l1", 1.0, "true")], [row("c1", 1.5)])
+    events = {"cam": TaskEvent(task_id="cam", task=task(region=LOWER_HALF), candidate=candidate),
+              "plain": TaskEvent(task_id="plain", task=task(region=LOWER_HALF))}
+    context: Any = SimpleNamespace(resources=SimpleNamespace(alerts=store, catalog=SimpleNamespace(events=events)))
+
+    def answer(task_id: str, **query: str) -> Any:
+        request: Any = SimpleNamespace(match_info={"task_id": task_id}, query=query)
+        view: Any = JsonView()
+        return asyncio.run(api_tasks.candidate_diff(context, view, request))
+
+    expected = asyncio.run(pairing.read_difference(store, events["cam"], 1.0)).as_dict()
+    assert answer("cam") == (200, expected)
+    assert answer("cam", tolerance="0.4")[1]["matched"] == []  # 0.5 s apart
+    status, body = answer("plain")
+    assert status == 409 and "has had no candidate since its last change" in body["error"]
+    with pytest.raises(NotFound, match="no task 'nope'"):
+        answer("nope")
+    for bad in ("soon", "-1", "nan"):
+        with pytest.raises(BadQuery, match="tolerance"):
+            answer("cam", tolerance=bad)
+    assert any(r.path == "/api/tasks/{task_id}/diff" and r.handler is api_tasks.candidate_diff
+               for r in api_tasks.ROUTES)

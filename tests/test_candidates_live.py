@@ -12,6 +12,9 @@ live rule watches the lower half of the picture, the candidate only its right ha
 - act 3, once the workers carried the promoted candidate's state on: p2 stays (not alerted again: its incident was
   carried on) and p5 stands in the lower left, which the promoted settings no longer watch.
 
+The worker's `GET /api/tasks/{id}/diff` (behind the token) answers what `tasks diff --json` prints, while the
+candidate runs and once it was promoted.
+
 Nothing of the candidate reaches the alert feed: every message there is the live rule's version, one per live
 alert, and clip requests go out for the live alerts only. A probe frame (p3, above both regions) is sent until the
 worker shows, on the rule state's changelog, that it saw a change on fw.tasks.
@@ -29,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
@@ -48,6 +52,7 @@ from tests.conftest import ROOT, SAMPLE_JPEG
 STEP_MS = 500
 LIVE_REGION = "[[0,0.5],[1,0.5],[1,1],[0,1]]"
 CANDIDATE_REGION = "[[0.5,0.5],[1,0.5],[1,1],[0.5,1]]"
+TOKEN = "t0ken-" + uuid.uuid4().hex
 WHERE = {"p1": (0.2, 0.8), "p2": (0.75, 0.8), "p3": (0.3, 0.3), "p4": (0.6, 0.9), "p5": (0.2, 0.7)}
 
 
@@ -110,6 +115,11 @@ def tasks(run: PipelineRun, *args: str) -> dict[str, Any]:
     return answer
 
 
+def api_diff(run: PipelineRun, task_id: str, token: str | None = TOKEN) -> httpx.Response:
+    return httpx.get(f"http://127.0.0.1:{run.config.framewatch.worker_web_port}/api/tasks/{task_id}/diff",
+                     headers={"Authorization": f"Bearer {token}"} if token else {}, timeout=10)
+
+
 def candidate_key(task_id: str, tombstone: bool) -> Callable[[list[ConsumerRecord]], bool]:
     """The candidate's state written (it runs), or deleted (it was carried on)."""
     key = f"{task_id}/candidate".encode()
@@ -141,7 +151,7 @@ async def stored(config: Config, task_id: str, alerts: int, shadow: int, timeout
 def test_a_candidate_runs_beside_the_live_rule_is_compared_and_promoted_through_a_worker_crash(
         tmp_path: Path, stack_env: dict[str, str]) -> None:
     task_id = f"shadow-{uuid.uuid4().hex[:8]}"
-    with start_fleet(tmp_path, stack_env, 1, config_of(task_id)) as fleet:
+    with start_fleet(tmp_path, stack_env, 1, config_of(task_id), extra_env={"FRAMEWATCH_API_TOKEN": TOKEN}) as fleet:
         run, config = fleet.run, fleet.run.config
         tasks(run, "add", task_id, "--type", "area_intrusion", "--url", "unused", "--set", f"region={LIVE_REGION}")
         live = config.task(task_id)
@@ -171,10 +181,17 @@ def test_a_candidate_runs_beside_the_live_rule_is_compared_and_promoted_through_
         asyncio.run(act([["p2", "p3"]] * 5 + [["p2", "p3", "p4"]] * 5))
         asyncio.run(stored(config, task_id, alerts=3, shadow=2))
         diff = tasks(run, "diff", task_id, "--json")
+        answered = api_diff(run, task_id)
+        assert answered.status_code == 200 and answered.json() == diff, answered.text
+        assert api_diff(run, task_id, token=None).status_code == 401
+        assert api_diff(run, "no-such-task").status_code == 404
         promoted = tasks(run, "promote", task_id, "--by", "tester")
         assert promoted["task"]["region"] == tried["changes"]["region"]
         asyncio.run(recording.probe_until(candidate_key(task_id, tombstone=True), ["p2", "p3"]))
         asyncio.run(act([["p2", "p3", "p5"]] * 6))
+        ended = tasks(run, "diff", task_id, "--json")
+        answered = api_diff(run, task_id)
+        assert answered.status_code == 200 and answered.json() == ended, answered.text
 
         alerts = asyncio.run(rows(config, "alerts", task_id))
         shadow = asyncio.run(rows(config, "shadow_alerts", task_id))
@@ -202,6 +219,9 @@ def test_a_candidate_runs_beside_the_live_rule_is_compared_and_promoted_through_
     assert diff["tried"]["only"] == []
     assert [(m["live"], m["candidate"], m["offset_s"]) for m in diff["matched"]] == [
         (ids["live", subject], ids["candidate", subject], 0.0) for subject in ("dp2", "dp4")]
+    assert ended["state"] == "promoted" and ended["until"] is not None  # p5, after the promotion, is in neither
+    assert {k: v for k, v in ended.items() if k not in ("state", "until")} == {
+        k: v for k, v in diff.items() if k not in ("state", "until")}
 
     # nothing of the candidate on the feed: one message per live alert, each of the live rule's version
     messages = [orjson.loads(r.value) for r in feed if r.value]

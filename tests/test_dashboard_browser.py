@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -264,8 +266,11 @@ def test_the_live_view_shows_each_cameras_still_state_fps_and_error(desk: Desk) 
     assert down.get_attribute("data-still") == "none"
     assert down.find_element(By.CSS_SELECTOR, ".no-still").text == "no still from this camera yet"
     assert down.find_element(By.CSS_SELECTOR, ".state").text in ("connecting", "backoff", "failed")
-    assert not any(t.find_element(By.CSS_SELECTOR, ".incidents").text for t in (streaming, down)), \
-        "no open incidents where the rows have none"
+    # the camera alerted on (a person in every frame, none after) has its incidents open: fw.incidents says so
+    desk.until(lambda: desk.camera(desk.reviewed).get("open_incidents"), "the alerted camera's open incidents")
+    opened = desk.camera(desk.reviewed)["open_incidents"]
+    desk.until(lambda: tile(desk, desk.reviewed).find_element(By.CSS_SELECTOR, ".incidents").text
+               == f"· open incidents: {opened}", "its open incidents on its tile")
     screenshot(desk, "dashboard-live.png", height=620)
 
 
@@ -385,3 +390,24 @@ def test_a_crossing_lines_end_moved_and_its_direction_changed_are_saved(desk: De
     assert task.line_direction.value == "in"
     answer = desk.get(f"/api/tasks/{desk.lined}").json()
     assert (answer["line"], answer["line_direction"]) == (line, "in")
+
+
+# -- candidate ------------------------------------------------------------------------------------------------------
+
+
+def candidate_command(desk: Desk, *args: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "framewatch.cli", "tasks", "-c", str(desk.fleet.run.config_path),
+                           *args], capture_output=True, text=True, env=desk.fleet.run.env, cwd=ROOT, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+def test_the_candidate_view_shows_what_a_candidate_changes_and_says_when_there_is_none(desk: Desk) -> None:
+    desk.open(f"trial={desk.lined}", view="trial")
+    desk.until(lambda: desk.text("#trial-none").startswith("no candidate: "), "no candidate said")
+    candidate_command(desk, "try", desk.lined, "--set", "cooldown_sec=7", "--by", "tester")
+    try:  # the view asks again every 10 s
+        desk.until(lambda: "(running) by tester" in desk.text("#trial-head"), "the candidate shown", timeout_s=30)
+        assert desk.text('#trial-changes tr[data-setting="cooldown_sec"]').split()[-1] == "7"
+        assert desk.text('#trial-sides tr[data-side="candidate"]').split()[0] == "candidate"
+    finally:
+        candidate_command(desk, "drop", desk.lined, "--by", "tester")

@@ -12,21 +12,26 @@ mix two live versions.
 from __future__ import annotations
 
 import getpass
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Mapping
 from typing import Any
 
 from framewatch.clients.bus import EventProducer
 from framewatch.clients.database import AlertStore
-from framewatch.ops.scoring import ScoredAlert, TruthEvent, pair
 from framewatch.ops.table import text_table
 from framewatch.ops.tasks import current_tasks
-from framewatch.ops.truth import JUDGED, capture_ms
+from framewatch.rules.pairing import (  # CandidateDiff, Match, Seen: still importable from here
+    CandidateDiff,  # noqa: F401
+    CandidateReport,
+    Match,  # noqa: F401
+    Seen,  # noqa: F401
+    compared,
+    iso_ms,
+    precision,
+    read_difference,
+)
 from framewatch.rules.versions import RULE_SETTINGS, rule_version
 from framewatch.schemas.config import Config
 from framewatch.schemas.events import Candidate, CandidateChange, TaskChange, TaskEvent, TaskOrigin, now_ms
-from framewatch.schemas.queries import Verdict
 from framewatch.schemas.tasks import BadTask, CameraTask, changed
 from framewatch.schemas.topics import TASKS
 
@@ -109,97 +114,13 @@ async def drop(config: Config, task_id: str, by: str) -> Candidate:
     return candidate
 
 
-@dataclass(frozen=True)
-class Seen:
-    """An alert as the difference needs it."""
-
-    alert_id: str
-    rule: str
-    captured_at: int  # ms
-    verdict: str | None = None  # a live alert's review; a candidate's, borrowed from the live alert it matches
-
-
-@dataclass(frozen=True)
-class Match:
-    live: Seen
-    candidate: Seen
-
-    @property
-    def offset_s(self) -> float:
-        """How much later the candidate alerted (negative: earlier)."""
-        return round((self.candidate.captured_at - self.live.captured_at) / 1000, 3)
-
-
-def precision(seen: Sequence[Seen]) -> tuple[int, float | None]:
-    """How many have a true/false verdict, and the share of those that are true."""
-    judged = [s for s in seen if s.verdict in JUDGED]
-    confirmed = sum(1 for s in judged if s.verdict == Verdict.TRUE.value)
-    return len(judged), (confirmed / len(judged) if judged else None)
-
-
-@dataclass(frozen=True)
-class CandidateDiff:
-    """The live rule's and the candidate's alerts over the same span, matched rule by rule with `scoring.pair` (as
-    scoring does): a live alert is an event, a candidate's alert of its rule within the tolerance finds it."""
-
-    live: list[Seen]
-    candidate: list[Seen]
-    matches: list[Match]
-
-    @classmethod
-    def of(cls, live: list[Seen], candidate: list[Seen], since: int, tolerance_s: float) -> CandidateDiff:
-        def at_s(seen: Seen) -> float:
-            return max(0.0, (seen.captured_at - since) / 1000)
-
-        matches = []
-        for rule in {s.rule for s in live}:
-            lives, tries = [s for s in live if s.rule == rule], [s for s in candidate if s.rule == rule]
-            owner = pair([TruthEvent(rule=rule, at_s=at_s(s), tolerance_s=tolerance_s) for s in lives],
-                         [ScoredAlert(rule=rule, at_s=at_s(s), evidence={}) for s in tries])
-            matches += [Match(lives[i], tries[j]) for j, i in owner.items()]
-        matches.sort(key=lambda m: (m.live.captured_at, m.live.alert_id))
-        verdicts = {m.candidate.alert_id: m.live.verdict for m in matches}
-        judged = [Seen(s.alert_id, s.rule, s.captured_at, verdicts.get(s.alert_id)) for s in candidate]
-        return cls(live, judged, matches)
-
-    @property
-    def only_live(self) -> list[Seen]:
-        matched = {m.live.alert_id for m in self.matches}
-        return [s for s in self.live if s.alert_id not in matched]
-
-    @property
-    def only_candidate(self) -> list[Seen]:
-        matched = {m.candidate.alert_id for m in self.matches}
-        return [s for s in self.candidate if s.alert_id not in matched]
-
-
-@dataclass(frozen=True)
-class DiffReport:
-    task_id: str
-    candidate: Candidate
-    state: str  # running, promoted, dropped
-    until: int | None  # ms; None while it runs
-    diff: CandidateDiff
-
-    def as_dict(self) -> dict[str, Any]:
-        def side(seen: list[Seen], only: list[Seen]) -> dict[str, Any]:
-            reviewed, share = precision(seen)
-            return {"alerts": len(seen), "only": [_seen_json(s) for s in only], "reviewed": reviewed,
-                    "precision": share}
-
-        diff = self.diff
-        return {"task_id": self.task_id, "state": self.state, "since": _iso(self.candidate.since),
-                "until": None if self.until is None else _iso(self.until),
-                "candidate": {"changes": self.candidate.changes, "by": self.candidate.by,
-                              "rule_version": rule_version(self.candidate.task)},
-                "live": side(diff.live, diff.only_live), "tried": side(diff.candidate, diff.only_candidate),
-                "matched": [{"rule": m.live.rule, "live": m.live.alert_id, "candidate": m.candidate.alert_id,
-                             "live_at": _iso(m.live.captured_at), "offset_s": m.offset_s} for m in diff.matches]}
+class DiffReport(CandidateReport):
+    """The difference as `framewatch tasks diff` prints it: a table (`as_dict`, its `--json`, is the API's too)."""
 
     def table(self) -> list[str]:
         diff = self.diff
         head = (f"task {self.task_id}: candidate {rule_version(self.candidate.task)} ({self.state}) "
-                f"{self.candidate.changes} by {self.candidate.by}, since {_iso(self.candidate.since)}")
+                f"{self.candidate.changes} by {self.candidate.by}, since {iso_ms(self.candidate.since)}")
         rows = []
         for name, seen, only in (("live", diff.live, diff.only_live), ("candidate", diff.candidate,
                                                                         diff.only_candidate)):
@@ -208,56 +129,24 @@ class DiffReport:
                          "-" if share is None else f"{share:.2f}"])
         lines = [head, *text_table(["side", "alerts", "only", "matched", "reviewed", "precision"], rows,
                                    right=range(1, 6))]
-        alerts: list[list[str]] = [["only live", _iso(s.captured_at), s.rule, s.alert_id, ""]
+        alerts: list[list[str]] = [["only live", iso_ms(s.captured_at), s.rule, s.alert_id, ""]
                                    for s in diff.only_live]
-        alerts += [["only candidate", _iso(s.captured_at), s.rule, s.alert_id, ""] for s in diff.only_candidate]
-        alerts += [["matched", _iso(m.live.captured_at), m.live.rule, m.live.alert_id, f"{m.offset_s:+.2f}s"]
+        alerts += [["only candidate", iso_ms(s.captured_at), s.rule, s.alert_id, ""] for s in diff.only_candidate]
+        alerts += [["matched", iso_ms(m.live.captured_at), m.live.rule, m.live.alert_id, f"{m.offset_s:+.2f}s"]
                    for m in diff.matches]
         alerts.sort(key=lambda row: row[1])
         return [*lines, "", *text_table(["", "captured", "rule", "alert (the live one when matched)", "offset"],
                                         alerts)] if alerts else lines
 
 
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
-
-
-def _seen_json(seen: Seen) -> dict[str, Any]:
-    return {"alert_id": seen.alert_id, "rule": seen.rule, "captured_at": _iso(seen.captured_at),
-            "verdict": seen.verdict}
-
-
-def _compared(event: TaskEvent) -> tuple[Candidate, str, int | None]:
-    """The candidate to compare (the running one, else the last promoted or dropped), its state and its end."""
-    if event.candidate is not None:
-        return event.candidate, "running", None
-    change = event.candidate_change
-    if change is None or change.change is TaskChange.TRY:
-        raise LookupError(f"task {event.task_id!r} has had no candidate since its last change; "
-                          "`framewatch tasks try` starts one")
-    return change.candidate, {TaskChange.PROMOTE: "promoted", TaskChange.DROP: "dropped"}[change.change], change.at
-
-
 async def diff(config: Config, task_id: str, tolerance_s: float) -> DiffReport:
     """Since the candidate started (until it was promoted or dropped): both rules' alerts, matched."""
     event, _ = await _known(config, task_id)
-    candidate, state, until = _compared(event)
-    span = (_moment(candidate.since), None if until is None else _moment(until))
+    compared(event)  # no candidate to compare: said before connecting
     store = AlertStore.of(config)
     await store.connect()
     try:
-        live, _missed = await store.task_verdicts(task_id, *span)
-        tried = await store.task_shadow(task_id, rule_version(candidate.task), *span)
+        report = await read_difference(store, event, tolerance_s)
     finally:
         await store.close()
-    compared = CandidateDiff.of([_seen(row) for row in live], [_seen(row) for row in tried], candidate.since,
-                                tolerance_s)
-    return DiffReport(task_id, candidate, state, until, compared)
-
-
-def _seen(row: Mapping[str, Any]) -> Seen:
-    return Seen(str(row["alert_id"]), row["rule"], capture_ms(row["captured_at"]), row.get("verdict"))
-
-
-def _moment(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+    return DiffReport(report.task_id, report.candidate, report.state, report.until, report.diff)

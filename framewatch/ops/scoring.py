@@ -12,7 +12,7 @@ Times are seconds into the clip. `rules` names the rules the file labels, each o
 are not scored. An event is found by an alert of its rule within `tolerance_s` of `at_s` whose evidence holds
 every key of the event's `evidence`, and, when the event has a `box` (x1, y1, x2, y2, normalised), whose box
 centre lies in it. Each alert finds at most one event and each event is found at most once: the pairing that
-finds the most events.
+finds the most events (`rules/pairing.py`, which the candidate difference shares).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from framewatch.errors import describe
+from framewatch.rules.pairing import ScoredAlert, TruthEvent, pair
 from framewatch.schemas.config import ConfigError
 
 
@@ -35,17 +36,6 @@ class TruthSpan(BaseModel):
 
     def covers(self, at_s: float) -> bool:
         return at_s >= self.from_s and (self.until_s is None or at_s <= self.until_s)
-
-
-class TruthEvent(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    rule: str
-    at_s: float = Field(ge=0, description="seconds into the clip")
-    tolerance_s: float = Field(default=1.0, ge=0)
-    evidence: dict[str, Any] = {}
-    box: tuple[float, float, float, float] | None = None
-    note: str = ""
 
 
 class Truth(BaseModel):
@@ -74,15 +64,6 @@ def load_truth(path: Path) -> Truth:
 
 
 @dataclass(frozen=True)
-class ScoredAlert:
-    """What scoring needs of an alert."""
-
-    rule: str
-    at_s: float
-    evidence: dict[str, Any]
-
-
-@dataclass(frozen=True)
 class RuleScore:
     rule: str
     alerts: int
@@ -106,50 +87,6 @@ class RuleScore:
         return {"rule": self.rule, "alerts": self.alerts, "events": self.events, "matched": self.matched,
                 "precision": self.precision, "recall": self.recall, "mean_time_error_s": self.mean_time_error_s,
                 "max_time_error_s": max(self.time_errors_s, default=None)}
-
-
-def _fits(event: TruthEvent, alert: ScoredAlert) -> bool:
-    if abs(alert.at_s - event.at_s) > event.tolerance_s:
-        return False
-    if any(alert.evidence.get(key) != value for key, value in event.evidence.items()):
-        return False
-    if event.box is not None:
-        box = alert.evidence.get("box")
-        if box is None:
-            return False
-        x, y = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-        return event.box[0] <= x <= event.box[2] and event.box[1] <= y <= event.box[3]
-    return True
-
-
-def _closest_first(event: TruthEvent, alerts: list[ScoredAlert]) -> list[int]:
-    """The alerts that fit the event, closest in time first."""
-    return sorted((j for j, a in enumerate(alerts) if _fits(event, a)), key=lambda j: abs(alerts[j].at_s - event.at_s))
-
-
-def _matching(fits: list[list[int]]) -> dict[int, int]:
-    """The most events found, each alert finding at most one (augmenting paths; an event tries its closest alert
-    first). Returns alert index -> event index."""
-    owner: dict[int, int] = {}
-
-    def place(event: int, seen: set[int]) -> bool:
-        for alert in fits[event]:
-            if alert not in seen:
-                seen.add(alert)
-                if alert not in owner or place(owner[alert], seen):
-                    owner[alert] = event
-                    return True
-        return False
-
-    for event in range(len(fits)):
-        place(event, set())
-    return owner
-
-
-def pair(events: list[TruthEvent], alerts: list[ScoredAlert]) -> dict[int, int]:
-    """The pairing that finds the most events, each alert finding at most one: alert index -> event index. Also
-    what `framewatch tasks diff` matches a candidate's alerts to the live rule's with."""
-    return _matching([_closest_first(e, alerts) for e in events])
 
 
 def score(truth: Truth, alerts: list[ScoredAlert]) -> list[RuleScore]:

@@ -22,15 +22,10 @@ from typing import Any
 from framewatch.clients.database import AlertStore
 from framewatch.ops.replay import ReplayResult, stored_detections
 from framewatch.ops.scoring import Truth, TruthEvent, TruthSpan
+from framewatch.rules.pairing import JUDGED, capture_ms
 from framewatch.schemas.config import Config
 from framewatch.schemas.queries import Verdict
 from framewatch.schemas.tasks import CameraTask
-
-JUDGED = (Verdict.TRUE.value, Verdict.FALSE.value)
-
-
-def capture_ms(moment: datetime) -> int:
-    return round(moment.timestamp() * 1000)
 
 
 def build_truth(task_id: str, alerts: Sequence[Mapping[str, Any]], missed: Sequence[Mapping[str, Any]],

@@ -4,6 +4,9 @@ changed from the dashboard's editor: validated as `framewatch tasks update` vali
 answered once the broker has it. Extractors and workers follow fw.tasks: they use the new zone within seconds.
 
 Task events carry no author: who changed a zone (the token's name) is in this worker's log.
+
+/api/tasks/{task_id}/diff: the task's candidate compared with its live rule, as `framewatch tasks diff ID --json`
+prints it (`rules/pairing.py` builds both from the same reads of the alert store).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from faust.web import Request, Response, View
 
 from framewatch.agents.api.reviews import caller
 from framewatch.agents.api.routes import NotFound, Route, WebContext
+from framewatch.rules.pairing import NoCandidate, read_difference
 from framewatch.schemas.config import Config
 from framewatch.schemas.events import TaskEvent, TaskOrigin
 from framewatch.schemas.queries import BadQuery, ZoneBody, parse_body, task_json
@@ -43,6 +47,33 @@ async def get_task(context: WebContext, view: View, request: Request) -> Respons
     """The task: every setting (`region`, `line`, `line_direction` among them, in normalised coordinates: scale
     them by the still's size), the camera URL's credentials masked."""
     return view.json(task_json(published_task(context, request.match_info["task_id"])))
+
+
+async def candidate_diff(context: WebContext, view: View, request: Request) -> Response:
+    """The difference since the task's candidate started (until its promotion or drop, once it has ended): both
+    rules' alerts, those only one raised, the matched pairs with their offsets, each side's precision from reviews;
+    `tolerance` (seconds, 1 by default) as `tasks diff --tolerance`. 404 for a task fw.tasks does not have, 409 when
+    it has had no candidate since its last change."""
+    task_id = request.match_info["task_id"]
+    event = context.resources.catalog.events.get(task_id)  # the task's record whole: its candidate, or last change
+    if event is None:
+        raise NotFound(f"no task {task_id!r} on fw.tasks")
+    tolerance_s = tolerance_of(request.query.get("tolerance", "1"))
+    try:
+        report = await read_difference(context.resources.alerts, event, tolerance_s)
+    except NoCandidate as error:
+        return view.json({"error": str(error)}, status=409)
+    return view.json(report.as_dict())
+
+
+def tolerance_of(text: str) -> float:
+    try:
+        tolerance_s = float(text)
+    except ValueError:
+        raise BadQuery(f"tolerance: not a number of seconds: {text!r}") from None
+    if not 0 <= tolerance_s < float("inf"):
+        raise BadQuery(f"tolerance: seconds, 0 or more: {text!r}")
+    return tolerance_s
 
 
 async def change_zone(context: WebContext, view: View, request: Request) -> Response:
@@ -91,4 +122,5 @@ async def caught_up(context: WebContext, task_id: str, task: CameraTask) -> None
         await asyncio.sleep(CAUGHT_UP_POLL_S)
 
 
-ROUTES = [Route("/api/tasks/{task_id}", get_task), Route("/api/tasks/{task_id}/zone", change_zone, method="put")]
+ROUTES = [Route("/api/tasks/{task_id}", get_task), Route("/api/tasks/{task_id}/zone", change_zone, method="put"),
+          Route("/api/tasks/{task_id}/diff", candidate_diff)]
