@@ -39,18 +39,11 @@ def stable_id(*parts: str) -> str:
     return str(uuid.uuid5(ID_NAMESPACE, "\x1f".join(parts)))
 
 
-# fields added after the first release, each optional: written only when set, so that a worker or extractor of an
-# earlier release (records are `extra="forbid"`) still reads the records that do not use them during an upgrade
-LATER_FIELDS = frozenset({"model", "rule_version", "detector", "candidate", "candidate_change"})
-
-
-def without_unset_later_fields(value: Any) -> Any:
-    """The JSON form with every LATER_FIELDS key whose value is null left out, at any depth."""
-    if isinstance(value, dict):
-        return {k: without_unset_later_fields(v) for k, v in value.items() if not (v is None and k in LATER_FIELDS)}
-    if isinstance(value, list):
-        return [without_unset_later_fields(v) for v in value]
-    return value
+def unset(value: object) -> bool:
+    """`exclude_if` of the fields added after the first release: optional, and written only when set, so that a
+    worker or extractor of an earlier release (records are `extra="forbid"`) still reads the records that do not use
+    them during an upgrade."""
+    return value is None
 
 
 class Event(BaseModel):
@@ -64,7 +57,7 @@ class Event(BaseModel):
         raise NotImplementedError
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps(without_unset_later_fields(self.model_dump(mode="json")))
+        return orjson.dumps(self.model_dump(mode="json"))
 
     @classmethod
     def decode(cls, raw: bytes | None) -> Self:
@@ -189,7 +182,7 @@ class DetectionEvent(Event):
     dispatched_at: int | None = Field(default=None, description="ms since the epoch when the request left")
     batch_size: int = Field(default=1, ge=1)
     detections: list[Detection] = Field(max_length=MAX_DETECTIONS)
-    model: str | None = Field(default=None, max_length=128, description="the model that answered, as the service "
+    model: str | None = Field(default=None, exclude_if=unset, max_length=128, description="the model that answered, as the service "
                               "reports it (schemas/contract.py); None when it does not")
 
     @property
@@ -203,11 +196,11 @@ class AlertEvent(Event):
     rule: str
     evidence: dict[str, Any]
     image_key: str = Field(description="where the alert image lives once relocated")
-    rule_version: str | None = Field(default=None, description="the version of the rule settings that raised it "
+    rule_version: str | None = Field(default=None, exclude_if=unset, description="the version of the rule settings that raised it "
                                      "(rules/versions.py); None in alerts raised before versions")
-    detector: str | None = Field(default=None, description="the id of the algorithm service whose detections "
+    detector: str | None = Field(default=None, exclude_if=unset, description="the id of the algorithm service whose detections "
                                  "raised it")
-    model: str | None = Field(default=None, description="the model that service reported; None when it did not")
+    model: str | None = Field(default=None, exclude_if=unset, description="the model that service reported; None when it did not")
 
     @property
     def event_id(self) -> str:
@@ -315,8 +308,8 @@ class TaskEvent(Event):
     task_id: str
     task: CameraTask | None
     origin: TaskOrigin = TaskOrigin.CONFIG
-    candidate: Candidate | None = None
-    candidate_change: CandidateChange | None = None
+    candidate: Candidate | None = Field(default=None, exclude_if=unset)
+    candidate_change: CandidateChange | None = Field(default=None, exclude_if=unset)
 
     @property
     def event_id(self) -> str:
