@@ -45,6 +45,7 @@ async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
     (FaustConsumer, "on_partitions_revoked", ["self", "revoked"]),
     (FaustConsumer, "perform_seek", ["self"]),
     (FaustConsumer, "seek", ["self", "partition", "offset"]),
+    (FaustConsumer, "getmany", ["self", "timeout"]),
     (FaustConsumer, "earliest_offsets", ["self", "partitions"]),
     (FaustConsumer, "wait_empty", ["self"]),
     (FaustConsumer, "_wait_for_ack", ["self", "timeout"]),
@@ -65,6 +66,7 @@ async def test_the_consumer_state_the_overrides_read_is_still_faust_s() -> None:
     assert isinstance(consumer, InFlightSafeConsumer)
     assert consumer._acked[tp] == [] and consumer._acked_index[tp] == set() and consumer._committed_offset[tp] is None
     assert isinstance(consumer._unacked_messages, WeakSet)
+    assert consumer._read_offset[tp] is None  # the drain's mark: a record below it is dropped
     assert tp.topic in consumer.app.topics.acking_topics
     assert isinstance(consumer.app.consumer_generation_id, int)
 

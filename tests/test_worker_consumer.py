@@ -19,7 +19,10 @@ import asyncio
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from typing import cast
+
+import pytest
 
 from faust.transport.conductor import Conductor
 from faust.transport.consumer import Consumer
@@ -27,6 +30,7 @@ from faust.transport.drivers import aiokafka as kafka_driver
 from faust.types import TP
 from faust.types.tuples import Message
 
+from framewatch.agents import faust_overrides
 from framewatch.agents.pipeline import build_worker
 from framewatch.schemas.config import load_config
 
@@ -183,3 +187,66 @@ async def test_a_partition_without_a_commit_is_read_again_from_its_start_when_as
     await consumer.perform_seek()
     assert seeks == [(tp, 0)]
     assert consumer._heads == {tp: 3, committed_tp: 7}  # type: ignore[attr-defined]
+
+
+def seeks_of(consumer: Consumer) -> list[tuple[TP, int]]:
+    """The seeks the consumer makes from now on, recorded instead of made."""
+    seeks: list[tuple[TP, int]] = []
+
+    async def seek(partition: TP, offset: int) -> None:
+        seeks.append((partition, offset))
+    consumer.seek = seek  # type: ignore[method-assign]
+    return seeks
+
+
+async def test_a_head_passed_over_is_read_again_from_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Offset 0 was dropped on its way to the agent (or by an agent that raised on it) while 1 and 2 were handled:
+    nothing commits past it, and once it has stayed passed over for a while the partition is read again from it."""
+    monkeypatch.setattr(faust_overrides, "HEAD_PASSED_OVER_S", 0.2)
+    consumer, tp = await consumer_of_frames()
+    seeks = seeks_of(consumer)
+    for message in delivered(consumer, tp, 1, 2):
+        consumer.ack(message)
+    await consumer.read_again_passed_over_heads()  # type: ignore[attr-defined]
+    assert seeks == []  # seen once: a record is tracked a moment after it is handed on
+    await asyncio.sleep(0.3)
+    await consumer.read_again_passed_over_heads()  # type: ignore[attr-defined]
+    assert seeks == [(tp, 0)]
+    await asyncio.sleep(0.3)
+    await consumer.read_again_passed_over_heads()  # type: ignore[attr-defined]
+    assert seeks == [(tp, 0)], "read again once, until the head's record is fetched"
+
+
+async def test_a_head_in_flight_or_not_taken_in_yet_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(faust_overrides, "HEAD_PASSED_OVER_S", 0.0)
+    consumer, tp = await consumer_of_frames()
+    seeks = seeks_of(consumer)
+    await consumer.read_again_passed_over_heads()  # type: ignore[attr-defined]
+    head, after = delivered(consumer, tp, 0, 1)
+    consumer.ack(after)
+    await consumer.read_again_passed_over_heads()  # type: ignore[attr-defined]
+    assert seeks == []  # nothing later taken in, then the head in flight (at a detector)
+    consumer.ack(head)
+    await consumer.read_again_passed_over_heads()  # type: ignore[attr-defined]
+    assert seeks == [] and consumer._new_offset(tp) == 2
+
+
+async def test_read_again_the_records_fetched_before_the_seek_are_not_handed_on(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fetch under way when the partition is sought back to its head 3 brings 5 and 6 from the old position, then
+    3 from the new one; handing 5 or 6 on would move Faust's read offset past 3, and Faust would drop 3 again."""
+    consumer, tp = await consumer_of_frames(head=3)
+    seeks = seeks_of(consumer)
+    fetches = [[5, 6, 3], [4, 5]]
+
+    async def faust_getmany(self: Consumer, timeout: float) -> AsyncIterator[tuple[TP, Message]]:
+        offsets = fetches.pop(0)
+        if offsets[0] == 5:
+            await consumer._read_again(tp, 3)  # type: ignore[attr-defined]  # while this fetch is under way
+        for message in delivered(consumer, tp, *offsets):
+            yield tp, message
+    monkeypatch.setattr(kafka_driver.Consumer, "getmany", faust_getmany)
+    handed_on = [message.offset async for _, message in consumer.getmany(timeout=1.0)]
+    assert seeks == [(tp, 3)] and handed_on == [3] and consumer._read_offset[tp] == 3
+    handed_on = [message.offset async for _, message in consumer.getmany(timeout=1.0)]
+    assert handed_on == [4, 5]

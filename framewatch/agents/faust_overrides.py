@@ -8,8 +8,8 @@ override, which must be read again (and dropped, when Faust now does the right t
 - `InFlightSafeConsumer` (installed by `WorkerApp._new_transport` through `KafkaTransport`): commits only a run of
   acked offsets that starts at the partition's head, the next record to handle (`_new_offset`), forgets records
   read before a revocation (`ack`, `on_partitions_revoked`), reads an assigned partition without a commit from its
-  start and learns each partition's head (`perform_seek`), and waits for the records in flight a bounded time
-  (`wait_empty`).
+  start and learns each partition's head (`perform_seek`), reads a partition again from a head that no agent holds
+  (`read_again_passed_over_heads`, `getmany`), and waits for the records in flight a bounded time (`wait_empty`).
 - `WorkerStream.batches`: Faust's `take` (`_enable_passive`, `_processors`), with the window of agents/batches.py
   and the batch acked only once the body handled it.
 - `GroupAssignor`: announces a member address of its own (`_url`) and keeps the group's membership.
@@ -31,6 +31,7 @@ from faust.transport.drivers import aiokafka as kafka_driver
 from faust.types import TP, ChannelT, EventT
 from faust.types.transports import TransportT
 from faust.types.tuples import Message
+from mode import Service
 from mode.utils.futures import notify
 from prometheus_client import Counter, Gauge
 from yarl import URL
@@ -41,11 +42,16 @@ from framewatch.agents.membership import Membership, membership_of
 log = logging.getLogger("framewatch.worker")
 
 WAIT_EMPTY_S = 15.0  # within the stop deadline, and well within the 10 s session timeout's rebalance patience
+HEAD_CHECK_S = 5.0
+HEAD_PASSED_OVER_S = 10.0  # seen passed over at two checks this far apart: a record handed on is tracked in a moment
 
 STALE_ACKS = Counter("framewatch_worker_stale_acks_total", "Acks of records read before their partition was revoked, "
                      "dropped (the new owner reads them again)")
 REBALANCE_WAITS_ABANDONED = Counter("framewatch_worker_rebalance_waits_abandoned_total",
                                     "Rebalances or stops that handed partitions over with records still in flight")
+HEADS_READ_AGAIN = Counter("framewatch_worker_heads_read_again_total",
+                           "Partitions read again from a head record no agent held while later ones were handled "
+                           "(dropped by Faust's stream, or by an agent that raised on it)", ["topic"])
 GROUP_MEMBERS = Gauge("framewatch_worker_group_members",
                       "Workers in the consumer group at its last assignment (0: none received yet)")
 
@@ -73,6 +79,11 @@ class InFlightSafeConsumer(kafka_driver.Consumer):
         self._revoked_in: dict[TP, int] = {}
         # the agents' partitions' heads as `perform_seek` found them: none until then, and nothing is committed
         self._heads: dict[TP, int] = {}
+        # a head seen passed over, and when first: read again if it still is `HEAD_PASSED_OVER_S` later
+        self._passed_over: dict[TP, tuple[int, float]] = {}
+        # a partition sought back to its head, until that record is fetched: with the number of that seek
+        self._reading_again: dict[TP, tuple[int, int]] = {}
+        self._seeks_back = 0
 
     def owns(self, message: Message) -> bool:
         """Whether the record's partition has stayed this worker's since the record was read. Faust revokes every
@@ -101,6 +112,8 @@ class InFlightSafeConsumer(kafka_driver.Consumer):
             self._acked.pop(tp, None)
             self._acked_index.pop(tp, None)
             self._heads.pop(tp, None)
+            self._passed_over.pop(tp, None)
+            self._reading_again.pop(tp, None)
         self._unacked_messages -= {message for message in self._unacked_messages if message.tp in revoked}
 
     async def perform_seek(self) -> None:
@@ -110,6 +123,8 @@ class InFlightSafeConsumer(kafka_driver.Consumer):
         back to this worker skipped the records read before the rebalance and never handled (Faust empties its
         agents' buffers at a revocation): they stayed unhandled, and its commits stalled below them."""
         await super().perform_seek()
+        self._passed_over.clear()
+        self._reading_again.clear()
         agents_topics = self.app.topics.acking_topics
         partitions = [tp for tp in self.assignment() if tp.topic in agents_topics]
         starts = await self._log_starts(partitions)
@@ -147,6 +162,64 @@ class InFlightSafeConsumer(kafka_driver.Consumer):
         """The partition's next record to handle: its last commit here, else what `perform_seek` found."""
         known = [offset for offset in (self._heads.get(tp), self._committed_offset.get(tp)) if offset is not None]
         return max(known) if tp in self._heads else None
+
+    @Service.timer(HEAD_CHECK_S)
+    async def _watch_heads(self) -> None:
+        await self.read_again_passed_over_heads()
+
+    async def read_again_passed_over_heads(self) -> None:
+        """A partition whose head no agent holds while later records were handled is read again from its head.
+        Faust passes over a record without a trace when its stream drops it (fetched in one consumer generation,
+        delivered in the next) or when the agent handling it raises (the agent restarts with the next record):
+        nothing commits past it, but nothing here would handle it before the partition changes hands, and a frame
+        stayed unended for minutes (tests/test_broker_loss.py)."""
+        now, in_flight = time.monotonic(), self._offsets_in_flight()
+        for tp in list(self._heads):
+            head = self._head(tp)
+            if head is None or not self._is_passed_over(tp, head, in_flight.get(tp, set())):
+                self._passed_over.pop(tp, None)
+                continue
+            seen_head, since = self._passed_over.setdefault(tp, (head, now))
+            if seen_head != head:
+                self._passed_over[tp] = (head, now)
+            elif now - since >= HEAD_PASSED_OVER_S:
+                del self._passed_over[tp]
+                await self._read_again(tp, head)
+
+    def _offsets_in_flight(self) -> dict[TP, set[int]]:
+        offsets: dict[TP, set[int]] = {}
+        for message in list(self._unacked_messages):
+            offsets.setdefault(message.tp, set()).add(message.offset)
+        return offsets
+
+    def _is_passed_over(self, tp: TP, head: int, in_flight: set[int]) -> bool:
+        """Whether a later record than the head was taken in by an agent while the head is neither acked nor in
+        flight. An agent takes its records in order, so it took the head first: the head was dropped."""
+        if tp in self._reading_again or head in in_flight or head in self._acked_index.get(tp, ()):
+            return False
+        return max(in_flight | set(self._acked.get(tp, ())), default=head) > head
+
+    async def _read_again(self, tp: TP, head: int) -> None:
+        log.warning("%s-%d: record %d is in no agent's hands while later ones were handled: reading the partition "
+                    "again from it", tp.topic, tp.partition, head)
+        HEADS_READ_AGAIN.labels(tp.topic).inc()
+        self._seeks_back += 1
+        self._reading_again[tp] = (head, self._seeks_back)
+        await self.seek(tp, head)
+
+    async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:
+        """Faust's, except that a partition sought back to its head takes no record fetched before that seek (a
+        fetch started before it yields only the head itself): handed on, such a record would move Faust's read
+        offset past the head, and Faust would drop the head again when it comes."""
+        fetched_after = self._seeks_back
+        async for tp, message in super().getmany(timeout):
+            if (reading := self._reading_again.get(tp)) is not None:
+                head, seek = reading
+                if fetched_after < seek and message.offset != head:
+                    continue
+                del self._reading_again[tp]
+                self._read_offset[tp] = message.offset  # the fetch handing the seek's first record on may have moved it
+            yield tp, message
 
     async def wait_empty(self) -> None:
         """Faust's, with a deadline: a rebalance (or a stop) waits for the records in flight at most

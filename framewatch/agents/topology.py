@@ -121,7 +121,7 @@ class Topology:
         else:
             table.data[key] = value
         name = table.changelog_topic.get_topic_name()
-        partition = table.partition_for_key(key)
+        partition = handled_partition()
 
         async def enqueue() -> asyncio.Future[object]:
             return await self._produce(name, key, table.data.get(key, value), time.time(), partition)
@@ -162,3 +162,13 @@ class Topology:
         consumer = self.app.consumer
         return not isinstance(consumer, InFlightSafeConsumer) or consumer.owns(message)
 
+
+def handled_partition() -> int:
+    """The partition of the record being handled, the one the rule state's changelog shares (the table is
+    partitioned as fw.detections). Not Faust's `Table.partition_for_key`: it first compares the two topics' partition
+    counts in the consumer's metadata, and raised PartitionsMismatch while a changelog just created had none there
+    yet (on a three-broker cluster: the rules agent crashed, and the frame it held was passed over)."""
+    event = faust.current_event()
+    if event is None:
+        raise TypeError("a rule state saved outside the handling of a record")
+    return event.message.partition
