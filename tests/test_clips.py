@@ -8,10 +8,14 @@ import io
 from collections.abc import Generator
 from fractions import Fraction
 from pathlib import Path
+from typing import cast
 
 import av
 import pytest
 
+from framewatch.schemas.tasks import CameraTask, TaskType
+from framewatch.streams.camera import Uplink
+from framewatch.streams.clip_uploads import CUTS_PENDING_MAX, CameraClips
 from framewatch.streams.clips import ClipCut, ClipRecorder, HeldPacket, PacketRing
 from tests.conftest import SAMPLE_CLIP, VTEST
 
@@ -123,3 +127,16 @@ def test_the_ring_holds_whole_gops_within_its_time_and_bytes(max_bytes: int) -> 
         if ring.newest_ms is not None and ring.oldest_ms is not None:
             assert ring.newest_ms - ring.oldest_ms <= 5000 + gop_ms(SAMPLE_CLIP)
     assert (ring.evicted > 0) == (max_bytes == 40_000)
+
+
+async def test_clips_waiting_for_their_upload_are_bounded_and_their_alerts_told_why() -> None:
+    """A store far behind (or down): the clips cut meanwhile would pile up in the extractor's memory."""
+    task = CameraTask(id="cam", task_type=TaskType.AREA_INTRUSION, rtsp_url="unused")
+    clips = CameraClips(task, cast(Uplink, None), lambda: 1_000_000)
+    cuts = CUTS_PENDING_MAX + 2
+    for n in range(cuts):
+        clips._queue(ClipCut(f"a{n}", (f"a{n}",), b"mp4", EPOCH_MS, EPOCH_MS + 1000))
+    queued = [cut for _ in range(cuts) if (cut := clips._cuts.get_nowait()) is not None]
+    assert [cut.data for cut in queued[:CUTS_PENDING_MAX]] == [b"mp4"] * CUTS_PENDING_MAX
+    assert [(cut.alert_ids, cut.data) for cut in queued[CUTS_PENDING_MAX:]] == [(("a8",), None), (("a9",), None)]
+    assert all("waiting for their upload" in (cut.reason or "") for cut in queued[CUTS_PENDING_MAX:])

@@ -10,6 +10,7 @@ import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -34,7 +35,14 @@ CLIP_BUFFER_BYTES = Gauge("framewatch_extractor_clip_buffer_bytes", "Encoded pac
 CLIP_PACKETS_EVICTED = Gauge("framewatch_extractor_clip_packets_evicted",
                              "Packets dropped before their time for the clip buffer's byte bound, this session",
                              ["task"])
+CLIP_ANNOUNCE_RETRIES = Counter("framewatch_extractor_clip_announce_retries_total",
+                                "ClipReady sends the broker refused or did not confirm, sent again", ["task"])
 UPLOAD_BACKOFF = Backoff(first_s=0.5, max_s=4.0, attempts=3)
+# a broker away for a minute or two: each send waits up to the producer's request timeout (15 s) besides
+ANNOUNCE_BACKOFF = Backoff(first_s=1.0, max_s=8.0, attempts=8)
+# clips cut and not yet uploaded, per camera: past it (uploads far behind: a store that is down), a clip's video is
+# dropped at once, and its alerts are told why, so the extractor's memory holds at most this many clips a camera
+CUTS_PENDING_MAX = 8
 GAUGES_EVERY_S = 1.0
 UPLOADED_REMEMBERED = 32  # clips whose key a later shared one may name
 # how far back a partition newly assigned is read, and how long a request waits for its camera to start here: an
@@ -94,9 +102,17 @@ class CameraClips:
     def _handed_over(self, cut: ClipCut) -> None:
         """From the reader thread."""
         try:
-            self._loop.call_soon_threadsafe(self._cuts.put_nowait, cut)
+            self._loop.call_soon_threadsafe(self._queue, cut)
         except RuntimeError:  # the event loop has closed (the process is stopping): nothing will upload it
             log.warning("camera %s: clip of alerts %s not uploaded: stopping", self.task.id, ", ".join(cut.alert_ids))
+
+    def _queue(self, cut: ClipCut) -> None:
+        if cut.data is not None and self._cuts.qsize() >= CUTS_PENDING_MAX:
+            log.error("camera %s: %d clips wait for their upload: the clip of alerts %s is dropped", self.task.id,
+                      self._cuts.qsize(), ", ".join(cut.alert_ids))
+            cut = replace(cut, data=None, reason=f"{CUTS_PENDING_MAX} clips of this camera were waiting for their "
+                                                 "upload: this one was dropped")
+        self._cuts.put_nowait(cut)
 
     async def _key_of(self, cut: ClipCut) -> tuple[str | None, str | None]:
         """The clip's key once uploaded, or None; and the reason to give with it."""
@@ -126,7 +142,10 @@ class CameraClips:
                               start_at=cut.start_ms if key else None, end_at=cut.end_ms if key else None,
                               clip_bytes=len(cut.data) if key and cut.data else None)
             try:
-                await self.uplink.producer.send(CLIPS, ready)
+                await ANNOUNCE_BACKOFF.call(self.uplink.producer.send, lambda error: isinstance(error, KafkaError),
+                                            logged(log, f"camera {self.task.id}: announcing the clip of alert "
+                                                        f"{alert_id}", CLIP_ANNOUNCE_RETRIES.labels(self.task.id).inc),
+                                            CLIPS, ready)
             except KafkaError as error:  # the clip stays; the alert says no clip came (the sweep removes it)
                 log.error("camera %s: clip of alert %s not announced: %r", self.task.id, alert_id, error)
                 continue
