@@ -19,7 +19,7 @@ import asyncio
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import cast
 
 import pytest
@@ -51,6 +51,16 @@ async def consumer_of_frames(head: int | None = 0) -> tuple[Consumer, TP]:
 
 def sought(consumer: Consumer, tp: TP, head: int) -> None:
     consumer._heads[tp] = head  # type: ignore[attr-defined]  # what perform_seek learns
+
+
+def seeks_of(consumer: Consumer) -> list[tuple[TP, int]]:
+    """The seeks the consumer makes from now on (in its thread, as `seek_wait` makes them), recorded instead."""
+    seeks: list[tuple[TP, int]] = []
+
+    async def seek_wait(partitions: Mapping[TP, int]) -> None:
+        seeks.extend(partitions.items())
+    consumer.seek_wait = seek_wait  # type: ignore[method-assign]
+    return seeks
 
 
 def delivered(consumer: Consumer, tp: TP, *offsets: int) -> list[Message]:
@@ -171,32 +181,20 @@ async def test_a_partition_without_a_commit_is_read_again_from_its_start_when_as
     Faust dropped from the agents' buffers at the revocation; they were never handled."""
     consumer, tp = await consumer_of_frames()
     committed_tp = TP(tp.topic, 1)
-    seeks: list[tuple[TP, int]] = []
+    seeks = seeks_of(consumer)
 
     async def seek_to_committed() -> dict[TP, int | None]:
+        assert not consumer.flow_active, "no record is handed on while the partitions are sought"
         return {tp: None, committed_tp: 7}
 
-    async def seek(partition: TP, offset: int) -> None:
-        seeks.append((partition, offset))
     async def earliest_offsets(*partitions: TP) -> dict[TP, int]:
         return {partition: 3 for partition in partitions}  # records below 3 expired
     consumer.seek_to_committed = seek_to_committed  # type: ignore[method-assign,assignment]
     consumer.earliest_offsets = earliest_offsets  # type: ignore[method-assign]
-    consumer.seek = seek  # type: ignore[method-assign]
     consumer.assignment = lambda: {tp, committed_tp}  # type: ignore[method-assign]
     await consumer.perform_seek()
     assert seeks == [(tp, 0)]
     assert consumer._heads == {tp: 3, committed_tp: 7}  # type: ignore[attr-defined]
-
-
-def seeks_of(consumer: Consumer) -> list[tuple[TP, int]]:
-    """The seeks the consumer makes from now on, recorded instead of made."""
-    seeks: list[tuple[TP, int]] = []
-
-    async def seek(partition: TP, offset: int) -> None:
-        seeks.append((partition, offset))
-    consumer.seek = seek  # type: ignore[method-assign]
-    return seeks
 
 
 async def test_a_head_passed_over_is_read_again_from_it(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -250,3 +248,24 @@ async def test_read_again_the_records_fetched_before_the_seek_are_not_handed_on(
     assert seeks == [(tp, 3)] and handed_on == [3] and consumer._read_offset[tp] == 3
     handed_on = [message.offset async for _, message in consumer.getmany(timeout=1.0)]
     assert handed_on == [4, 5]
+
+
+async def test_a_head_read_again_and_passed_over_still_waits_twice_as_long(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read again, the head may wait in the agent's queue behind a backlog (not tracked until the agent takes it):
+    each time the same head is read again, the next wait doubles."""
+    monkeypatch.setattr(faust_overrides, "HEAD_PASSED_OVER_S", 0.2)
+    consumer, tp = await consumer_of_frames()
+    seeks = seeks_of(consumer)
+    for message in delivered(consumer, tp, 1, 2):
+        consumer.ack(message)
+    await consumer.read_again_passed_over_heads()  # type: ignore[attr-defined]
+    await asyncio.sleep(0.25)
+    await consumer.read_again_passed_over_heads()  # type: ignore[attr-defined]
+    assert seeks == [(tp, 0)]
+    consumer._sought.pop(tp)  # type: ignore[attr-defined]  # the head fetched again, handed on, not taken in yet
+    await asyncio.sleep(0.25)
+    await consumer.read_again_passed_over_heads()  # type: ignore[attr-defined]
+    assert seeks == [(tp, 0)]
+    await asyncio.sleep(0.2)
+    await consumer.read_again_passed_over_heads()  # type: ignore[attr-defined]
+    assert seeks == [(tp, 0), (tp, 0)]

@@ -7,9 +7,10 @@ override, which must be read again (and dropped, when Faust now does the right t
 
 - `InFlightSafeConsumer` (installed by `WorkerApp._new_transport` through `KafkaTransport`): commits only a run of
   acked offsets that starts at the partition's head, the next record to handle (`_new_offset`), forgets records
-  read before a revocation (`ack`, `on_partitions_revoked`), reads an assigned partition without a commit from its
-  start and learns each partition's head (`perform_seek`), reads a partition again from a head that no agent holds
-  (`read_again_passed_over_heads`, `getmany`), and waits for the records in flight a bounded time (`wait_empty`).
+  read before a revocation (`ack`, `on_partitions_revoked`), seeks with the flow stopped, reads an assigned
+  partition without a commit from its start and learns each partition's head (`perform_seek`), hands on no record
+  fetched before a seek (`getmany`), reads a partition again from a head that no agent holds
+  (`read_again_passed_over_heads`), and waits for the records in flight a bounded time (`wait_empty`).
 - `WorkerStream.batches`: Faust's `take` (`_enable_passive`, `_processors`), with the window of agents/batches.py
   and the batch acked only once the body handled it.
 - `GroupAssignor`: announces a member address of its own (`_url`) and keeps the group's membership.
@@ -44,6 +45,7 @@ log = logging.getLogger("framewatch.worker")
 WAIT_EMPTY_S = 15.0  # within the stop deadline, and well within the 10 s session timeout's rebalance patience
 HEAD_CHECK_S = 5.0
 HEAD_PASSED_OVER_S = 10.0  # seen passed over at two checks this far apart: a record handed on is tracked in a moment
+HEAD_PASSED_OVER_MAX_S = 300.0  # the wait doubles each time the same head is read again (an agent far behind)
 
 STALE_ACKS = Counter("framewatch_worker_stale_acks_total", "Acks of records read before their partition was revoked, "
                      "dropped (the new owner reads them again)")
@@ -79,11 +81,11 @@ class InFlightSafeConsumer(kafka_driver.Consumer):
         self._revoked_in: dict[TP, int] = {}
         # the agents' partitions' heads as `perform_seek` found them: none until then, and nothing is committed
         self._heads: dict[TP, int] = {}
-        # a head seen passed over, and when first: read again if it still is `HEAD_PASSED_OVER_S` later
-        self._passed_over: dict[TP, tuple[int, float]] = {}
-        # a partition sought back to its head, until that record is fetched: with the number of that seek
-        self._reading_again: dict[TP, tuple[int, int]] = {}
-        self._seeks_back = 0
+        # a head seen passed over: since when, and how long until it is read again
+        self._passed_over: dict[TP, tuple[int, float, float]] = {}
+        # a partition sought to its head, until a record of it is handed on: the head and the number of that seek
+        self._sought: dict[TP, tuple[int, int]] = {}
+        self._seeks = 0
 
     def owns(self, message: Message) -> bool:
         """Whether the record's partition has stayed this worker's since the record was read. Faust revokes every
@@ -113,7 +115,7 @@ class InFlightSafeConsumer(kafka_driver.Consumer):
             self._acked_index.pop(tp, None)
             self._heads.pop(tp, None)
             self._passed_over.pop(tp, None)
-            self._reading_again.pop(tp, None)
+            self._sought.pop(tp, None)
         self._unacked_messages -= {message for message in self._unacked_messages if message.tp in revoked}
 
     async def perform_seek(self) -> None:
@@ -121,19 +123,27 @@ class InFlightSafeConsumer(kafka_driver.Consumer):
         have none (or 0) to their start, as `consumer_auto_offset_reset = "earliest"` says: aiokafka seeks
         only to a committed offset above 0 and leaves such a partition where its last fetch got to, so one assigned
         back to this worker skipped the records read before the rebalance and never handled (Faust empties its
-        agents' buffers at a revocation): they stayed unhandled, and its commits stalled below them."""
+        agents' buffers at a revocation): they stayed unhandled, and its commits stalled below them.
+
+        The flow is stopped first (each caller of Faust's resumes it after): Faust's table recovery seeks with the
+        flow on and empties the agents' queues (`flow_control.resume()`) right after, so the records handed on
+        from the new positions while the seek awaited the broker were dropped unhandled and never read again in
+        that generation (a restarted worker left heads of fw.frames, fw.detections and fw.alerts unhandled)."""
+        self.stop_flow()
+        self._seeks += 1
+        seek = self._seeks
         await super().perform_seek()
         self._passed_over.clear()
-        self._reading_again.clear()
         agents_topics = self.app.topics.acking_topics
         partitions = [tp for tp in self.assignment() if tp.topic in agents_topics]
         starts = await self._log_starts(partitions)
+        uncommitted = {tp: 0 for tp in partitions if not self._committed_offset.get(tp)}
+        if uncommitted:  # below the log's start (retention), the earliest reset applies
+            await self.seek_wait(uncommitted)
         for tp in partitions:
-            committed = self._committed_offset.get(tp)
-            if not committed:
-                await self.seek(tp, 0)  # below the log's start (retention), the earliest reset applies
             # a committed offset below the log's start (the records expired unread) is reset to that start
-            self._heads[tp] = max(committed or 0, starts.get(tp, 0))
+            self._heads[tp] = max(self._committed_offset.get(tp) or 0, starts.get(tp, 0))
+        self._sought = {tp: (self._heads[tp], seek) for tp in partitions}
 
     async def _log_starts(self, partitions: list[TP]) -> dict[TP, int]:
         """Each partition's first offset; none known when the broker does not say (a partition without a commit is
@@ -165,25 +175,31 @@ class InFlightSafeConsumer(kafka_driver.Consumer):
 
     @Service.timer(HEAD_CHECK_S)
     async def _watch_heads(self) -> None:
-        await self.read_again_passed_over_heads()
+        try:
+            await self.read_again_passed_over_heads()
+        except Exception:  # a timer that raises crashes the consumer, and the worker with it
+            log.exception("looking for heads passed over failed: looking again in %.0fs", HEAD_CHECK_S)
 
     async def read_again_passed_over_heads(self) -> None:
         """A partition whose head no agent holds while later records were handled is read again from its head.
         Faust passes over a record without a trace when its stream drops it (fetched in one consumer generation,
         delivered in the next) or when the agent handling it raises (the agent restarts with the next record):
         nothing commits past it, but nothing here would handle it before the partition changes hands, and a frame
-        stayed unended for minutes (tests/test_broker_loss.py)."""
+        stayed unended for minutes (tests/test_broker_loss.py). Not while the partitions change hands, and the
+        same head read again waits twice as long each time (read again, it may wait in an agent's queue)."""
+        if self.should_stop or not self.flow_active or self.app.rebalancing:
+            return
         now, in_flight = time.monotonic(), self._offsets_in_flight()
         for tp in list(self._heads):
             head = self._head(tp)
             if head is None or not self._is_passed_over(tp, head, in_flight.get(tp, set())):
                 self._passed_over.pop(tp, None)
                 continue
-            seen_head, since = self._passed_over.setdefault(tp, (head, now))
+            seen_head, since, patience = self._passed_over.setdefault(tp, (head, now, HEAD_PASSED_OVER_S))
             if seen_head != head:
-                self._passed_over[tp] = (head, now)
-            elif now - since >= HEAD_PASSED_OVER_S:
-                del self._passed_over[tp]
+                self._passed_over[tp] = (head, now, HEAD_PASSED_OVER_S)
+            elif now - since >= patience:
+                self._passed_over[tp] = (head, now, min(2 * patience, HEAD_PASSED_OVER_MAX_S))
                 await self._read_again(tp, head)
 
     def _offsets_in_flight(self) -> dict[TP, set[int]]:
@@ -195,7 +211,7 @@ class InFlightSafeConsumer(kafka_driver.Consumer):
     def _is_passed_over(self, tp: TP, head: int, in_flight: set[int]) -> bool:
         """Whether a later record than the head was taken in by an agent while the head is neither acked nor in
         flight. An agent takes its records in order, so it took the head first: the head was dropped."""
-        if tp in self._reading_again or head in in_flight or head in self._acked_index.get(tp, ()):
+        if tp in self._sought or head in in_flight or head in self._acked_index.get(tp, ()):
             return False
         return max(in_flight | set(self._acked.get(tp, ())), default=head) > head
 
@@ -203,22 +219,23 @@ class InFlightSafeConsumer(kafka_driver.Consumer):
         log.warning("%s-%d: record %d is in no agent's hands while later ones were handled: reading the partition "
                     "again from it", tp.topic, tp.partition, head)
         HEADS_READ_AGAIN.labels(tp.topic).inc()
-        self._seeks_back += 1
-        self._reading_again[tp] = (head, self._seeks_back)
-        await self.seek(tp, head)
+        self._seeks += 1
+        self._sought[tp] = (head, self._seeks)
+        await self.seek_wait({tp: head})  # in the consumer's thread, where aiokafka's fetcher runs
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:
-        """Faust's, except that a partition sought back to its head takes no record fetched before that seek (a
-        fetch started before it yields only the head itself): handed on, such a record would move Faust's read
-        offset past the head, and Faust would drop the head again when it comes."""
-        fetched_after = self._seeks_back
+        """Faust's, except that a partition sought to its head takes no record fetched before that seek (a fetch
+        started before it yields only the head itself): handed on, such a record would move Faust's read offset
+        past the head, and Faust would drop the head when it comes. The seek's first record handed on sets the
+        read offset (the drain sets it to a record it gave up on when the flow stopped, maybe after the seek)."""
+        fetched_after = self._seeks
         async for tp, message in super().getmany(timeout):
-            if (reading := self._reading_again.get(tp)) is not None:
-                head, seek = reading
+            if (sought := self._sought.get(tp)) is not None:
+                head, seek = sought
                 if fetched_after < seek and message.offset != head:
                     continue
-                del self._reading_again[tp]
-                self._read_offset[tp] = message.offset  # the fetch handing the seek's first record on may have moved it
+                del self._sought[tp]
+                self._read_offset[tp] = message.offset
             yield tp, message
 
     async def wait_empty(self) -> None:
