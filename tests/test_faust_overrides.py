@@ -202,3 +202,16 @@ def test_faust_own_assignment_gives_the_changelog_distribution_by_member_url() -
         assignor.version, [], assignor._compress(metadata.dumps())))
     assert assignor.changelog_distribution == distribution
     assert assignor.current() == membership_of(distribution, own)
+
+
+async def test_faust_own_flow_resume_empties_the_agents_queues() -> None:
+    """Why the worker's consumer seeks with the flow stopped: Faust's table recovery seeks, then resumes its flow
+    control, which empties every agent's queue, records handed on from the new positions included."""
+    consumer, _ = await consumer_of_frames()
+    app = consumer.app
+    channel = app.channel()
+    queue = channel.queue
+    assert queue._clear_on_resume
+    queue.put_nowait("a record handed on while the seek awaited the broker")
+    app.flow_control.resume()
+    assert queue.empty()
