@@ -113,8 +113,8 @@ class Topology:
     async def save_state(self, key: bytes, value: bytes | None) -> Delivery:
         """Sets a task's rule state in the table and on its changelog (raw bytes both, in the partition of the
         record being handled), straight to the producer: Faust's own path buffers the changelog write and no one
-        waits for it. Sent again after a refusal, it is the key's newest state that goes, never an older one (a
-        deletion since: a tombstone). None deletes the key (a tombstone: a recovering worker deletes it too)."""
+        waits for it. Sent again after a refusal, it is the key's newest state that goes, never an older one.
+        None deletes the key (a tombstone: a recovering worker deletes it too)."""
         table = self.rule_state
         if value is None:
             table.data.pop(key, None)
@@ -124,7 +124,7 @@ class Topology:
         partition = handled_partition()
 
         async def enqueue() -> asyncio.Future[object]:
-            return await self._produce(name, key, table.data.get(key), time.time(), partition)
+            return await self._produce(name, key, table.data.get(key, value), time.time(), partition)
 
         return Delivery(name, await self._until_buffered(enqueue, name), enqueue, self._worth_resending)
 
