@@ -4,19 +4,23 @@ clip for overlapping alerts, and a clear reason where there is no clip."""
 
 from __future__ import annotations
 
+import asyncio
 import io
+import time
 from collections.abc import Generator
 from fractions import Fraction
 from pathlib import Path
+from types import SimpleNamespace
 from typing import cast
 
 import av
 import pytest
 
 from framewatch.schemas.tasks import CameraTask, TaskType
-from framewatch.streams.camera import Uplink
+from framewatch.streams.camera import Camera, Uplink
 from framewatch.streams.clip_uploads import CUTS_PENDING_MAX, CameraClips
 from framewatch.streams.clips import ClipCut, ClipRecorder, HeldPacket, PacketRing
+from framewatch.streams.extractor import run_with_clips
 from tests.conftest import SAMPLE_CLIP, VTEST
 
 EPOCH_MS = 1_700_000_000_000  # where the sample's clock is anchored
@@ -140,3 +144,27 @@ async def test_clips_waiting_for_their_upload_are_bounded_and_their_alerts_told_
     assert [cut.data for cut in queued[:CUTS_PENDING_MAX]] == [b"mp4"] * CUTS_PENDING_MAX
     assert [(cut.alert_ids, cut.data) for cut in queued[CUTS_PENDING_MAX:]] == [(("a8",), None), (("a9",), None)]
     assert all("waiting for their upload" in (cut.reason or "") for cut in queued[CUTS_PENDING_MAX:])
+
+
+async def test_a_camera_stopped_past_its_grace_leaves_its_clips_unannounced_at_once() -> None:
+    """The extractor waits a camera's grace, then cancels it: a clip announcement waiting on a broker that is away
+    (each send waits up to 15 s, and used to be retried) must not hold the stop past SIGTERM's deadline."""
+    never = asyncio.Event()
+
+    async def waits_for_ever(*_: object) -> None:
+        await never.wait()
+
+    task = CameraTask(id="cam", task_type=TaskType.AREA_INTRUSION, rtsp_url="unused")
+    uplink = SimpleNamespace(store=SimpleNamespace(bucket="b", key=lambda *parts: "/".join(parts), put=waits_for_ever),
+                             producer=SimpleNamespace(send=waits_for_ever))
+    camera = SimpleNamespace(task=task, run=waits_for_ever)
+    clips = CameraClips(task, cast(Uplink, uplink), lambda: 1_000_000)
+    clips._queue(ClipCut("a1", ("a1",), b"mp4", EPOCH_MS, EPOCH_MS + 1000))
+    runner = asyncio.create_task(run_with_clips(cast(Camera, camera), clips))
+    await asyncio.sleep(0.1)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(runner, 0.2)
+    assert time.monotonic() - started < 2.0
+    await asyncio.sleep(0)
+    assert not [t for t in asyncio.all_tasks() if t.get_name() == "clips-cam" and not t.done()]

@@ -38,7 +38,8 @@ CLIP_PACKETS_EVICTED = Gauge("framewatch_extractor_clip_packets_evicted",
 CLIP_ANNOUNCE_RETRIES = Counter("framewatch_extractor_clip_announce_retries_total",
                                 "ClipReady sends the broker refused or did not confirm, sent again", ["task"])
 UPLOAD_BACKOFF = Backoff(first_s=0.5, max_s=4.0, attempts=3)
-# a broker away for a minute or two: each send waits up to the producer's request timeout (15 s) besides
+# a broker away for a minute or two (while the camera runs): each send waits up to the producer's request timeout
+# (15 s) besides
 ANNOUNCE_BACKOFF = Backoff(first_s=1.0, max_s=8.0, attempts=8)
 # clips cut and not yet uploaded, per camera: past it (uploads far behind: a store that is down), a clip's video is
 # dropped at once, and its alerts are told why, so the extractor's memory holds at most this many clips a camera
@@ -133,6 +134,10 @@ class CameraClips:
             self._uploaded.popitem(last=False)
         return key, cut.reason
 
+    def _worth_announcing_again(self, error: BaseException) -> bool:
+        """A refusal is sent again while the camera runs; once it has stopped, the extractor may be stopping."""
+        return isinstance(error, KafkaError) and not self.closed
+
     async def _announce(self, cut: ClipCut, found: tuple[str | None, str | None]) -> None:
         key, reason = found
         result = "shared" if cut.shared and key else "none" if key is None else "short" if reason else "full"
@@ -142,7 +147,7 @@ class CameraClips:
                               start_at=cut.start_ms if key else None, end_at=cut.end_ms if key else None,
                               clip_bytes=len(cut.data) if key and cut.data else None)
             try:
-                await ANNOUNCE_BACKOFF.call(self.uplink.producer.send, lambda error: isinstance(error, KafkaError),
+                await ANNOUNCE_BACKOFF.call(self.uplink.producer.send, self._worth_announcing_again,
                                             logged(log, f"camera {self.task.id}: announcing the clip of alert "
                                                         f"{alert_id}", CLIP_ANNOUNCE_RETRIES.labels(self.task.id).inc),
                                             CLIPS, ready)

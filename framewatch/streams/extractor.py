@@ -383,9 +383,16 @@ async def run_with_clips(camera: Camera, clips: CameraClips | None) -> None:
     uploading = asyncio.create_task(clips.run(), name=f"clips-{camera.task.id}")
     try:
         await camera.run()
+    except asyncio.CancelledError:  # stopping past its grace: the clips still waiting go unannounced
+        uploading.cancel()
+        raise
     finally:
         clips.close()
-        await uploading
+        try:
+            await uploading
+        except asyncio.CancelledError:
+            uploading.cancel()
+            raise
 
 
 class HelperEnded(FramewatchError, RuntimeError):
