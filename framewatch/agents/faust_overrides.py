@@ -182,10 +182,11 @@ class InFlightSafeConsumer(kafka_driver.Consumer):
 
     async def read_again_passed_over_heads(self) -> None:
         """A partition whose head no agent holds while later records were handled is read again from its head.
-        Faust passes over a record without a trace when its stream drops it (fetched in one consumer generation,
-        delivered in the next) or when the agent handling it raises (the agent restarts with the next record):
-        nothing commits past it, but nothing here would handle it before the partition changes hands, and a frame
-        stayed unended for minutes (tests/test_broker_loss.py). Not while the partitions change hands, and the
+        Faust passes over a record without a trace when the agent handling it raises (the agent restarts with the
+        next record), or when its outputs are never confirmed (`Confirmations` leaves it unacked); before
+        `perform_seek` stopped the flow, also when its table recovery emptied the agents' queues. Nothing commits
+        past such a head, but nothing here would handle it before the partition changes hands, and a frame stayed
+        unended for minutes (tests/test_broker_loss.py). Not while the partitions change hands, and the
         same head read again waits twice as long each time (read again, it may wait in an agent's queue)."""
         if self.should_stop or not self.flow_active or self.app.rebalancing:
             return
